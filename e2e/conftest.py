@@ -1,0 +1,88 @@
+"""Fixtures for the e2e suite: one real cluster per session, a fresh namespace per test."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from e2e.harness import binaries
+from e2e.harness.backends import ClusterHandle, open_cluster
+from e2e.harness.waits import wait_for
+
+_ACTIVE: dict[str, ClusterHandle] = {}
+_FIGURES: dict[str, str] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[ClusterHandle]:
+    """The session's cluster (local control plane by default)."""
+    started = time.monotonic()
+    with open_cluster() as handle:
+        _FIGURES["cluster start"] = f"{time.monotonic() - started:.1f}s ({handle.backend} backend)"
+        _ACTIVE["cluster"] = handle
+        try:
+            yield handle
+        finally:
+            if handle.local is not None:
+                _FIGURES["cluster peak RSS (sum of components)"] = f"{handle.local.peak_rss_kib() / 1024:.0f} MiB"
+            _ACTIVE.pop("cluster", None)
+
+
+@pytest.fixture(scope="session")
+def api(cluster: ClusterHandle) -> Iterator[client.ApiClient]:
+    """A Kubernetes API client bound to the session's cluster."""
+    api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, api: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace for one test (with its default ServiceAccount), deleted afterwards."""
+    core = client.CoreV1Api(api)
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].rstrip("-")
+    name = f"{base}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"upgrader-e2e/test": "true"}}})
+    wait_for(
+        f"default ServiceAccount in {name}",
+        lambda: core.read_namespaced_service_account("default", name) is not None,
+        timeout=60,
+    )
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture(params=["helm", "helm3"], ids=["helm4", "helm3"])
+def helm_binary(request: pytest.FixtureRequest) -> Path:
+    """Each real helm binary in turn (helm 4, then helm 3)."""
+    component = binaries.COMPONENTS[request.param]
+    binaries.ensure(component)
+    return component.path("helm")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    report: pytest.TestReport = yield
+    handle = _ACTIVE.get("cluster")
+    if report.failed and handle is not None:
+        report.sections.append(("cluster component logs (last lines)", handle.log_tails()))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FIGURES:
+        terminalreporter.section("e2e cluster figures")
+        for k, v in _FIGURES.items():
+            terminalreporter.write_line(f"{k}: {v}")

@@ -1,0 +1,55 @@
+"""In-memory fakes of our own ports (never of the Kubernetes client or pyhelm3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from upgrader.ports import HelmRelease, HelmRevision, Pod
+
+
+@dataclass
+class FakeKube:
+    """KubePort over lists and dicts; records the calls it answered."""
+
+    version: str = "v1.36.3"
+    pods: list[Pod] = field(default_factory=list)
+    config_maps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+    def server_version(self) -> str:
+        self.calls.append("version")
+        return self.version
+
+    def list_pods(self, *, label_selector: str = "") -> list[Pod]:
+        self.calls.append(f"list_pods {label_selector}")
+        key = label_selector.split("=", maxsplit=1)[0]
+        return [p for p in self.pods if not key or key in p.labels]
+
+    def get_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        self.calls.append(f"get_config_map {namespace}/{name}")
+        return self.config_maps.get((namespace, name))
+
+
+@dataclass
+class FakeHelm:
+    """HelmPort over a list of releases."""
+
+    releases: list[HelmRelease] = field(default_factory=list)
+    values: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def version(self) -> str:
+        return "v4.2.4"
+
+    def list_releases(self) -> list[HelmRelease]:
+        return list(self.releases)
+
+    def history(self, release: str, namespace: str) -> list[HelmRevision]:
+        return [
+            HelmRevision(r.revision, r.status, f"{r.chart_name}-{r.chart_version}", r.app_version, "")
+            for r in self.releases
+            if (r.name, r.namespace) == (release, namespace)
+        ]
+
+    def get_values(self, release: str, namespace: str, *, all_values: bool = False) -> dict[str, Any]:
+        return self.values.get((release, namespace), {})

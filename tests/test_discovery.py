@@ -1,0 +1,115 @@
+"""Discovery turns a few observations into an Installation."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fakes import FakeHelm, FakeKube
+from upgrader.discovery import UNKNOWN, observe, proxy_version
+from upgrader.ports import Container, HelmRelease, Pod
+
+APP = Container("app", "registry.example/app:1")
+
+
+def _pod(
+    ns: str = "shop",
+    *,
+    containers: tuple[Container, ...] = (),
+    init: tuple[Container, ...] = (),
+    annotations: dict[str, str] | None = None,
+) -> Pod:
+    return Pod(
+        namespace=ns,
+        name="p",
+        labels={"linkerd.io/control-plane-ns": "linkerd"},
+        annotations=annotations or {},
+        containers=(APP, *containers),
+        init_containers=init,
+    )
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected"),
+    [
+        pytest.param(
+            _pod(containers=(Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy:stable-2.14.10"),)),
+            "stable-2.14.10",
+            id="proxy version is the image tag",
+        ),
+        pytest.param(
+            _pod(containers=(Container("linkerd-proxy", "localhost:5000/proxy:edge-24.8.2"),)),
+            "edge-24.8.2",
+            id="a registry port is not mistaken for a tag",
+        ),
+        pytest.param(
+            _pod(init=(Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy:edge-26.6.3", "Always"),)),
+            "edge-26.6.3",
+            id="native sidecar init container counts as the proxy",
+        ),
+        pytest.param(
+            _pod(init=(Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy:edge-26.6.3", None),)),
+            None,
+            id="an init container without restartPolicy Always is not a proxy",
+        ),
+        pytest.param(
+            _pod(containers=(Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy@sha256:abc"),)),
+            UNKNOWN,
+            id="digest-pinned proxy without annotation is unknown",
+        ),
+        pytest.param(
+            _pod(
+                containers=(Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy@sha256:abc"),),
+                annotations={"linkerd.io/proxy-version": "stable-2.13.7"},
+            ),
+            "stable-2.13.7",
+            id="digest-pinned proxy falls back to the injector annotation",
+        ),
+        pytest.param(_pod(), None, id="pod without proxy is unmeshed"),
+    ],
+)
+def test_proxy_version(pod: Pod, expected: str | None) -> None:
+    """The proxy version is read from the proxy container's image, then the annotation."""
+    assert proxy_version(pod) == expected
+
+
+def test_observe_finds_control_plane_in_the_release_namespace() -> None:
+    """linkerd-config is read from the namespace of the linkerd-control-plane release."""
+    kube = FakeKube(
+        config_maps={("mesh", "linkerd-config"): {"values": "linkerdVersion: edge-24.8.2\nhighAvailability: true\n"}},
+        pods=[
+            _pod("a", containers=(Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy:edge-24.8.2"),)),
+            _pod("a", containers=(Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy:edge-24.2.4"),)),
+            _pod("b", containers=(Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy:edge-24.8.2"),)),
+        ],
+    )
+    helm = FakeHelm(
+        releases=[
+            HelmRelease(
+                "linkerd-control-plane", "mesh", 4, "deployed", "linkerd-control-plane", "2024.8.2", "edge-24.8.2"
+            ),
+            HelmRelease("linkerd-crds", "mesh", 2, "deployed", "linkerd-crds", "2024.8.2"),
+            HelmRelease("grafana", "monitoring", 1, "deployed", "grafana", "8.0.0"),
+        ]
+    )
+    found = observe(kube, helm)
+    assert found.control_plane_namespace == "mesh"
+    assert found.control_plane_version == "edge-24.8.2"
+    assert found.high_availability is True
+    assert [r.name for r in found.releases] == ["linkerd-control-plane", "linkerd-crds"]
+    assert found.proxies == {"a": {"edge-24.2.4": 1, "edge-24.8.2": 1}, "b": {"edge-24.8.2": 1}}
+    assert sum(c.startswith("list_pods") for c in kube.calls) == 1, "one cluster-wide pod list, not per namespace"
+
+
+def test_observe_without_linkerd_finds_nothing() -> None:
+    """A cluster with no release, no linkerd-config and no proxies reports nothing found."""
+    found = observe(FakeKube(pods=[Pod("default", "x", containers=(APP,))]), FakeHelm())
+    assert not found.found
+    assert found.control_plane_version is None
+    assert found.as_dict()["proxies"] == {}
+
+
+def test_observe_defaults_to_the_linkerd_namespace_for_cli_installs() -> None:
+    """Without a Helm release, linkerd-config is looked up in the linkerd namespace."""
+    kube = FakeKube(config_maps={("linkerd", "linkerd-config"): {"values": "linkerdVersion: stable-2.12.6\n"}})
+    found = observe(kube, FakeHelm())
+    assert (found.control_plane_namespace, found.control_plane_version) == ("linkerd", "stable-2.12.6")

@@ -1,0 +1,1 @@
+"""The only modules that touch the cluster or run helm. They act and report; they never decide."""

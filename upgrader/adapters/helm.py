@@ -1,0 +1,181 @@
+"""HelmPort over pyhelm3 and a real helm binary (helm 4 or helm 3).
+
+pyhelm3's ``Command`` runs helm with values on stdin and JSON output and maps stderr to
+exception classes; we use it as our runner and keep its ``Client`` (which both decides and
+acts) out of the way. ``install`` and ``upgrade`` are separate on purpose: an upgrade never
+passes ``--install``, so a release that is not there is never created by accident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyhelm3
+from pyhelm3 import errors as helm_errors
+
+from upgrader.errors import ClusterUnreachableError, HelmError
+from upgrader.ports import HelmRelease, HelmRevision
+from upgrader.redaction import redact_text
+
+T = TypeVar("T")
+
+_CHART = re.compile(r"^(?P<name>.+?)-(?P<version>v?\d+\.\d+\.\d+\S*)$")
+
+
+def split_chart(chart: str) -> tuple[str, str]:
+    """``linkerd-control-plane-1.18.10-edge`` -> (``linkerd-control-plane``, ``1.18.10-edge``)."""
+    m = _CHART.match(chart)
+    return (m["name"], m["version"]) if m else (chart, "")
+
+
+class HelmAdapter:
+    """One helm binary bound to one kubeconfig/context."""
+
+    def __init__(
+        self,
+        *,
+        executable: str = "helm",
+        kubeconfig: Path | None = None,
+        context: str | None = None,
+        timeout: str = "5m",
+        history_max: int = 10,
+    ) -> None:
+        self._command = pyhelm3.Command(
+            executable=executable,
+            kubeconfig=kubeconfig,
+            kubecontext=context,
+            default_timeout=timeout,
+            history_max_revisions=history_max,
+        )
+        self._timeout = timeout
+        self._history_max = history_max
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            return asyncio.run(coro)
+        except helm_errors.ConnectionError as exc:
+            raise ClusterUnreachableError(
+                f"helm could not reach the cluster: {redact_text(str(exc)).strip()}",
+                hint="check --kubeconfig/--context and that the API server answers",
+            ) from exc
+        except helm_errors.Error as exc:
+            raise HelmError(redact_text(str(exc)).strip()) from exc
+
+    def version(self) -> str:
+        version: str = self._call(self._command.version())
+        return version.strip()
+
+    def major(self) -> int:
+        return int(self.version().lstrip("v").split(".")[0])
+
+    def list_releases(self) -> list[HelmRelease]:
+        rows = self._call(self._command.list(all=True, all_namespaces=True))
+        return [_release(r) for r in rows]
+
+    def history(self, release: str, namespace: str) -> list[HelmRevision]:
+        rows = self._call(self._command.history(release, namespace=namespace))
+        return [
+            HelmRevision(
+                revision=int(r["revision"]),
+                status=r["status"],
+                chart=r["chart"],
+                app_version=r.get("app_version", ""),
+                description=r.get("description", ""),
+            )
+            for r in rows
+        ]
+
+    def get_values(self, release: str, namespace: str, *, all_values: bool = False) -> dict[str, Any]:
+        values: dict[str, Any] = self._call(self._command.get_values(release, computed=all_values, namespace=namespace))
+        return values
+
+    def status(self, release: str, namespace: str) -> HelmRelease:
+        data = self._call(self._command.status(release, namespace=namespace))
+        return _from_status(data)
+
+    def install(
+        self,
+        release: str,
+        chart: str | Path,
+        namespace: str,
+        values: dict[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        wait: bool = True,
+        create_namespace: bool = False,
+    ) -> HelmRelease:
+        args = ["install", release, str(chart), *self._common(namespace, version, wait)]
+        if create_namespace:
+            args.append("--create-namespace")
+        return self._apply(args, values)
+
+    def upgrade(
+        self,
+        release: str,
+        chart: str | Path,
+        namespace: str,
+        values: dict[str, Any] | None = None,
+        *,
+        version: str | None = None,
+        wait: bool = True,
+        reset_values: bool = False,
+        reuse_values: bool = False,
+    ) -> HelmRelease:
+        args = ["upgrade", release, str(chart), *self._common(namespace, version, wait)]
+        args += ["--history-max", str(self._history_max)]
+        if reset_values:
+            args.append("--reset-values")
+        if reuse_values:
+            args.append("--reuse-values")
+        return self._apply(args, values)
+
+    def rollback(self, release: str, namespace: str, revision: int, *, wait: bool = True) -> None:
+        self._call(self._command.rollback(release, revision, namespace=namespace, wait=wait, timeout=self._timeout))
+
+    def uninstall(self, release: str, namespace: str, *, wait: bool = True) -> None:
+        self._call(self._command.uninstall(release, namespace=namespace, wait=wait, timeout=self._timeout))
+
+    def _common(self, namespace: str, version: str | None, wait: bool) -> list[str]:
+        args = ["--namespace", namespace, "--timeout", self._timeout, "--output", "json", "--values", "-"]
+        if version:
+            args += ["--version", version]
+        if wait:
+            args.append("--wait")
+        return args
+
+    def _apply(self, args: list[str], values: dict[str, Any] | None) -> HelmRelease:
+        out = self._call(self._command.run(list(args), json.dumps(values or {}).encode()))
+        data = json.loads(out[out.index(b"{") :])
+        return _from_status(data)
+
+
+def _release(row: dict[str, Any]) -> HelmRelease:
+    name, version = split_chart(row["chart"])
+    return HelmRelease(
+        name=row["name"],
+        namespace=row["namespace"],
+        revision=int(row["revision"]),
+        status=row["status"],
+        chart_name=name,
+        chart_version=version,
+        app_version=row.get("app_version", ""),
+    )
+
+
+def _from_status(data: dict[str, Any]) -> HelmRelease:
+    """A release from the JSON of `helm status|install|upgrade -o json`."""
+    meta = data.get("chart", {}).get("metadata", {})
+    return HelmRelease(
+        name=data["name"],
+        namespace=data["namespace"],
+        revision=int(data["version"]),
+        status=data["info"]["status"],
+        chart_name=meta.get("name", ""),
+        chart_version=meta.get("version", ""),
+        app_version=meta.get("appVersion", ""),
+    )
