@@ -41,6 +41,12 @@ def cluster() -> Iterator[ClusterHandle]:
 
 
 @pytest.fixture(scope="session")
+def figures() -> dict[str, str]:
+    """Measured figures a test wants shown in the run's summary."""
+    return _FIGURES
+
+
+@pytest.fixture(scope="session")
 def api(cluster: ClusterHandle) -> Iterator[client.ApiClient]:
     """A Kubernetes API client bound to the session's cluster."""
     api_client = config.new_client_from_config(config_file=str(cluster.kubeconfig))

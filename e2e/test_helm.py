@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,22 @@ def test_upgrade_never_installs_a_missing_release(helm_binary: Path, cluster: Cl
     with pytest.raises(HelmError, match=r"has no deployed releases|not found"):
         helm.upgrade("absent", CHART, namespace, {}, wait=False)
     assert [r for r in helm.list_releases() if r.namespace == namespace] == []
+
+
+def test_helm_template_assumes_the_built_kubernetes_minor(helm_binary: Path, tmp_path: Path) -> None:
+    """Offline `helm template` renders with Kubernetes 1.36, not helm 3's built-in 1.20 default."""
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "Chart.yaml").write_text("apiVersion: v2\nname: cap\nversion: 0.1.0\n")
+    (tmp_path / "templates" / "cap.yaml").write_text("kube: {{ .Capabilities.KubeVersion.Version }}\n")
+    out = subprocess.run([str(helm_binary), "template", str(tmp_path)], capture_output=True, text=True, check=True)
+    minor = binaries.KUBERNETES_VERSION.rsplit(".", 1)[0]
+    assert f"kube: {minor}.0" in out.stdout
+
+
+def test_failed_releases_are_listed(helm_binary: Path, cluster: ClusterHandle, namespace: str) -> None:
+    """list_releases includes releases in a failed state (helm 3 --all, helm 4 default)."""
+    helm = HelmAdapter(executable=str(helm_binary), kubeconfig=cluster.kubeconfig)
+    with pytest.raises(HelmError, match="upgrader-e2e-no-such-namespace"):
+        helm.install("broken", CHART, namespace, {"failOnApply": True}, wait=False)
+    listed = {(r.name, r.namespace): r for r in helm.list_releases()}
+    assert listed[("broken", namespace)].status == "failed"

@@ -24,7 +24,7 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_second_start_reuses_binaries_and_teardown_leaves_no_process_or_folder() -> None:
+def test_second_start_reuses_binaries_and_teardown_leaves_no_process_or_folder(figures: dict[str, str]) -> None:
     """Starting again builds nothing; stopping ends every component and removes the folder."""
     infos = {c.name: (c.dir / "BUILD-INFO.json").stat().st_mtime for c in binaries.COMPONENTS.values() if c.is_built()}
     assert {"etcd", "kubernetes", "kwok"} <= set(infos), "the session cluster should have built these already"
@@ -49,4 +49,4 @@ def test_second_start_reuses_binaries_and_teardown_leaves_no_process_or_folder()
     assert [name for name, pid in pids.items() if _alive(pid)] == []
     assert _processes_mentioning(str(folder)) == []
     assert not folder.exists()
-    print(f"\nwarm start (1 node): {warm_start:.1f}s; peak RSS of components: {rss / 1024:.0f} MiB")
+    figures["second cluster warm start (1 node)"] = f"{warm_start:.1f}s, peak RSS {rss / 1024:.0f} MiB"

@@ -54,6 +54,7 @@ class HelmAdapter:
         )
         self._timeout = timeout
         self._history_max = history_max
+        self._major: int | None = None
 
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
@@ -71,11 +72,18 @@ class HelmAdapter:
         return version.strip()
 
     def major(self) -> int:
-        return int(self.version().lstrip("v").split(".")[0])
+        if self._major is None:
+            self._major = int(self.version().lstrip("v").split(".")[0])
+        return self._major
 
     def list_releases(self) -> list[HelmRelease]:
-        rows = self._call(self._command.list(all=True, all_namespaces=True))
-        return [_release(r) for r in rows]
+        # helm 3 needs --all to include pending/failed releases; helm 4 lists every state by
+        # default and has no --all (and --deployed, pyhelm3's default, would filter).
+        if self.major() >= 4:
+            listing = self._command.list(all_namespaces=True, include_deployed=False)
+        else:
+            listing = self._command.list(all=True, all_namespaces=True)
+        return [_release(r) for r in self._call(listing)]
 
     def history(self, release: str, namespace: str) -> list[HelmRevision]:
         rows = self._call(self._command.history(release, namespace=namespace))
