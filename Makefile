@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: demo test lint unit e2e binaries cluster-up cluster-down bench clean venv
+.PHONY: demo test lint unit e2e binaries cluster-up cluster-down world-up bench clean venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +18,10 @@ venv: $(BIN)/.installed
 binaries: venv
 	$(BIN)/python -m e2e.harness.binaries
 
-## The main job on the built-in local cluster.
+## The main job on the built-in local cluster: world up, upgrader against it, world down.
 demo: binaries
-	$(BIN)/python -m e2e.demo
+	@$(MAKE) --no-print-directory world-up || { $(MAKE) --no-print-directory cluster-down; exit 1; }
+	@$(BIN)/python -m e2e.demo; rc=$$?; $(MAKE) --no-print-directory cluster-down; exit $$rc
 
 ## Lint, type-check, import contracts, unit tests and the e2e suite on a real local cluster.
 test: lint binaries
@@ -40,6 +41,11 @@ e2e: binaries
 ## A long-lived local cluster: prints the kubeconfig path.
 cluster-up: binaries
 	@$(BIN)/python -m e2e.harness.cluster up
+
+## The Linkerd-like world on the local cluster: chart repo, injector, Linkerd and the sample mesh.
+WORLD_ARGS ?= --version stable-2.13.7 --ha --viz
+world-up: binaries
+	@$(BIN)/python -m e2e.fixtures.world up $(WORLD_ARGS)
 
 cluster-down: venv
 	@$(BIN)/python -m e2e.harness.cluster down

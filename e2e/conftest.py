@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from e2e.fixtures.world import World
 from e2e.harness import binaries
 from e2e.harness.backends import ClusterHandle, open_cluster
+from e2e.harness.processes import Processes
 from e2e.harness.waits import wait_for
 
 _ACTIVE: dict[str, ClusterHandle] = {}
+_WORLD_PROCESSES: list[Processes] = []
 _FIGURES: dict[str, str] = {}
 
 
@@ -70,6 +73,26 @@ def namespace(request: pytest.FixtureRequest, api: client.ApiClient) -> Iterator
     core.delete_namespace(name)
 
 
+@pytest.fixture(scope="session")
+def world(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """The Linkerd-like world (chart repository and injector) beside the session's cluster."""
+    folder = tmp_path_factory.mktemp("world")
+    processes = Processes(folder / "logs")
+    _WORLD_PROCESSES.append(processes)
+    try:
+        yield World.start(cluster.kubeconfig, folder, processes.spawn)
+    finally:
+        processes.stop()
+        _WORLD_PROCESSES.remove(processes)
+
+
+@pytest.fixture
+def clean_world(world: World) -> Iterator[World]:
+    """The world, with Linkerd and the sample mesh removed again after the test."""
+    yield world
+    world.reset()
+
+
 @pytest.fixture(params=["helm", "helm3"], ids=["helm4", "helm3"])
 def helm_binary(request: pytest.FixtureRequest) -> Path:
     """Each real helm binary in turn (helm 4, then helm 3)."""
@@ -84,6 +107,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     handle = _ACTIVE.get("cluster")
     if report.failed and handle is not None:
         report.sections.append(("cluster component logs (last lines)", handle.log_tails()))
+    if report.failed:
+        for processes in _WORLD_PROCESSES:
+            report.sections.append(("world program logs (last lines)", processes.log_tails()))
     return report
 
 

@@ -1,8 +1,10 @@
-"""`make demo`: the main job on the built-in local cluster.
+"""`make demo`: the main job against the world that `make world-up` started.
 
-Starts the local control plane (building its programs on first use), then runs the
-upgrader against it the way an operator would, and tears the cluster down again.
-Until the apply engine exists, the main job is discovery.
+`make world-up` starts the local cluster (building its programs on first use), the chart
+repository and the injector, installs Linkerd (stable-2.13.7, HA, with viz) and the sample
+mesh. This script then runs the upgrader against it the way an operator would; `make demo`
+tears everything down afterwards. Until the planner and apply engine exist, the main job
+is discovery.
 """
 
 from __future__ import annotations
@@ -10,38 +12,32 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 from e2e.harness import binaries
-from e2e.harness.cluster import ClusterError, LocalCluster
+from e2e.harness.cluster import DEFAULT_DIR
 
 
-def _step(title: str, *cmd: str, env: dict[str, str]) -> None:
-    print(f"\n$ {' '.join(cmd)}", flush=True)
+def _step(*cmd: str, env: dict[str, str]) -> None:
+    print(f"\n$ {' '.join(Path(c).name if i == 0 else c for i, c in enumerate(cmd))}", flush=True)
     result = subprocess.run(cmd, env=env, check=False)
     if result.returncode != 0:
-        raise SystemExit(f"demo step failed ({title}): exit {result.returncode}")
+        raise SystemExit(f"demo step failed with exit {result.returncode}: {' '.join(cmd)}")
 
 
 def main() -> int:
-    binaries.ensure_all(echo=lambda m: print(m, file=sys.stderr, flush=True))
-    started = time.monotonic()
-    try:
-        cluster = LocalCluster(nodes=3)
-        cluster.start()
-    except ClusterError as exc:
-        print(f"error: the local cluster did not start: {exc}", file=sys.stderr)
-        return 1
-    try:
-        print(f"local cluster up in {time.monotonic() - started:.1f}s: kubeconfig {cluster.kubeconfig}")
-        env = dict(os.environ, UPGRADER_HELM=str(binaries.program("helm", "helm")), KUBECONFIG=str(cluster.kubeconfig))
-        upgrader = [sys.executable, "-m", "upgrader"]
-        _step("version", *upgrader, "--version", env=env)
-        _step("nodes", str(binaries.program("kubectl")), "get", "nodes", "-o", "wide", env=env)
-        _step("discover", *upgrader, "discover", env=env)
-    finally:
-        cluster.stop()
-        print("local cluster stopped and removed")
+    kubeconfig = Path(os.environ.get("UPGRADER_E2E_CLUSTER_DIR", DEFAULT_DIR)) / "kubeconfig"
+    if not kubeconfig.exists():
+        print(f"error: no world running ({kubeconfig} missing); run `make world-up` first", file=sys.stderr)
+        return 2
+    env = dict(os.environ, UPGRADER_HELM=str(binaries.program("helm", "helm")), KUBECONFIG=str(kubeconfig))
+    kubectl = str(binaries.program("kubectl"))
+    upgrader = [sys.executable, "-m", "upgrader"]
+    _step(*upgrader, "--version", env=env)
+    _step(kubectl, "get", "nodes", env=env)
+    _step(kubectl, "get", "deployments", "-n", "linkerd", env=env)
+    _step(*upgrader, "discover", env=env)
+    _step(*upgrader, "--log-format", "json", "discover", "-o", "json", env=env)
     return 0
 
 

@@ -48,6 +48,13 @@ def test_install_upgrade_history_rollback(
     assert [(h.revision, h.status) for h in history] == [(1, "superseded"), (2, "superseded"), (3, "deployed")]
     assert "Rollback to 1" in history[-1].description
 
+    current = helm.status("smoke", namespace)
+    assert (current.revision, current.status, current.chart_name, current.chart_version) == (
+        3,
+        "deployed",
+        "smoke",
+        "0.1.0",
+    )
     listed = {(r.name, r.namespace): r for r in helm.list_releases()}
     assert listed[("smoke", namespace)].revision == 3
     assert listed[("smoke", namespace)].chart_version == "0.1.0"

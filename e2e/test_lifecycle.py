@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from e2e.harness import binaries
-from e2e.harness.cluster import COMPONENTS, LocalCluster, _alive
+from e2e.harness.cluster import COMPONENTS, LocalCluster
+from e2e.harness.processes import alive
 
 
 def _processes_mentioning(text: str) -> list[int]:
@@ -37,7 +38,7 @@ def test_second_start_reuses_binaries_and_teardown_leaves_no_process_or_folder(f
     pids = dict(cluster.pids)
     try:
         assert set(pids) == set(COMPONENTS)
-        assert all(_alive(pid) for pid in pids.values())
+        assert all(alive(pid) for pid in pids.values())
         assert _processes_mentioning(str(folder)), "components should run with the cluster folder in argv"
         rss = cluster.peak_rss_kib()
     finally:
@@ -46,7 +47,7 @@ def test_second_start_reuses_binaries_and_teardown_leaves_no_process_or_folder(f
     assert {
         c.name: (c.dir / "BUILD-INFO.json").stat().st_mtime for c in binaries.COMPONENTS.values() if c.name in infos
     } == infos, "a component was rebuilt"
-    assert [name for name, pid in pids.items() if _alive(pid)] == []
+    assert [name for name, pid in pids.items() if alive(pid)] == []
     assert _processes_mentioning(str(folder)) == []
     assert not folder.exists()
     figures["second cluster warm start (1 node)"] = f"{warm_start:.1f}s, peak RSS {rss / 1024:.0f} MiB"

@@ -30,6 +30,14 @@ class KeyPair:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
+    @classmethod
+    def load(cls, folder: Path, stem: str) -> KeyPair:
+        """Read back what ``write`` wrote."""
+        cert = x509.load_pem_x509_certificate((folder / f"{stem}.crt").read_bytes())
+        key = serialization.load_pem_private_key((folder / f"{stem}.key").read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return cls(cert, key)
+
     def write(self, folder: Path, stem: str) -> tuple[Path, Path]:
         """Write ``<stem>.crt`` and ``<stem>.key`` (0600) into ``folder``."""
         crt, key = folder / f"{stem}.crt", folder / f"{stem}.key"

@@ -23,10 +23,8 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from e2e.harness import binaries, certs
+from e2e.harness.processes import ProcessError, Processes, alive
 
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "upgrader-e2e-cluster"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -62,46 +61,13 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, on_timeout: Call
         try:
             if check():
                 return
+        except ProcessError:
+            raise
         except Exception:  # noqa: S110 - anything short of success means "not yet"
             pass
         if time.monotonic() > deadline:
             raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}\n{on_timeout()}")
         time.sleep(0.25)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child still answers kill(0); read its state
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _die_with_parent() -> None:
-    import ctypes  # noqa: PLC0415
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def peak_rss_kib(pids: list[int]) -> int:
-    """Sum of the peak resident set sizes (VmHWM) of ``pids``, in KiB."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
 
 
 @dataclass
@@ -111,10 +77,9 @@ class LocalCluster:
     nodes: int = 3
     dir: Path | None = None
     detach: bool = False  # processes survive this Python process (for `cluster up`)
-    pids: dict[str, int] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     _owns_dir: bool = False
-    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _processes: Processes | None = None
 
     # ---- paths -------------------------------------------------------------------------
     @property
@@ -130,18 +95,29 @@ class LocalCluster:
     def log_dir(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def processes(self) -> Processes:
+        if self._processes is None:
+            self._processes = Processes(self.log_dir, detach=self.detach)
+        return self._processes
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return self.processes.pids
+
     def log(self, component: str) -> Path:
-        return self.log_dir / f"{component}.log"
+        return self.processes.log(component)
 
     def log_tails(self, lines: int = 40) -> str:
         """The last ``lines`` of every component's log, for failure reports."""
-        out = []
-        for c in COMPONENTS:
-            path = self.log(c)
-            if path.exists():
-                tail = path.read_text(errors="replace").splitlines()[-lines:]
-                out.append(f"----- {c} ({path}) -----\n" + "\n".join(tail))
-        return "\n".join(out)
+        return self.processes.log_tails(lines)
+
+    def spawn(self, name: str, cmd: list[str], *, env: dict[str, str] | None = None) -> int:
+        """Start another program that lives and dies with this cluster (e.g. a chart repo)."""
+        pid = self.processes.spawn(name, cmd, cwd=self.root, env=env)
+        if (self.root / "state.json").exists():
+            self._write_state()
+        return pid
 
     # ---- lifecycle ---------------------------------------------------------------------
     def __enter__(self) -> LocalCluster:
@@ -206,7 +182,7 @@ class LocalCluster:
             b: str(binaries.program(b))
             for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
         }
-        self._spawn(
+        self.processes.spawn(
             "etcd",
             [
                 bins["etcd"],
@@ -233,7 +209,7 @@ class LocalCluster:
             self.log_tails,
         )
 
-        self._spawn(
+        self.processes.spawn(
             "kube-apiserver",
             [
                 bins["kube-apiserver"],
@@ -280,7 +256,7 @@ class LocalCluster:
         )
 
         kc = str(self.kubeconfig)
-        self._spawn(
+        self.processes.spawn(
             "kube-controller-manager",
             [
                 bins["kube-controller-manager"],
@@ -300,7 +276,7 @@ class LocalCluster:
                 "--profiling=false",
             ],
         )
-        self._spawn(
+        self.processes.spawn(
             "kube-scheduler",
             [
                 bins["kube-scheduler"],
@@ -314,7 +290,7 @@ class LocalCluster:
                 "--profiling=false",
             ],
         )
-        self._spawn(
+        self.processes.spawn(
             "kwok",
             [
                 bins["kwok"],
@@ -362,30 +338,6 @@ class LocalCluster:
         self.kubeconfig.touch(mode=0o600)
         self.kubeconfig.write_text(yaml.safe_dump(doc))
 
-    def _spawn(self, name: str, cmd: list[str]) -> None:
-        with self.log(name).open("ab") as log:
-            proc = subprocess.Popen(
-                cmd,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=self.root,
-                # Unless detached, a component dies with the process that started it, so a
-                # killed test run leaves nothing behind.
-                preexec_fn=None if self.detach else _die_with_parent,  # noqa: PLW1509 - prctl only
-            )
-        self._procs[name] = proc
-        self.pids[name] = proc.pid
-        time.sleep(0.1)
-        if proc.poll() is not None:
-            raise ClusterError(f"{name} exited at once with {proc.returncode}\n{self.log_tails()}")
-
-    def _check_running(self) -> None:
-        for name, pid in self.pids.items():
-            if not _alive(pid):
-                raise ClusterError(f"{name} (pid {pid}) died; its log: {self.log(name)}\n{self.log_tails()}")
-
     def _create_nodes_and_wait(self, timeout: float) -> None:
         from kubernetes import client, config  # noqa: PLC0415 - the harness may use the client freely
 
@@ -416,7 +368,7 @@ class LocalCluster:
             core.create_node(body)
 
         def nodes_ready() -> bool:
-            self._check_running()
+            self.processes.check_running()
             items = core.list_node().items
             ready = [
                 n for n in items if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
@@ -424,7 +376,7 @@ class LocalCluster:
             return len(ready) == self.nodes
 
         def controllers_work() -> bool:
-            self._check_running()
+            self.processes.check_running()
             core.read_namespaced_service_account("default", "default")
             return True
 
@@ -451,31 +403,17 @@ class LocalCluster:
     def attach(cls, folder: Path) -> LocalCluster:
         """The cluster recorded in ``folder/state.json`` (started by `cluster up`)."""
         state = json.loads((folder / "state.json").read_text())
-        return cls(
-            nodes=state["nodes"], dir=folder, detach=True, pids=state["pids"], ports=state["ports"], _owns_dir=True
-        )
+        cluster = cls(nodes=state["nodes"], dir=folder, detach=True, ports=state["ports"], _owns_dir=True)
+        cluster.processes.pids.update(state["pids"])
+        return cluster
 
     def peak_rss_kib(self) -> int:
-        return peak_rss_kib(list(self.pids.values()))
+        return self.processes.peak_rss_kib()
 
     def stop(self, *, remove_dir: bool = True, grace: float = 10.0) -> None:
         """Stop every component (SIGTERM, then SIGKILL after ``grace``) and remove the folder."""
-        for pid in reversed(list(self.pids.values())):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for name, pid in self.pids.items():
-            proc = self._procs.get(name)
-            while _alive(pid) and time.monotonic() < deadline:
-                if proc is not None and proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-            if proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
+        if self._processes is not None:
+            self._processes.stop(grace=grace)
         if self.dir is not None:
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / "state.json").unlink()
@@ -496,7 +434,7 @@ def _cli(argv: list[str] | None = None) -> int:
         cluster._owns_dir = True
         try:
             cluster.start()
-        except (ClusterError, binaries.BuildError) as exc:
+        except (ClusterError, ProcessError, binaries.BuildError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(
@@ -511,18 +449,18 @@ def _cli(argv: list[str] | None = None) -> int:
         return 0 if args.action == "down" else 1
     cluster = LocalCluster.attach(folder)
     if args.action == "status":
-        alive = {n: _alive(p) for n, p in cluster.pids.items()}
+        alive_now = {n: alive(p) for n, p in cluster.pids.items()}
         print(
             json.dumps(
                 {
                     "kubeconfig": str(cluster.kubeconfig),
-                    "alive": alive,
+                    "alive": alive_now,
                     "peak_rss_mib": round(cluster.peak_rss_kib() / 1024),
                 },
                 indent=2,
             )
         )
-        return 0 if all(alive.values()) else 1
+        return 0 if all(alive_now.values()) else 1
     cluster.stop()
     print(f"cluster in {folder} stopped and removed", file=sys.stderr)
     return 0

@@ -24,21 +24,44 @@ from e2e.harness import certs
 Mutate = Callable[[dict[str, Any]], list[dict[str, Any]] | None]
 
 
-class WebhookServer:
-    """A TLS webhook on a free loopback port. Use as a context manager."""
+def webhook_tls() -> tuple[certs.KeyPair, certs.KeyPair]:
+    """A CA and a serving certificate for 127.0.0.1 signed by it."""
+    ca = certs.new_ca("upgrader-e2e-webhook-ca")
+    return ca, certs.issue(ca, "127.0.0.1", ips=("127.0.0.1",), dns=("localhost",))
 
-    def __init__(self, mutate: Mutate) -> None:
+
+def ca_bundle(ca: certs.KeyPair) -> str:
+    """Base64 PEM of a CA, as ``clientConfig.caBundle`` wants it."""
+    return base64.b64encode(ca.cert_pem).decode()
+
+
+class WebhookServer:
+    """A TLS webhook on a loopback port (free unless given). Use as a context manager.
+
+    Every POSTed AdmissionReview goes to ``mutate`` whatever the path (the request's own
+    ``kind`` tells pods from services or policy objects); ``records`` keeps the requests.
+    """
+
+    def __init__(
+        self,
+        mutate: Mutate,
+        *,
+        port: int = 0,
+        tls: tuple[certs.KeyPair, certs.KeyPair] | None = None,
+        records: bool = True,
+    ) -> None:
         self.mutate = mutate
         self.requests: list[dict[str, Any]] = []
-        self._ca = certs.new_ca("upgrader-e2e-webhook-ca")
-        self._serving = certs.issue(self._ca, "127.0.0.1", ips=("127.0.0.1",), dns=("localhost",))
+        self._records = records
+        self._port = port
+        self._ca, self._serving = tls or webhook_tls()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def ca_bundle(self) -> str:
         """Base64 PEM of the CA that signed the serving certificate (for ``caBundle``)."""
-        return base64.b64encode(self._ca.cert_pem).decode()
+        return ca_bundle(self._ca)
 
     @property
     def url(self) -> str:
@@ -52,7 +75,8 @@ class WebhookServer:
             def do_POST(self) -> None:
                 review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 request = review["request"]
-                owner.requests.append(request)
+                if owner._records:
+                    owner.requests.append(request)
                 response: dict[str, Any] = {"uid": request["uid"], "allowed": True}
                 patch = owner.mutate(request)
                 if patch:
@@ -74,12 +98,17 @@ class WebhookServer:
         with tempfile.TemporaryDirectory() as tmp:
             crt, key = self._serving.write(Path(tmp), "serving")
             ctx.load_cert_chain(str(crt), str(key))
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
         server.socket = ctx.wrap_socket(server.socket, server_side=True)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="e2e-webhook", daemon=True)
         self._thread.start()
         return self
+
+    def serve_forever(self) -> None:
+        """Block until interrupted (for a webhook run as its own process)."""
+        assert self._thread is not None, "enter the context first"
+        self._thread.join()
 
     def __exit__(self, *exc: object) -> None:
         if self._server is not None:

@@ -103,8 +103,9 @@ class HelmAdapter:
         return values
 
     def status(self, release: str, namespace: str) -> HelmRelease:
-        data = self._call(self._command.status(release, namespace=namespace))
-        return _from_status(data)
+        """The current revision. From `helm history`: `helm status -o json` carries no chart."""
+        rows = self._call(self._command.history(release, max_revisions=1, namespace=namespace))
+        return _release({**rows[-1], "name": release, "namespace": namespace})
 
     def install(
         self,
@@ -114,10 +115,11 @@ class HelmAdapter:
         values: dict[str, Any] | None = None,
         *,
         version: str | None = None,
+        repo: str | None = None,
         wait: bool = True,
         create_namespace: bool = False,
     ) -> HelmRelease:
-        args = ["install", release, str(chart), *self._common(namespace, version, wait)]
+        args = ["install", release, str(chart), *self._common(namespace, version, repo, wait)]
         if create_namespace:
             args.append("--create-namespace")
         return self._apply(args, values)
@@ -130,11 +132,12 @@ class HelmAdapter:
         values: dict[str, Any] | None = None,
         *,
         version: str | None = None,
+        repo: str | None = None,
         wait: bool = True,
         reset_values: bool = False,
         reuse_values: bool = False,
     ) -> HelmRelease:
-        args = ["upgrade", release, str(chart), *self._common(namespace, version, wait)]
+        args = ["upgrade", release, str(chart), *self._common(namespace, version, repo, wait)]
         args += ["--history-max", str(self._history_max)]
         if reset_values:
             args.append("--reset-values")
@@ -148,10 +151,12 @@ class HelmAdapter:
     def uninstall(self, release: str, namespace: str, *, wait: bool = True) -> None:
         self._call(self._command.uninstall(release, namespace=namespace, wait=wait, timeout=self._timeout))
 
-    def _common(self, namespace: str, version: str | None, wait: bool) -> list[str]:
+    def _common(self, namespace: str, version: str | None, repo: str | None, wait: bool) -> list[str]:
         args = ["--namespace", namespace, "--timeout", self._timeout, "--output", "json", "--values", "-"]
         if version:
             args += ["--version", version]
+        if repo:
+            args += ["--repo", repo]
         if wait:
             args.append("--wait")
         return args

@@ -1,0 +1,638 @@
+"""The fixture Linkerd charts, rendered and linted offline with the real helm binaries (no cluster)."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e.fixtures.charts import PROXY_INIT_VERSION, build_charts, chart_source
+from e2e.fixtures.identity import Identity, make_identity
+from e2e.fixtures.releases import RELEASES, FixtureRelease, release
+from e2e.harness import binaries
+
+try:  # libyaml's safe loader parses a rendered control plane ten times faster
+    from yaml import CSafeLoader as _SafeLoader
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    from yaml import SafeLoader as _SafeLoader  # type: ignore[assignment]
+
+CP = "linkerd-control-plane"
+CRDS = "linkerd-crds"
+VIZ = "linkerd-viz"
+DEPLOYMENTS = {
+    "linkerd-destination": "destination",
+    "linkerd-identity": "identity",
+    "linkerd-proxy-injector": "proxy-injector",
+}
+WEBHOOKS = {
+    "linkerd-proxy-injector-webhook-config": ("linkerd-proxy-injector", "/inject"),
+    "linkerd-sp-validator-webhook-config": ("linkerd-sp-validator", "/validate-sp"),
+    "linkerd-policy-validator-webhook-config": ("linkerd-policy-validator", "/validate-policy"),
+}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
+PDBS = {"linkerd-dst", "linkerd-identity", "linkerd-proxy-injector"}
+BY_RELEASE = pytest.mark.parametrize("rel", RELEASES, ids=[r.version for r in RELEASES])
+
+
+@dataclass(frozen=True)
+class Built:
+    """The charts built once for this module, and the certificates to render them with."""
+
+    out: Path
+    packages: list[Path]
+    identity: Identity
+    certs: Path
+
+    def src(self, rel: FixtureRelease, chart: str = CP) -> Path:
+        return chart_source(rel, chart, self.out)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The output of one `helm template`."""
+
+    text: str
+    docs: list[dict[str, Any]]
+
+    def all(self, kind: str) -> dict[str, dict[str, Any]]:
+        return {d["metadata"]["name"]: d for d in self.docs if d["kind"] == kind}
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        return self.all(kind)[name]
+
+
+Render = Callable[..., Rendered]
+
+
+def _load_all(text: str) -> list[dict[str, Any]]:
+    """yaml.safe_load_all, with libyaml when available; empty documents dropped."""
+    return [d for d in yaml.load_all(text, Loader=_SafeLoader) if d]
+
+
+def _helm(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(helm), *args], capture_output=True, text=True, check=False, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def helm4() -> Path:
+    """helm v4, the default binary."""
+    binaries.ensure(binaries.COMPONENTS["helm"])
+    return binaries.program("helm", "helm")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, helm4: Path) -> Built:
+    """Every release's charts, built and packaged once for the module."""
+    out = tmp_path_factory.mktemp("fixture-charts")
+    packages = build_charts(out, helm4)
+    identity = make_identity()
+    certs = out / "certs.yaml"
+    certs.write_text(yaml.safe_dump(identity.values()))
+    return Built(out, packages, identity, certs)
+
+
+@pytest.fixture(scope="module")
+def render(built: Built, helm4: Path) -> Render:
+    """`helm template` of one chart of one release; successful renders are cached per arguments."""
+    cache: dict[tuple[Any, ...], Rendered] = {}
+
+    def run(
+        rel: FixtureRelease,
+        *args: str,
+        chart: str = CP,
+        helm: Path | None = None,
+        namespace: str = "linkerd",
+        certs: bool = True,
+    ) -> Rendered:
+        key = (rel.version, chart, args, helm, namespace, certs)
+        if key not in cache:
+            extra = ["-f", str(built.certs)] if certs and chart == CP else []
+            proc = _helm(helm or helm4, "template", chart, str(built.src(rel, chart)), "-n", namespace, *extra, *args)
+            assert proc.returncode == 0, proc.stderr
+            cache[key] = Rendered(proc.stdout, _load_all(proc.stdout))
+        return cache[key]
+
+    return run
+
+
+def _fail(helm: Path, chart_dir: Path, *args: str) -> str:
+    proc = _helm(helm, "template", CP, str(chart_dir), "-n", "linkerd", *args)
+    assert proc.returncode != 0, f"rendering unexpectedly succeeded with {args}"
+    return proc.stderr
+
+
+def _pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    if workload["kind"] == "CronJob":
+        return dict(workload["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    return dict(workload["spec"]["template"]["spec"])
+
+
+def _containers(workload: dict[str, Any], key: str = "containers") -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in _pod_spec(workload).get(key, [])}
+
+
+def _config_values(out: Rendered) -> dict[str, Any]:
+    values = yaml.safe_load(out.get("ConfigMap", "linkerd-config")["data"]["values"])
+    assert isinstance(values, dict)
+    return values
+
+
+def _anchors_only(built: Built) -> str:
+    path = built.out / "anchors-only.yaml"
+    path.write_text(yaml.safe_dump({"identityTrustAnchorsPEM": built.identity.trust_anchor_pem}))
+    return str(path)
+
+
+# --- build_charts and packaging ---------------------------------------------------------------
+
+
+def test_build_charts_packages_each_distinct_chart_version_once(built: Built) -> None:
+    """build_charts returns one sorted .tgz per distinct (chart, version), named as the real packages."""
+    expected = {f"{CP}-{r.control_plane_chart}.tgz" for r in RELEASES}
+    expected |= {f"{CRDS}-{r.crds_chart}.tgz" for r in RELEASES}
+    expected |= {f"{VIZ}-{r.viz_chart}.tgz" for r in RELEASES}
+    names = [p.name for p in built.packages]
+    assert names == sorted(names)
+    assert set(names) == expected
+    assert len(names) == len(expected) == 19  # crds 1.6.1 and 1.8.0 are shared
+    for name in ("linkerd-control-plane-1.16.11.tgz", "linkerd-crds-2024.8.2.tgz", "linkerd-viz-30.12.11.tgz"):
+        assert (built.out / name).is_file()
+
+
+def test_build_charts_is_idempotent(built: Built, helm4: Path) -> None:
+    """Rebuilding into the same folder returns the same packages and leaves no temporary folders."""
+    again = build_charts(built.out, helm4)
+    assert again == built.packages
+    leftovers = [p.name for p in (built.out / "src").iterdir() if p.is_dir() and p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_chart_source_builds_missing_dirs_and_reuses_current_ones(tmp_path: Path) -> None:
+    """chart_source writes a missing chart folder once and returns it unchanged when it is current."""
+    rel = release("stable-2.14.10")
+    first = chart_source(rel, CP, tmp_path)
+    assert first == tmp_path / "src" / "linkerd-control-plane-1.16.11"
+    chart_yaml = first / "Chart.yaml"
+    mtime = chart_yaml.stat().st_mtime_ns
+    assert chart_source(rel, CP, tmp_path) == first
+    assert chart_yaml.stat().st_mtime_ns == mtime
+    tpl = (first / "templates" / "_fixture.tpl").read_text()
+    assert '"fixture.major" -}}14{{' in tpl
+    assert '"fixture.release" -}}stable-2.14.10{{' in tpl
+
+
+def test_shared_crds_chart_is_built_from_its_first_release(built: Built) -> None:
+    """A crds chart shared by two releases is one folder, whatever release asks for it."""
+    a, b = release("stable-2.14.9"), release("stable-2.14.10")
+    assert built.src(a, CRDS) == built.src(b, CRDS) == built.out / "src" / "linkerd-crds-1.8.0"
+    assert "stable-2.14.9" in (built.src(b, CRDS) / "templates" / "_fixture.tpl").read_text()
+
+
+@BY_RELEASE
+def test_helm_show_chart_reports_release_versions(built: Built, helm_binary: Path, rel: FixtureRelease) -> None:
+    """`helm show chart` on each package reports the version and appVersion from RELEASES (crds: none)."""
+    expected_kube = ">=1.21.0-0" if rel.major <= 14 else ">=1.22.0-0"
+    for chart, version in ((CP, rel.control_plane_chart), (CRDS, rel.crds_chart), (VIZ, rel.viz_chart)):
+        proc = _helm(helm_binary, "show", "chart", str(built.out / f"{chart}-{version}.tgz"))
+        assert proc.returncode == 0, proc.stderr
+        meta = yaml.safe_load(proc.stdout)
+        assert (meta["apiVersion"], meta["name"], meta["version"]) == ("v2", chart, version)
+        assert meta["kubeVersion"] == expected_kube
+        assert meta["home"] == "https://linkerd.io"
+        assert meta["type"] == "application"
+        if chart == CRDS:
+            assert "appVersion" not in meta
+        else:
+            assert meta["appVersion"] == rel.version
+
+
+# --- linkerd-control-plane: default render ----------------------------------------------------
+
+
+@BY_RELEASE
+def test_control_plane_renders_meshed_deployments_tagged_with_the_release(
+    render: Render, built: Built, helm_binary: Path, rel: FixtureRelease
+) -> None:
+    """With certificates, the three Deployments render meshed, with images, labels and annotations of the tag."""
+    out = render(rel, helm=helm_binary)
+    tag, ns = rel.version, "linkerd"
+    deployments = out.all("Deployment")
+    assert set(deployments) == set(DEPLOYMENTS)
+    for name, component in DEPLOYMENTS.items():
+        dep = deployments[name]
+        assert dep["metadata"]["namespace"] == ns
+        assert dep["spec"]["replicas"] == 1
+        labels = dep["metadata"]["labels"]
+        assert labels["linkerd.io/control-plane-component"] == component
+        assert labels["linkerd.io/control-plane-ns"] == ns
+        assert labels["app.kubernetes.io/name"] == component
+        assert labels["app.kubernetes.io/part-of"] == "Linkerd"
+        assert labels["app.kubernetes.io/version"] == tag
+        assert dep["metadata"]["annotations"]["linkerd.io/created-by"] == f"linkerd/helm {tag}"
+        pod = dep["spec"]["template"]["metadata"]
+        assert pod["labels"]["linkerd.io/control-plane-component"] == component
+        assert pod["labels"]["linkerd.io/workload-ns"] == ns
+        assert pod["labels"]["linkerd.io/proxy-deployment"] == name
+        assert pod["labels"]["app.kubernetes.io/version"] == tag
+        assert dep["spec"]["selector"]["matchLabels"].items() <= pod["labels"].items()
+        assert pod["annotations"]["linkerd.io/created-by"] == f"linkerd/helm {tag}"
+        assert pod["annotations"]["linkerd.io/proxy-version"] == tag
+        assert pod["annotations"]["linkerd.io/trust-root-sha256"] == built.identity.trust_root_sha256
+        assert pod["annotations"]["linkerd.io/identity-mode"] == "default"
+        assert pod["annotations"]["config.linkerd.io/default-inbound-policy"] == "all-unauthenticated"
+        spec = _pod_spec(dep)
+        assert spec["serviceAccountName"] == name
+        assert "affinity" not in spec
+        containers = _containers(dep)
+        assert containers["linkerd-proxy"]["image"] == f"cr.l5d.io/linkerd/proxy:{tag}"
+        inits = _containers(dep, "initContainers")
+        assert list(inits) == ["linkerd-init"]
+        assert inits["linkerd-init"]["image"] == f"cr.l5d.io/linkerd/proxy-init:{PROXY_INIT_VERSION[rel.major]}"
+    controller = f"cr.l5d.io/linkerd/controller:{tag}"
+    images = {n: c["image"] for n, c in _containers(deployments["linkerd-destination"]).items()}
+    assert images == {
+        "linkerd-proxy": f"cr.l5d.io/linkerd/proxy:{tag}",
+        "destination": controller,
+        "sp-validator": controller,
+        "policy": f"cr.l5d.io/linkerd/policy-controller:{tag}",
+    }
+    assert _containers(deployments["linkerd-identity"])["identity"]["image"] == controller
+    assert _containers(deployments["linkerd-proxy-injector"])["proxy-injector"]["image"] == controller
+
+
+@BY_RELEASE
+def test_linkerd_config_holds_values_without_secrets(render: Render, built: Built, rel: FixtureRelease) -> None:
+    """linkerd-config's values parse as YAML with the effective linkerdVersion and no key, certificate or e2e block."""
+    out = render(rel)
+    values = _config_values(out)
+    assert values["linkerdVersion"] == rel.version
+    assert values["highAvailability"] is False
+    assert values["webhookFailurePolicy"] == "Ignore"
+    assert values["proxy"]["image"] == {"name": "cr.l5d.io/linkerd/proxy", "version": "", "pullPolicy": ""}
+    assert values["identityTrustAnchorsPEM"] == built.identity.trust_anchor_pem
+    assert values["identity"]["issuer"]["tls"] == {}
+    assert "e2e" not in values
+    raw = out.get("ConfigMap", "linkerd-config")["data"]["values"]
+    assert "keyPEM" not in raw
+    assert "crtPEM" not in raw
+    # The private key is only in the issuer Secret, base64-encoded.
+    assert "PRIVATE KEY" not in out.text
+    secret = out.get("Secret", "linkerd-identity-issuer")
+    key_b64 = secret["data"]["key.pem"]
+    assert base64.b64decode(key_b64).decode() == built.identity.issuer_key_pem.strip()
+    assert base64.b64decode(secret["data"]["crt.pem"]).decode() == built.identity.issuer_crt_pem.strip()
+    assert out.text.count(key_b64) == 1
+
+
+@BY_RELEASE
+def test_effective_linkerd_version_defaults_to_app_version(render: Render, rel: FixtureRelease) -> None:
+    """An empty linkerdVersion falls back to the chart's appVersion in images and linkerd-config."""
+    out = render(rel, "--set", "linkerdVersion=")
+    assert _config_values(out)["linkerdVersion"] == rel.version
+    dep = out.get("Deployment", "linkerd-identity")
+    assert _containers(dep)["identity"]["image"] == f"cr.l5d.io/linkerd/controller:{rel.version}"
+
+
+@BY_RELEASE
+def test_control_plane_renders_trust_roots_services_accounts_and_heartbeat(render: Render, rel: FixtureRelease) -> None:
+    """Trust roots, Services, a ServiceAccount per pod, the heartbeat CronJob and created-by on every object render."""
+    out = render(rel)
+    anchors = out.get("ConfigMap", "linkerd-identity-trust-roots")["data"]["ca-bundle.crt"]
+    assert anchors.startswith("-----BEGIN CERTIFICATE-----")
+    assert set(out.all("Service")) == {
+        "linkerd-dst",
+        "linkerd-dst-headless",
+        "linkerd-policy",
+        "linkerd-identity",
+        "linkerd-identity-headless",
+        "linkerd-proxy-injector",
+        "linkerd-sp-validator",
+        "linkerd-policy-validator",
+    }
+    heartbeat = out.get("CronJob", "linkerd-heartbeat")
+    assert heartbeat["metadata"]["labels"]["linkerd.io/control-plane-component"] == "heartbeat"
+    assert heartbeat["spec"]["schedule"] == "1 * * * *"
+    assert _containers(heartbeat)["heartbeat"]["image"] == f"cr.l5d.io/linkerd/controller:{rel.version}"
+    accounts = set(out.all("ServiceAccount"))
+    assert accounts == {"linkerd-destination", "linkerd-identity", "linkerd-proxy-injector", "linkerd-heartbeat"}
+    workloads = [*out.all("Deployment").values(), heartbeat]
+    assert {_pod_spec(w)["serviceAccountName"] for w in workloads} == accounts
+    for doc in out.docs:
+        assert doc["metadata"]["annotations"]["linkerd.io/created-by"] == f"linkerd/helm {rel.version}", doc["kind"]
+        if doc["kind"] not in CLUSTER_SCOPED:
+            assert doc["metadata"]["namespace"] == "linkerd", (doc["kind"], doc["metadata"]["name"])
+    assert "CronJob" not in {d["kind"] for d in render(rel, "--set", "disableHeartBeat=true").docs}
+
+
+@BY_RELEASE
+def test_webhooks_reference_services_by_default(render: Render, rel: FixtureRelease) -> None:
+    """The three webhook configurations call their Services, with Ignore, a 10 s timeout and the namespace selector."""
+    out = render(rel)
+    hooks = out.all("MutatingWebhookConfiguration") | out.all("ValidatingWebhookConfiguration")
+    assert set(hooks) == set(WEBHOOKS)
+    for name, (service, _path) in WEBHOOKS.items():
+        (hook,) = hooks[name]["webhooks"]
+        assert hook["clientConfig"] == {"service": {"name": service, "namespace": "linkerd", "path": "/"}}
+        assert hook["failurePolicy"] == "Ignore"
+        assert hook["timeoutSeconds"] == 10
+        assert hook["sideEffects"] == "None"
+        assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]
+        assert hook["namespaceSelector"]["matchExpressions"] == [
+            {"key": "config.linkerd.io/admission-webhooks", "operator": "NotIn", "values": ["disabled"]},
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "cert-manager"]},
+        ]
+    (injector,) = hooks["linkerd-proxy-injector-webhook-config"]["webhooks"]
+    assert injector["name"] == "linkerd-proxy-injector.linkerd.io"
+    assert injector["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods", "services"],
+            "scope": "Namespaced",
+        }
+    ]
+    (sp,) = hooks["linkerd-sp-validator-webhook-config"]["webhooks"]
+    assert sp["rules"][0]["resources"] == ["serviceprofiles"]
+    assert sp["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+    (policy,) = hooks["linkerd-policy-validator-webhook-config"]["webhooks"]
+    assert policy["rules"][0]["apiGroups"] == ["policy.linkerd.io"]
+    assert policy["rules"][0]["operations"] == ["CREATE", "UPDATE"]
+
+
+# --- required values and identity schemes -----------------------------------------------------
+
+
+@BY_RELEASE
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("nothing", "Please provide the identity trust anchors"),
+        ("anchors", "Please provide the identity issuer certificate"),
+        ("anchors+crt", "Please provide the identity issuer private key"),
+    ],
+)
+def test_missing_certificates_fail_with_linkerd_messages(
+    built: Built, helm4: Path, rel: FixtureRelease, given: str, message: str
+) -> None:
+    """Rendering without the trust anchors, issuer certificate or issuer key fails with Linkerd's message."""
+    args: list[str] = []
+    if given != "nothing":
+        args += ["-f", _anchors_only(built)]
+    if given == "anchors+crt":
+        args += ["--set-string", f"identity.issuer.tls.crtPEM={built.identity.issuer_crt_pem}"]
+    assert message in _fail(helm4, built.src(rel), *args)
+
+
+@BY_RELEASE
+def test_kubernetes_tls_scheme_renders_no_issuer_secret(built: Built, render: Render, rel: FixtureRelease) -> None:
+    """With scheme kubernetes.io/tls no issuer key is needed and the chart renders no linkerd-identity-issuer Secret."""
+    out = render(rel, "-f", _anchors_only(built), "--set", "identity.issuer.scheme=kubernetes.io/tls", certs=False)
+    assert "linkerd-identity-issuer" not in out.all("Secret")
+    identity = out.get("Deployment", "linkerd-identity")
+    assert "-identity-scheme=kubernetes.io/tls" in _containers(identity)["identity"]["args"]
+    volumes = {v["name"]: v for v in _pod_spec(identity)["volumes"]}
+    assert volumes["identity-issuer"]["secret"]["secretName"] == "linkerd-identity-issuer"
+
+
+@BY_RELEASE
+def test_external_ca_renders_no_trust_roots_config_map(render: Render, rel: FixtureRelease) -> None:
+    """identity.externalCA leaves linkerd-identity-trust-roots to be supplied from outside."""
+    out = render(rel, "--set", "identity.externalCA=true")
+    assert "linkerd-identity-trust-roots" not in out.all("ConfigMap")
+    assert "linkerd-config" in out.all("ConfigMap")
+
+
+# --- high availability and the per-major values traps -----------------------------------------
+
+
+@BY_RELEASE
+def test_values_ha_gives_three_spread_replicas_pdbs_and_fail_policy(
+    render: Render, built: Built, helm_binary: Path, rel: FixtureRelease
+) -> None:
+    """values-ha.yaml gives 3 replicas, required hostname anti-affinity, three PDBs and failurePolicy Fail."""
+    out = render(rel, "-f", str(built.src(rel) / "values-ha.yaml"), helm=helm_binary)
+    for name, component in DEPLOYMENTS.items():
+        dep = out.get("Deployment", name)
+        assert dep["spec"]["replicas"] == 3
+        (required,) = _pod_spec(dep)["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert required["topologyKey"] == "kubernetes.io/hostname"
+        assert required["labelSelector"]["matchExpressions"] == [
+            {"key": "linkerd.io/control-plane-component", "operator": "In", "values": [component]}
+        ]
+    pdbs = out.all("PodDisruptionBudget")
+    assert set(pdbs) == PDBS
+    assert {p["spec"]["maxUnavailable"] for p in pdbs.values()} == {1}
+    assert all(p["apiVersion"] == "policy/v1" for p in pdbs.values())
+    hooks = out.all("MutatingWebhookConfiguration") | out.all("ValidatingWebhookConfiguration")
+    assert {h["webhooks"][0]["failurePolicy"] for h in hooks.values()} == {"Fail"}
+    values = _config_values(out)
+    assert values["highAvailability"] is True
+    assert values["controllerReplicas"] == 3
+    assert "PodDisruptionBudget" not in {d["kind"] for d in render(rel).docs}
+
+
+@BY_RELEASE
+def test_pdb_max_unavailable_is_a_value_only_from_2_16(render: Render, built: Built, rel: FixtureRelease) -> None:
+    """controller.podDisruptionBudget.maxUnavailable sets the PDBs in 2.16; earlier majors keep a fixed 1."""
+    ha = str(built.src(rel) / "values-ha.yaml")
+    out = render(rel, "-f", ha, "--set", "controller.podDisruptionBudget.maxUnavailable=2")
+    expected = 2 if rel.major >= 16 else 1
+    assert {p["spec"]["maxUnavailable"] for p in out.all("PodDisruptionBudget").values()} == {expected}
+
+
+def test_reuse_values_from_2_15_breaks_the_2_16_ha_render(built: Built, helm_binary: Path, tmp_path: Path) -> None:
+    """The 2.16 chart fed 2.15's defaults (as --reuse-values does) fails in HA on controller.podDisruptionBudget."""
+    old, new = release("edge-24.2.4"), release("edge-24.8.2")
+    assert (old.major, new.major) == (15, 16)
+    trapped = tmp_path / "linkerd-control-plane"
+    shutil.copytree(built.src(new), trapped)
+    shutil.copy(built.src(old) / "values.yaml", trapped / "values.yaml")
+    certs, ha = str(built.certs), str(built.src(old) / "values-ha.yaml")
+    stderr = _fail(helm_binary, trapped, "-f", certs, "-f", ha)
+    assert "nil pointer" in stderr
+    assert "podDisruptionBudget" in stderr
+    # Outside HA there is no PDB, so the stale values render; and 2.16's own values render in HA.
+    for chart_dir in (trapped, built.src(new)):
+        args = ["-f", certs] if chart_dir == trapped else ["-f", certs, "-f", ha]
+        proc = _helm(helm_binary, "template", CP, str(chart_dir), "-n", "linkerd", *args)
+        assert proc.returncode == 0, proc.stderr
+
+
+@BY_RELEASE
+def test_values_keys_differ_per_major(built: Built, rel: FixtureRelease) -> None:
+    """proxyInit.resources exists up to 2.15, proxy.nativeSidecar from 2.15, controller from 2.16."""
+    values = yaml.safe_load((built.src(rel) / "values.yaml").read_text())
+    assert ("resources" in values["proxyInit"]) == (rel.major <= 15)
+    assert ("nativeSidecar" in values["proxy"]) == (rel.major >= 15)
+    assert ("controller" in values) == (rel.major >= 16)
+    if rel.major >= 16:
+        assert values["controller"] == {"podDisruptionBudget": {"maxUnavailable": 1}}
+    assert values["linkerdVersion"] == rel.version
+    assert values["proxyInit"]["image"]["version"] == PROXY_INIT_VERSION[rel.major]
+    assert values["proxy"]["defaultInboundPolicy"] == "all-unauthenticated"
+    assert "defaultAllowPolicy" not in values["policyController"]
+    assert values["installMethod"] == "helm"
+    assert values["e2e"] == {"webhookURL": "", "webhookCABundle": ""}
+
+
+@BY_RELEASE
+def test_proxy_init_resources_reach_linkerd_init_only_up_to_2_15(render: Render, rel: FixtureRelease) -> None:
+    """proxyInit.resources sets linkerd-init's resources up to 2.15; 2.16's templates no longer read it."""
+    out = render(rel, "--set", "proxyInit.resources.cpu.limit=100m")
+    init = _containers(out.get("Deployment", "linkerd-identity"), "initContainers")["linkerd-init"]
+    if rel.major <= 15:
+        assert init["resources"] == {"limits": {"cpu": "100m"}}
+    else:
+        assert "resources" not in init
+
+
+@BY_RELEASE
+def test_native_sidecar_moves_the_proxy_to_init_containers_from_2_15(render: Render, rel: FixtureRelease) -> None:
+    """proxy.nativeSidecar=true makes linkerd-proxy an always-restarting init container from 2.15 on."""
+    dep = render(rel, "--set", "proxy.nativeSidecar=true").get("Deployment", "linkerd-destination")
+    inits, containers = _containers(dep, "initContainers"), _containers(dep)
+    if rel.major >= 15:
+        assert list(inits) == ["linkerd-init", "linkerd-proxy"]
+        assert inits["linkerd-proxy"]["restartPolicy"] == "Always"
+        assert "linkerd-proxy" not in containers
+    else:
+        assert list(inits) == ["linkerd-init"]
+        assert "restartPolicy" not in containers["linkerd-proxy"]
+
+
+# --- fixture-only switches --------------------------------------------------------------------
+
+
+@BY_RELEASE
+def test_e2e_webhook_url_registers_the_webhooks_by_url(render: Render, rel: FixtureRelease) -> None:
+    """e2e.webhookURL sends all three webhooks to <url><path> with the given caBundle, kept out of linkerd-config."""
+    bundle = base64.b64encode(b"-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n").decode()
+    out = render(rel, "--set", "e2e.webhookURL=https://127.0.0.1:8443", "--set", f"e2e.webhookCABundle={bundle}")
+    hooks = out.all("MutatingWebhookConfiguration") | out.all("ValidatingWebhookConfiguration")
+    for name, (_service, path) in WEBHOOKS.items():
+        (hook,) = hooks[name]["webhooks"]
+        assert hook["clientConfig"] == {"url": f"https://127.0.0.1:8443{path}", "caBundle": bundle}
+    config = out.get("ConfigMap", "linkerd-config")["data"]["values"]
+    assert "127.0.0.1:8443" not in config
+    assert bundle not in config
+
+
+@BY_RELEASE
+def test_install_method_cli_marks_objects_created_by_the_cli(render: Render, rel: FixtureRelease) -> None:
+    """installMethod=cli makes every object and pod say linkerd.io/created-by: linkerd/cli <tag>."""
+    out = render(rel, "--set", "installMethod=cli")
+    expected = f"linkerd/cli {rel.version}"
+    for doc in out.docs:
+        assert doc["metadata"]["annotations"]["linkerd.io/created-by"] == expected
+    for dep in out.all("Deployment").values():
+        assert dep["spec"]["template"]["metadata"]["annotations"]["linkerd.io/created-by"] == expected
+    crds = render(rel, "--set", "installMethod=cli", chart=CRDS)
+    assert {d["metadata"]["annotations"]["linkerd.io/created-by"].split()[0] for d in crds.docs} == {"linkerd/cli"}
+
+
+# --- linkerd-crds -----------------------------------------------------------------------------
+
+
+@BY_RELEASE
+def test_crds_chart_renders_the_release_crd_table(render: Render, rel: FixtureRelease) -> None:
+    """The CRDs rendered (names, served versions, storage version, names block) equal release.crds."""
+    out = render(rel, chart=CRDS)
+    crds = out.all("CustomResourceDefinition")
+    rendered = {
+        (name, tuple(v["name"] for v in crd["spec"]["versions"] if v["served"]), storage)
+        for name, crd in crds.items()
+        for storage in [v["name"] for v in crd["spec"]["versions"] if v["storage"]]
+    }
+    assert rendered == {(c.name, c.versions, c.storage) for c in rel.crds}
+    assert len(crds) == len(rel.crds)
+    owners = {r.version for r in RELEASES if r.crds_chart == rel.crds_chart}
+    for crd in rel.crds:
+        doc = crds[crd.name]
+        assert doc["apiVersion"] == "apiextensions.k8s.io/v1"
+        assert doc["spec"]["scope"] == "Namespaced"
+        assert doc["spec"]["names"]["kind"] == crd.kind
+        assert doc["spec"]["names"]["listKind"] == f"{crd.kind}List"
+        assert doc["spec"]["names"]["singular"] == crd.kind.lower()
+        assert doc["spec"]["names"]["plural"] == crd.plural
+        assert doc["metadata"]["labels"]["helm.sh/chart"] == f"linkerd-crds-{rel.crds_chart}"
+        assert doc["metadata"]["labels"]["linkerd.io/control-plane-ns"] == "linkerd"
+        tool, tag = doc["metadata"]["annotations"]["linkerd.io/created-by"].split()
+        assert tool == "linkerd/helm"
+        assert tag in owners
+        for version in doc["spec"]["versions"]:
+            schema = version["schema"]["openAPIV3Schema"]
+            assert schema == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        if crd.group.endswith(".k8s.io"):
+            assert "api-approved.kubernetes.io" in doc["metadata"]["annotations"]
+
+
+def test_servers_storage_version_moves_between_2_15_and_2_16(render: Render) -> None:
+    """servers.policy.linkerd.io stores v1beta2 in edge-24.2.4 and v1beta3 in edge-24.8.2."""
+    for version, storage in (("edge-24.2.4", "v1beta2"), ("edge-24.8.2", "v1beta3")):
+        crd = render(release(version), chart=CRDS).get("CustomResourceDefinition", "servers.policy.linkerd.io")
+        assert [v["name"] for v in crd["spec"]["versions"] if v["storage"]] == [storage]
+
+
+# --- linkerd-viz ------------------------------------------------------------------------------
+
+
+@BY_RELEASE
+def test_viz_renders_namespace_and_injected_deployments(render: Render, helm_binary: Path, rel: FixtureRelease) -> None:
+    """linkerd-viz renders its labelled namespace and five Deployments tagged with the release, marked for injection."""
+    out = render(rel, chart=VIZ, namespace="linkerd-viz", helm=helm_binary)
+    ns = out.get("Namespace", "linkerd-viz")
+    assert ns["metadata"]["labels"]["linkerd.io/extension"] == "viz"
+    assert ns["metadata"]["annotations"]["linkerd.io/inject"] == "enabled"
+    registry, tag = "cr.l5d.io/linkerd", rel.version
+    images = {
+        "metrics-api": f"{registry}/metrics-api:{tag}",
+        "tap": f"{registry}/tap:{tag}",
+        "tap-injector": f"{registry}/tap:{tag}",
+        "web": f"{registry}/web:{tag}",
+        "prometheus": "prom/prometheus:v2.48.1",
+    }
+    deployments = out.all("Deployment")
+    assert set(deployments) == set(images)
+    accounts = set(out.all("ServiceAccount"))
+    for name, dep in deployments.items():
+        assert dep["metadata"]["namespace"] == "linkerd-viz"
+        labels = dep["metadata"]["labels"]
+        assert labels["linkerd.io/extension"] == "viz"
+        assert labels["component"] == name
+        assert labels["app.kubernetes.io/version"] == tag
+        assert dep["metadata"]["annotations"]["linkerd.io/created-by"] == f"linkerd/helm {tag}"
+        pod = dep["spec"]["template"]
+        assert pod["metadata"]["annotations"]["linkerd.io/inject"] == "enabled"
+        assert pod["spec"]["serviceAccountName"] == name
+        assert name in accounts
+        assert [c["image"] for c in pod["spec"]["containers"]] == [images[name]]
+
+
+def test_viz_options_drop_prometheus_and_the_namespace(render: Render) -> None:
+    """prometheus.enabled=false drops Prometheus; installNamespace=false drops the Namespace."""
+    rel = release("stable-2.14.10")
+    out = render(
+        rel, "--set", "prometheus.enabled=false", "--set", "installNamespace=false", chart=VIZ, namespace="linkerd-viz"
+    )
+    assert "prometheus" not in out.all("Deployment")
+    assert out.all("Namespace") == {}
+
+
+# --- helm lint --------------------------------------------------------------------------------
+
+
+@BY_RELEASE
+def test_helm_lint_passes_for_every_chart_of_the_release(built: Built, helm_binary: Path, rel: FixtureRelease) -> None:
+    """`helm lint --strict` passes for the release's charts, with the certificates from a values file."""
+    dirs = [str(built.src(rel, chart)) for chart in (CP, CRDS, VIZ)]
+    proc = _helm(helm_binary, "lint", "--strict", *dirs, "-f", str(built.certs))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 chart(s) linted, 0 chart(s) failed" in proc.stdout
