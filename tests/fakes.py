@@ -37,6 +37,7 @@ class FakeHelm:
 
     releases: list[HelmRelease] = field(default_factory=list)
     values: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    repo: dict[str, list[tuple[str, str]]] | None = None  # chart -> [(chart version, app version)]
 
     def version(self) -> str:
         return "v4.2.4"
@@ -53,3 +54,6 @@ class FakeHelm:
 
     def get_values(self, release: str, namespace: str, *, all_values: bool = False) -> dict[str, Any]:
         return self.values.get((release, namespace), {})
+
+    def search_repo(self, repo: str, chart: str) -> list[tuple[str, str]] | None:
+        return None if self.repo is None else list(self.repo.get(chart, []))

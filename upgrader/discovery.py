@@ -28,6 +28,7 @@ LINKERD_CHARTS = frozenset(
         "linkerd-smi",
     }
 )
+CORE_CHARTS = frozenset({"linkerd2", "linkerd-crds", "linkerd-control-plane"})
 PROXY_CONTAINER = "linkerd-proxy"
 DATA_PLANE_SELECTOR = "linkerd.io/control-plane-ns"
 UNKNOWN = "unknown"
@@ -46,12 +47,24 @@ class Installation:
     proxies: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
+    def install_method(self) -> str | None:
+        """``helm`` when a control-plane release exists, ``cli`` when only linkerd-config does."""
+        if any(r.chart_name in ("linkerd-control-plane", "linkerd2") for r in self.releases):
+            return "helm"
+        return "cli" if self.control_plane_version else None
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        return tuple(r.chart_name for r in self.releases if r.chart_name not in CORE_CHARTS)
+
+    @property
     def found(self) -> bool:
         return bool(self.releases or self.control_plane_version or self.proxies)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "found": self.found,
+            "install_method": self.install_method,
             "kubernetes_version": self.kubernetes_version,
             "control_plane": {
                 "namespace": self.control_plane_namespace,

@@ -91,6 +91,10 @@ class HelmPort(Protocol):
         """Every stored revision of ``release``, oldest first."""
         ...
 
+    def search_repo(self, repo: str, chart: str) -> list[tuple[str, str]] | None:
+        """(chart version, app version) pairs ``repo`` offers for ``chart``; None if no such repo."""
+        ...
+
     def get_values(self, release: str, namespace: str, *, all_values: bool = False) -> dict[str, Any]:
         """User-supplied values of the current revision (or computed ones with ``all_values``)."""
         ...

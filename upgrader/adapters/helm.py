@@ -85,6 +85,19 @@ class HelmAdapter:
             listing = self._command.list(all=True, all_namespaces=True)
         return [_release(r) for r in self._call(listing)]
 
+    def search_repo(self, repo: str, chart: str) -> list[tuple[str, str]] | None:
+        """(chart version, app version) of every version of ``repo/chart``; None if the repo is not added."""
+        try:
+            out = self._call(
+                self._command.run(["search", "repo", f"{repo}/{chart}", "--versions", "--devel", "--output", "json"])
+            )
+        except HelmError as exc:
+            if "no repositories" in exc.message.lower() or "no repo named" in exc.message.lower():
+                return None
+            raise
+        rows = json.loads(out or b"[]")
+        return [(r["version"], r.get("app_version", "")) for r in rows if r["name"] == f"{repo}/{chart}"]
+
     def history(self, release: str, namespace: str) -> list[HelmRevision]:
         rows = self._call(self._command.history(release, namespace=namespace))
         return [

@@ -1,0 +1,404 @@
+"""The planner: from an observed installation and a target, a plan that never skips a major.
+
+``make_plan`` is pure. It takes what was observed (control-plane version, proxies per
+namespace, Kubernetes version, installed extensions), the target, what can be installed
+(``Offering``: the repository's releases, completed by the catalog, or the catalog alone
+offline), the spec and the acknowledgements, and returns a ``Plan``:
+
+- ``k`` majors ahead -> ``k`` hops, each to the newest offered release of the next major,
+  the last one to the exact target (or the spec's explicit ``path``, checked to move one
+  major at a time). Within a major: one hop. Back by one major (or to an older release of
+  the same major): one rollback hop. Anything further back is refused.
+- Each hop is the same cycle: preflight -> CRDs -> control plane -> verify -> extensions ->
+  data-plane waves -> verify, so the data plane reaches each hop's major before the next
+  control-plane hop.
+- Refusals carry a code and a reason: ``hop-too-large``, ``unknown-target``,
+  ``rollback-too-far``, ``kubernetes-unsupported``, ``unacknowledged-note``,
+  ``data-plane-skew``, ``missing-major``, ``unknown-current``.
+
+A refused plan is still a plan (with ``refused`` set and no hops) so reviewers see why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from upgrader.catalog import Catalog, Major, Note
+from upgrader.errors import InputError
+from upgrader.spec import Spec, parse_duration
+from upgrader.states import RunState
+from upgrader.versions import Version
+
+CRDS, CONTROL_PLANE, LEGACY = "linkerd-crds", "linkerd-control-plane", "linkerd2"
+EXTENSIONS = ("linkerd-viz", "linkerd-multicluster", "linkerd-jaeger", "linkerd-smi")
+EXTENSION_NAMESPACES = {
+    "linkerd-viz": "linkerd-viz",
+    "linkerd-multicluster": "linkerd-multicluster",
+    "linkerd-jaeger": "linkerd-jaeger",
+    "linkerd-smi": "linkerd-smi",
+}
+# Rough minutes for the duration estimate (what reviewers plan a window with).
+MINUTES = {"preflight": 1, "crds": 1, "control-plane": 3, "verify": 1, "extension": 2, "restart": 1}
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Refusal(_Out):
+    code: str
+    reason: str
+
+
+class Step(_Out):
+    state: RunState
+    name: str
+    detail: str = ""
+    chart: str | None = None
+    chart_version: str | None = None
+
+
+class WavePlan(_Out):
+    name: str
+    namespaces: list[str]
+    selector: dict[str, str] = Field(default_factory=dict)
+    bake_time: str = "0s"
+
+
+class Hop(_Out):
+    from_: str = Field(serialization_alias="from")
+    to: str
+    major: str
+    kind: Literal["upgrade", "rollback"]
+    charts: dict[str, str]
+    steps: list[Step]
+    waves: list[WavePlan]
+    values_changes: dict[str, Any] = Field(default_factory=dict)
+    notes: list[dict[str, Any]] = Field(default_factory=list)
+    estimated_minutes: int = 0
+
+
+class Plan(_Out):
+    from_: str | None = Field(serialization_alias="from")
+    to: str
+    spec: str
+    hops: list[Hop] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    data_plane: dict[str, dict[str, int]] = Field(default_factory=dict)
+    values_strategy: str = "reset-then-reuse"
+    waivers: list[str] = Field(default_factory=list)
+    acknowledged: list[str] = Field(default_factory=list)
+    estimated_minutes: int = 0
+    refused: Refusal | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The stable JSON contract (see README)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What planning needs from discovery (or from --from when offline)."""
+
+    control_plane: Version | None
+    data_plane: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # ns -> version text -> pods
+    kubernetes: str | None = None
+    extensions: tuple[str, ...] = ()
+    control_plane_namespace: str = "linkerd"
+
+
+Offering = Mapping[Version, Mapping[str, str]]  # release -> chart name -> chart version
+
+
+def build_offering(
+    catalog: Catalog, repo: Mapping[str, list[tuple[str, str]]] | None
+) -> tuple[dict[Version, dict[str, str]], list[str]]:
+    """What can be installed: the repository's releases (completed by the catalog), or the catalog.
+
+    ``repo`` maps chart name -> [(chart version, app version)] as ``helm search repo
+    --versions`` lists them; linkerd-crds has no app version, so its version for a release
+    comes from the catalog (or equals a calendar control-plane chart version).
+    """
+    catalog_releases = {v: dict(r.charts) for v, r in catalog.releases_by_version().items()}
+    if repo is None:
+        return catalog_releases, ["offline: chart versions come from the bundled catalog"]
+    notes: list[str] = []
+    offered: dict[Version, dict[str, str]] = {}
+    crds_versions = {v for v, _ in repo.get(CRDS, [])}
+    for chart_version, app_version in repo.get(CONTROL_PLANE, []):
+        try:
+            version = catalog.parse(app_version)
+        except InputError:
+            continue  # the repo may carry versions we cannot place; they are never planned
+        charts = {CONTROL_PLANE: chart_version}
+        known = catalog_releases.get(version, {})
+        crds = known.get(CRDS) or (chart_version if chart_version in crds_versions else None)
+        if crds is None:
+            notes.append(f"{version}: the repository does not say which linkerd-crds chart it needs; not planned")
+            continue
+        charts[CRDS] = crds
+        offered[version] = charts
+    for ext in EXTENSIONS:
+        for chart_version, app_version in repo.get(ext, []):
+            try:
+                version = catalog.parse(app_version)
+            except InputError:
+                continue
+            if version in offered:
+                offered[version][ext] = chart_version
+    missing = sorted(
+        (v for v in catalog_releases if v not in offered and CONTROL_PLANE in catalog_releases[v]),
+        key=lambda v: v.sort_key,
+    )
+    if missing:
+        notes.append("known to the catalog but not offered by the repository: " + ", ".join(map(str, missing)))
+    return offered, notes
+
+
+def _refuse(base: dict[str, Any], code: str, reason: str) -> Plan:
+    return Plan(**base, refused=Refusal(code=code, reason=reason))
+
+
+def _newest_in_major(offering: Offering, major: int, channel_of: Version) -> Version | None:
+    candidates = [v for v in offering if v.major == major]
+    same_channel = [v for v in candidates if v.channel == channel_of.channel]
+    pool = same_channel or candidates
+    return max(pool, key=lambda v: v.sort_key) if pool else None
+
+
+def _resolve_waves(spec: Spec, meshed: list[str], excluded: set[str]) -> list[WavePlan]:
+    remaining = [ns for ns in meshed if ns not in excluded]
+    waves = []
+    for wave in spec.data_plane.waves:
+        chosen = list(remaining) if "*" in wave.namespaces else [ns for ns in wave.namespaces if ns in remaining]
+        remaining = [ns for ns in remaining if ns not in chosen]
+        waves.append(WavePlan(name=wave.name, namespaces=chosen, selector=wave.selector, bake_time=wave.bake_time))
+    return waves
+
+
+def _estimate(hop_waves: list[WavePlan], pods: Mapping[str, int], spec: Spec, extensions: int) -> int:
+    dp = spec.data_plane
+    minutes = MINUTES["preflight"] + MINUTES["crds"] + MINUTES["control-plane"] + 2 * MINUTES["verify"]
+    minutes += extensions * MINUTES["extension"]
+    for wave in hop_waves:
+        per_ns = [
+            math.ceil(pods.get(ns, 1) / dp.max_concurrent_per_namespace) * MINUTES["restart"] for ns in wave.namespaces
+        ]
+        lanes = max(1, dp.max_namespaces)
+        minutes += math.ceil(sum(per_ns) / lanes) + math.ceil(parse_duration(wave.bake_time) / 60)
+    return minutes
+
+
+def make_plan(  # noqa: PLR0911, PLR0912 - one early return per refusal reads best
+    observed: Observed,
+    target: Version,
+    offering: Offering,
+    catalog: Catalog,
+    spec: Spec,
+    *,
+    acks: frozenset[str] = frozenset(),
+    offering_notes: list[str] | None = None,
+) -> Plan:
+    """Plan the way from ``observed`` to ``target``; see the module docstring."""
+    current = observed.control_plane
+    acknowledged = sorted(acks | set(spec.acknowledge))
+    base: dict[str, Any] = {
+        "from_": str(current) if current else None,
+        "to": str(target),
+        "spec": spec.name,
+        "notes": list(offering_notes or []),
+        "values_strategy": spec.values.strategy,
+        "data_plane": {ns: dict(v) for ns, v in sorted(observed.data_plane.items())},
+        "waivers": list(spec.waivers),
+        "acknowledged": acknowledged,
+    }
+    if current is None:
+        return _refuse(
+            base,
+            "unknown-current",
+            "no installed Linkerd control plane was found; "
+            "install Linkerd first, or plan offline with --from VERSION --offline",
+        )
+
+    # Data plane must be within one major of the control plane before anything else.
+    skewed = []
+    for ns, versions in sorted(observed.data_plane.items()):
+        for text in versions:
+            try:
+                dp = catalog.parse(text)
+            except InputError:
+                continue  # digest-pinned or unknown proxies are listed, not judged
+            if abs(dp.major - current.major) > 1:
+                skewed.append(f"{ns} runs {dp}")
+    if skewed:
+        return _refuse(
+            base,
+            "data-plane-skew",
+            f"the data plane is more than one major away from the control plane ({current}): "
+            f"{'; '.join(skewed)}. Restart those workloads on {current} first",
+        )
+
+    if target not in offering:
+        where = (
+            "the catalog knows it but the repository does not offer it"
+            if target in catalog.releases_by_version()
+            else "neither the repository nor the catalog knows it"
+        )
+        return _refuse(base, "unknown-target", f"cannot plan to {target}: {where}")
+
+    distance = target.major - current.major
+    if distance < -1:
+        return _refuse(
+            base,
+            "rollback-too-far",
+            f"{current} -> {target} rolls back {-distance} majors; only one major back is supported. "
+            f"Roll back to 2.{current.major - 1} first, then plan again",
+        )
+    if target == current:
+        base["notes"].append(f"already at {target}: nothing to do")
+        return Plan(**base)
+
+    rollback = target < current
+    if spec.path:
+        waypoints = [catalog.parse(p) for p in spec.path] + [target]
+    elif rollback or distance == 0:
+        waypoints = [target]
+    else:
+        waypoints = []
+        for major in range(current.major + 1, target.major):
+            newest = _newest_in_major(offering, major, target)
+            if newest is None:
+                return _refuse(base, "missing-major", f"no release of 2.{major} is offered; a plan cannot skip it")
+            waypoints.append(newest)
+        waypoints.append(target)
+
+    hops: list[Hop] = []
+    previous = current
+    pods = {ns: sum(v.values()) for ns, v in observed.data_plane.items()}
+    excluded = set(spec.data_plane.exclude_namespaces) | {observed.control_plane_namespace}
+    excluded |= {EXTENSION_NAMESPACES[e] for e in observed.extensions if e in EXTENSION_NAMESPACES}
+    meshed = sorted(observed.data_plane)
+    for stop in waypoints:
+        if abs(stop.major - previous.major) > 1:
+            return _refuse(
+                base,
+                "hop-too-large",
+                f"{previous} -> {stop} crosses {abs(stop.major - previous.major)} "
+                "majors in one hop; add the missing majors to the spec's path",
+            )
+        if stop not in offering:
+            return _refuse(base, "unknown-target", f"cannot plan through {stop}: it is not offered")
+        info = catalog.major(stop.major)
+        if observed.kubernetes and info is not None and not info.kubernetes.contains(observed.kubernetes):
+            return _refuse(
+                base,
+                "kubernetes-unsupported",
+                f"Linkerd 2.{stop.major} supports Kubernetes {info.kubernetes.min}-{info.kubernetes.max}; "
+                f"the cluster runs {observed.kubernetes}",
+            )
+        is_rollback = stop < previous
+        notes = [] if is_rollback or info is None or stop.major == previous.major else info.notes
+        missing = [n.id for n in notes if n.blocking and n.id not in acknowledged]
+        if missing:
+            return _refuse(
+                base,
+                "unacknowledged-note",
+                f"2.{stop.major} has blocking upgrade notes: {', '.join(missing)}; read them "
+                f"(upgrader plan -o markdown) and acknowledge with --ack {missing[0]}",
+            )
+        charts = dict(offering[stop])
+        hops.append(
+            _hop(
+                previous,
+                stop,
+                charts,
+                spec=spec,
+                observed=observed,
+                rollback=is_rollback,
+                notes=notes,
+                info=info,
+                waves=_resolve_waves(spec, meshed, excluded),
+                pods=pods,
+            )
+        )
+        previous = stop
+    if major_unknown := [h.major for h in hops if catalog.major(int(h.major.split(".")[1])) is None]:
+        base["notes"].append(f"no catalog entry for {', '.join(major_unknown)}: Kubernetes range and notes unchecked")
+    return Plan(**base, hops=hops, estimated_minutes=sum(h.estimated_minutes for h in hops))
+
+
+def _hop(
+    previous: Version,
+    stop: Version,
+    charts: dict[str, str],
+    *,
+    spec: Spec,
+    observed: Observed,
+    rollback: bool,
+    notes: list[Note],
+    info: Major | None,
+    waves: list[WavePlan],
+    pods: Mapping[str, int],
+) -> Hop:
+    ns = observed.control_plane_namespace
+    crds_detail = "kept (CRDs are not rolled back unless --include-crds)" if rollback else f"helm upgrade in {ns}"
+    steps = [
+        Step(state=RunState.PREFLIGHT, name="preflight", detail=f"checks for {previous} -> {stop}"),
+        Step(state=RunState.UPGRADING_CRDS, name=CRDS, chart=CRDS, chart_version=charts.get(CRDS), detail=crds_detail),
+        Step(
+            state=RunState.UPGRADING_CONTROL_PLANE,
+            name=CONTROL_PLANE,
+            chart=CONTROL_PLANE,
+            chart_version=charts.get(CONTROL_PLANE),
+            detail=f"values: {spec.values.strategy}",
+        ),
+        Step(
+            state=RunState.VERIFYING_CONTROL_PLANE,
+            name="verify-control-plane",
+            detail=f"deployments available, linkerd-config reports {stop}, injector answers",
+        ),
+    ]
+    installed_ext = [e for e in observed.extensions if e in EXTENSIONS]
+    for ext in installed_ext:
+        steps.append(
+            Step(
+                state=RunState.UPGRADING_EXTENSIONS,
+                name=ext,
+                chart=ext,
+                chart_version=charts.get(ext),
+                detail="no chart version offered: left as is" if ext not in charts else "helm upgrade",
+            )
+        )
+    for wave in waves:
+        steps.append(
+            Step(
+                state=RunState.RESTARTING_DATA_PLANE,
+                name=f"wave {wave.name}",
+                detail=f"{', '.join(wave.namespaces) or 'no meshed namespace'}; bake {wave.bake_time}",
+            )
+        )
+    steps.append(
+        Step(
+            state=RunState.VERIFYING_DATA_PLANE, name="verify-data-plane", detail=f"every meshed pod runs proxy {stop}"
+        )
+    )
+    changes: dict[str, Any] = {}
+    if info is not None and not rollback and stop.major != previous.major:
+        changes = info.values.model_dump(exclude_defaults=True)
+    return Hop(
+        from_=str(previous),
+        to=str(stop),
+        major=stop.major_name,
+        kind="rollback" if rollback else "upgrade",
+        charts=charts,
+        steps=steps,
+        waves=waves,
+        values_changes=changes,
+        notes=[n.model_dump() for n in notes],
+        estimated_minutes=_estimate(waves, pods, spec, len(installed_ext)),
+    )

@@ -1,0 +1,124 @@
+"""Linkerd version forms, their majors and their order.
+
+Accepted forms (canonical spelling in brackets):
+
+- ``stable-2.X.Y``                (open-source stable; major X)
+- ``edge-YY.M.N``                 (weekly edge; its major comes from the marker table:
+                                   an edge belongs to the newest major whose marker is <= it)
+- ``enterprise-2.X.Y[-N]``        (vendor; major X, hotpatch N)
+- chart versions, via ``Catalog.release_for_chart``: semver (``1.16.11``), old edge charts
+  (``1.18.10-edge``) and calendar charts (``2024.8.2`` = ``edge-24.8.2``).
+
+Order: first by major; within a major every edge release sorts before every stable or
+enterprise release (stable releases are cut from the edge line), edges by date,
+stable/enterprise by (minor, hotpatch); stable before enterprise on a tie. The order is
+total, so any two versions compare.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from upgrader.errors import InputError
+
+ACCEPTED_FORMS = "stable-2.X.Y, edge-YY.M.N or enterprise-2.X.Y[-N] (e.g. stable-2.14.10, edge-24.8.2)"
+
+_STABLE = re.compile(r"^stable-2\.(\d+)\.(\d+)$")
+_EDGE = re.compile(r"^edge-(\d{2})\.(\d{1,2})\.(\d+)$")
+_ENTERPRISE = re.compile(r"^enterprise-2\.(\d+)\.(\d+)(?:-(\d+))?$")
+_CALENDAR_CHART = re.compile(r"^(20\d{2})\.(\d{1,2})\.(\d+)$")
+
+
+class Channel(StrEnum):
+    STABLE = "stable"
+    EDGE = "edge"
+    ENTERPRISE = "enterprise"
+
+
+_CHANNEL_RANK = {Channel.EDGE: 0, Channel.STABLE: 1, Channel.ENTERPRISE: 1}
+
+
+@dataclass(frozen=True)
+class Version:
+    """A parsed Linkerd release version with its major (the X of 2.X)."""
+
+    channel: Channel
+    numbers: tuple[int, ...]  # stable/enterprise: (patch, hotpatch), edge: (YY, M, N)
+    major: int
+    text: str = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def sort_key(self) -> tuple[int, int, tuple[int, ...], int]:
+        tie = 1 if self.channel is Channel.ENTERPRISE else 0
+        return (self.major, _CHANNEL_RANK[self.channel], self.numbers, tie)
+
+    def __lt__(self, other: Version) -> bool:
+        return self.sort_key < other.sort_key
+
+    def __le__(self, other: Version) -> bool:
+        return self.sort_key <= other.sort_key
+
+    def __gt__(self, other: Version) -> bool:
+        return self.sort_key > other.sort_key
+
+    def __ge__(self, other: Version) -> bool:
+        return self.sort_key >= other.sort_key
+
+    @property
+    def major_name(self) -> str:
+        return f"2.{self.major}"
+
+
+EdgeMarkers = Mapping[int, tuple[int, int, int]]  # major -> (YY, M, N) of its marker edge
+
+
+def _edge_major(numbers: tuple[int, int, int], markers: EdgeMarkers, text: str) -> int:
+    owners = [major for major, marker in markers.items() if marker <= numbers]
+    if not owners:
+        first = min(markers.values()) if markers else None
+        since = f" (known from edge-{first[0]}.{first[1]}.{first[2]} on)" if first else ""
+        raise InputError(
+            f"cannot tell which Linkerd major {text} belongs to{since}",
+            hint="name a stable or enterprise version, or a newer edge release",
+        )
+    return max(owners)
+
+
+def parse(text: str, markers: EdgeMarkers | None = None) -> Version:
+    """Parse a release version; InputError names the accepted forms."""
+    raw = text.strip()
+    if m := _STABLE.match(raw):
+        minor, patch = int(m[1]), int(m[2])
+        return Version(Channel.STABLE, (patch, 0), minor, f"stable-2.{minor}.{patch}")
+    if m := _ENTERPRISE.match(raw):
+        minor, patch, hot = int(m[1]), int(m[2]), int(m[3] or 0)
+        suffix = f"-{hot}" if m[3] is not None else ""
+        return Version(Channel.ENTERPRISE, (patch, hot), minor, f"enterprise-2.{minor}.{patch}{suffix}")
+    if m := _EDGE.match(raw):
+        numbers = (int(m[1]), int(m[2]), int(m[3]))
+        if not 1 <= numbers[1] <= 12:
+            raise InputError(f"{text!r} has no month {numbers[1]}", hint=f"use {ACCEPTED_FORMS}")
+        if markers is None:
+            from upgrader.catalog import default_catalog  # noqa: PLC0415 - catalog imports this module
+
+            markers = default_catalog().edge_markers()
+        canonical = f"edge-{numbers[0]:02d}.{numbers[1]}.{numbers[2]}"
+        return Version(Channel.EDGE, numbers, _edge_major(numbers, markers, canonical), canonical)
+    raise InputError(f"{text!r} is not a Linkerd version", hint=f"use {ACCEPTED_FORMS}")
+
+
+def edge_from_calendar_chart(chart_version: str) -> str | None:
+    """``2024.8.2`` -> ``edge-24.8.2`` (charts from edge-24.3.1 on); None for other forms."""
+    m = _CALENDAR_CHART.match(chart_version.strip())
+    return f"edge-{int(m[1]) - 2000:02d}.{int(m[2])}.{int(m[3])}" if m else None
+
+
+def major_distance(a: Version, b: Version) -> int:
+    """How many majors lie between ``a`` and ``b`` (negative when ``b`` is older)."""
+    return b.major - a.major
