@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -52,3 +53,53 @@ def test_unreadable_kubeconfig_is_bad_input(tmp_path: pathlib.Path) -> None:
     assert out.returncode == 2, out.stderr
     assert f"cannot load kubeconfig {bad}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_offline_plan_exits_0_with_the_json_contract() -> None:
+    """plan --from --offline -o json prints the stable contract: from, to, hops with charts and steps, refused."""
+    out = _run("plan", "--from", "stable-2.12.6", "--offline", "--to", "stable-2.14.10", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert (plan["from"], plan["to"], plan["refused"]) == ("stable-2.12.6", "stable-2.14.10", None)
+    assert [(h["from"], h["to"], h["major"]) for h in plan["hops"]] == [
+        ("stable-2.12.6", "stable-2.13.7", "2.13"),
+        ("stable-2.13.7", "stable-2.14.10", "2.14"),
+    ]
+    assert plan["hops"][1]["charts"]["linkerd-crds"] == "1.8.0"
+    assert plan["hops"][0]["steps"][0]["state"] == "Preflight"
+
+
+def test_refused_plan_exits_3_and_still_prints_the_reason() -> None:
+    """Rolling back two majors is refused with exit 3; the output carries the code and reason."""
+    out = _run("plan", "--from", "edge-24.8.2", "--offline", "--to", "stable-2.14.10", "-o", "json")
+    assert out.returncode == 3
+    assert json.loads(out.stdout)["refused"]["code"] == "rollback-too-far"
+
+
+def test_unparseable_target_is_bad_input() -> None:
+    """An unknown version form exits 2 naming the accepted forms, without a traceback."""
+    out = _run("plan", "--from", "stable-2.12.6", "--offline", "--to", "2.14")
+    assert out.returncode == 2
+    assert "stable-2.X.Y" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_from_without_offline_is_bad_input() -> None:
+    """--from only makes sense offline."""
+    out = _run("plan", "--from", "stable-2.12.6", "--to", "stable-2.14.10")
+    assert out.returncode == 2
+    assert "--from and --offline go together" in out.stderr
+
+
+def test_markdown_plan_written_to_a_file(tmp_path: pathlib.Path) -> None:
+    """-o markdown --out FILE writes the reviewable plan with hops, charts and the state diagram."""
+    target = tmp_path / "plan.md"
+    out = _run(
+        "plan", "--from", "stable-2.13.7", "--offline", "--to", "edge-24.8.2", "-o", "markdown", "--out", str(target)
+    )
+    assert out.returncode == 0, out.stderr
+    text = target.read_text()
+    assert "## Hop 3: edge-24.2.4 -> edge-24.8.2 (upgrade, Linkerd 2.16" in text
+    assert "| linkerd-control-plane | 2024.8.2 |" in text
+    assert "proxyInit.resources" in text  # values removed in 2.16 are called out
+    assert "stateDiagram-v2" in text

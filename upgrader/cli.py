@@ -20,7 +20,7 @@ from rich.table import Table
 
 from upgrader import __version__, logs
 from upgrader.discovery import Installation, observe
-from upgrader.errors import EXIT_FAILED, InputError, UpgraderError
+from upgrader.errors import EXIT_FAILED, EXIT_REFUSED, InputError, UpgraderError
 
 app = typer.Typer(
     name="upgrader",
@@ -104,6 +104,89 @@ def discover(
         typer.echo(json.dumps(found.as_dict(), indent=2))
     else:
         _print_installation(found)
+
+
+class PlanFormat(StrEnum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+    yaml = "yaml"
+
+
+@app.command()
+def plan(  # noqa: PLR0917 - typer maps each CLI option to a parameter
+    to: Annotated[str | None, typer.Option("--to", help="Target release, e.g. stable-2.14.10.")] = None,
+    from_: Annotated[str | None, typer.Option("--from", help="Installed release (with --offline).")] = None,
+    offline: Annotated[bool, typer.Option(help="Plan without a cluster or repository (needs --from).")] = False,
+    spec_file: Annotated[Path | None, typer.Option("--spec", help="Plan spec (see plans/).")] = None,
+    ack: Annotated[list[str] | None, typer.Option("--ack", help="Acknowledge a blocking upgrade note.")] = None,
+    output: Annotated[PlanFormat, typer.Option("-o", "--output", help="table, markdown, json or yaml.")] = (
+        PlanFormat.table
+    ),
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the plan to this file.")] = None,
+    repo: Annotated[str, typer.Option(help="Helm repository name to read versions from.")] = "linkerd",
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    helm: HelmOpt = "helm",
+) -> None:
+    """Plan an upgrade (or a one-major rollback) from what is installed to --to, hop by hop."""
+    from upgrader import catalog as catalog_mod  # noqa: PLC0415
+    from upgrader.planning import Observed, build_offering, make_plan  # noqa: PLC0415
+    from upgrader.rendering import render  # noqa: PLC0415
+    from upgrader.spec import Spec, load_spec  # noqa: PLC0415
+
+    spec = load_spec(spec_file) if spec_file else Spec()
+    target_text = to or spec.target
+    if not target_text:
+        raise InputError("no target version", hint="pass --to VERSION (or set target: in the spec)")
+    if offline != (from_ is not None):
+        raise InputError("--from and --offline go together", hint="plan offline with --from VERSION --offline")
+    catalog = catalog_mod.default_catalog()
+    target = catalog.parse(target_text)
+    if offline:
+        observed = Observed(control_plane=catalog.parse(from_ or ""))
+        offering, notes = build_offering(catalog, None)
+    else:
+        from upgrader.adapters.helm import HelmAdapter  # noqa: PLC0415
+        from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
+
+        if kubeconfig is not None and not kubeconfig.is_file():
+            raise InputError(f"kubeconfig {kubeconfig} does not exist", hint="pass --kubeconfig PATH of a cluster")
+        helm_port = HelmAdapter(executable=_helm_binary(helm), kubeconfig=kubeconfig, context=context)
+        inst = observe(KubeAdapter(kubeconfig=kubeconfig, context=context), helm_port)
+        observed = Observed(
+            control_plane=catalog.parse(inst.control_plane_version) if inst.control_plane_version else None,
+            data_plane=inst.proxies,
+            kubernetes=inst.kubernetes_version,
+            extensions=inst.extensions,
+            control_plane_namespace=inst.control_plane_namespace or "linkerd",
+        )
+        charts = ("linkerd-control-plane", "linkerd-crds", "linkerd-viz")
+        found = {c: helm_port.search_repo(repo, c) for c in charts}
+        repo_rows = None if found["linkerd-control-plane"] is None else {c: r or [] for c, r in found.items()}
+        offering, notes = build_offering(catalog, repo_rows)
+        if repo_rows is None:
+            notes.insert(0, f"helm repository {repo!r} is not added; chart versions come from the bundled catalog")
+        log.info(
+            "observed",
+            control_plane=str(observed.control_plane),
+            install_method=inst.install_method,
+            meshed_namespaces=len(inst.proxies),
+            kubernetes=inst.kubernetes_version,
+        )
+    result = make_plan(observed, target, offering, catalog, spec, acks=frozenset(ack or []), offering_notes=notes)
+    text = render(result, output.value)
+    if out is not None:
+        out.write_text(render(result, "json" if out.suffix == ".json" else output.value))
+    typer.echo(text, nl=False)
+    log.info(
+        "planned",
+        hops=len(result.hops),
+        refused=result.refused.code if result.refused else None,
+        estimated_minutes=result.estimated_minutes,
+    )
+    if result.refused:
+        raise typer.Exit(EXIT_REFUSED)
 
 
 def _print_installation(inst: Installation) -> None:

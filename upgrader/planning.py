@@ -35,6 +35,7 @@ from upgrader.states import RunState
 from upgrader.versions import Version
 
 CRDS, CONTROL_PLANE, LEGACY = "linkerd-crds", "linkerd-control-plane", "linkerd2"
+KUBERNETES_WAIVER = "kubernetes-version"  # the preflight check id a spec may waive
 EXTENSIONS = ("linkerd-viz", "linkerd-multicluster", "linkerd-jaeger", "linkerd-smi")
 EXTENSION_NAMESPACES = {
     "linkerd-viz": "linkerd-viz",
@@ -160,8 +161,12 @@ def build_offering(
     return offered, notes
 
 
-def _refuse(base: dict[str, Any], code: str, reason: str) -> Plan:
-    return Plan(**base, refused=Refusal(code=code, reason=reason))
+class _Refused(Exception):
+    """Internal signal: planning stops with this code and reason (never escapes make_plan)."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
 
 
 def _newest_in_major(offering: Offering, major: int, channel_of: Version) -> Version | None:
@@ -194,7 +199,7 @@ def _estimate(hop_waves: list[WavePlan], pods: Mapping[str, int], spec: Spec, ex
     return minutes
 
 
-def make_plan(  # noqa: PLR0911, PLR0912 - one early return per refusal reads best
+def make_plan(
     observed: Observed,
     target: Version,
     offering: Offering,
@@ -206,26 +211,32 @@ def make_plan(  # noqa: PLR0911, PLR0912 - one early return per refusal reads be
 ) -> Plan:
     """Plan the way from ``observed`` to ``target``; see the module docstring."""
     current = observed.control_plane
+    notes = list(offering_notes or [])
     acknowledged = sorted(acks | set(spec.acknowledge))
     base: dict[str, Any] = {
         "from_": str(current) if current else None,
         "to": str(target),
         "spec": spec.name,
-        "notes": list(offering_notes or []),
+        "notes": notes,
         "values_strategy": spec.values.strategy,
         "data_plane": {ns: dict(v) for ns, v in sorted(observed.data_plane.items())},
         "waivers": list(spec.waivers),
         "acknowledged": acknowledged,
     }
-    if current is None:
-        return _refuse(
-            base,
-            "unknown-current",
-            "no installed Linkerd control plane was found; "
-            "install Linkerd first, or plan offline with --from VERSION --offline",
+    try:
+        hops = _plan_hops(
+            observed, target, offering, catalog=catalog, spec=spec, acknowledged=set(acknowledged), notes=notes
         )
+    except _Refused as refused:
+        return Plan(**base, refused=Refusal(code=refused.code, reason=refused.reason))
+    unknown = sorted({h.major for h in hops if catalog.major(int(h.major.split(".")[1])) is None})
+    if unknown:
+        notes.append(f"no catalog entry for {', '.join(unknown)}: Kubernetes range and notes unchecked")
+    return Plan(**base, hops=hops, estimated_minutes=sum(h.estimated_minutes for h in hops))
 
-    # Data plane must be within one major of the control plane before anything else.
+
+def _check_skew(observed: Observed, current: Version, catalog: Catalog) -> None:
+    """The data plane must be within one major of the control plane before anything else."""
     skewed = []
     for ns, versions in sorted(observed.data_plane.items()):
         for text in versions:
@@ -236,100 +247,125 @@ def make_plan(  # noqa: PLR0911, PLR0912 - one early return per refusal reads be
             if abs(dp.major - current.major) > 1:
                 skewed.append(f"{ns} runs {dp}")
     if skewed:
-        return _refuse(
-            base,
+        raise _Refused(
             "data-plane-skew",
             f"the data plane is more than one major away from the control plane ({current}): "
             f"{'; '.join(skewed)}. Restart those workloads on {current} first",
         )
 
+
+def _waypoints(current: Version, target: Version, offering: Offering, catalog: Catalog, spec: Spec) -> list[Version]:
+    """Where each hop ends: the spec's path, or the newest release of every major between, then the target."""
     if target not in offering:
         where = (
             "the catalog knows it but the repository does not offer it"
             if target in catalog.releases_by_version()
             else "neither the repository nor the catalog knows it"
         )
-        return _refuse(base, "unknown-target", f"cannot plan to {target}: {where}")
-
+        raise _Refused("unknown-target", f"cannot plan to {target}: {where}")
     distance = target.major - current.major
     if distance < -1:
-        return _refuse(
-            base,
+        raise _Refused(
             "rollback-too-far",
             f"{current} -> {target} rolls back {-distance} majors; only one major back is supported. "
             f"Roll back to 2.{current.major - 1} first, then plan again",
         )
-    if target == current:
-        base["notes"].append(f"already at {target}: nothing to do")
-        return Plan(**base)
-
-    rollback = target < current
     if spec.path:
-        waypoints = [catalog.parse(p) for p in spec.path] + [target]
-    elif rollback or distance == 0:
-        waypoints = [target]
-    else:
-        waypoints = []
-        for major in range(current.major + 1, target.major):
-            newest = _newest_in_major(offering, major, target)
-            if newest is None:
-                return _refuse(base, "missing-major", f"no release of 2.{major} is offered; a plan cannot skip it")
-            waypoints.append(newest)
-        waypoints.append(target)
+        ahead = [w for w in (catalog.parse(p) for p in spec.path) if (w > current) == (target > current)]
+        return [w for w in ahead if w not in (current, target)] + [target]
+    waypoints = []
+    for major in range(current.major + 1, target.major):
+        newest = _newest_in_major(offering, major, target)
+        if newest is None:
+            raise _Refused("missing-major", f"no release of 2.{major} is offered; a plan cannot skip it")
+        waypoints.append(newest)
+    return [*waypoints, target]
 
-    hops: list[Hop] = []
-    previous = current
+
+def _check_stop(
+    previous: Version,
+    stop: Version,
+    offering: Offering,
+    *,
+    info: Major | None,
+    observed: Observed,
+    spec: Spec,
+    notes: list[str],
+) -> None:
+    if abs(stop.major - previous.major) > 1:
+        raise _Refused(
+            "hop-too-large",
+            f"{previous} -> {stop} crosses {abs(stop.major - previous.major)} majors in one hop; "
+            "add the missing majors to the spec's path",
+        )
+    if stop not in offering:
+        raise _Refused("unknown-target", f"cannot plan through {stop}: it is not offered")
+    if info is None or not observed.kubernetes or info.kubernetes.contains(observed.kubernetes):
+        return
+    supported = f"Linkerd 2.{stop.major} supports Kubernetes {info.kubernetes.min}-{info.kubernetes.max}"
+    if KUBERNETES_WAIVER in spec.waivers:
+        notes.append(f"waived {KUBERNETES_WAIVER}: {supported}, the cluster runs {observed.kubernetes}")
+        return
+    raise _Refused(
+        "kubernetes-unsupported",
+        f"{supported}; the cluster runs {observed.kubernetes} (waive {KUBERNETES_WAIVER} in the spec to plan anyway)",
+    )
+
+
+def _plan_hops(
+    observed: Observed,
+    target: Version,
+    offering: Offering,
+    *,
+    catalog: Catalog,
+    spec: Spec,
+    acknowledged: set[str],
+    notes: list[str],
+) -> list[Hop]:
+    current = observed.control_plane
+    if current is None:
+        raise _Refused(
+            "unknown-current",
+            "no installed Linkerd control plane was found; "
+            "install Linkerd first, or plan offline with --from VERSION --offline",
+        )
+    _check_skew(observed, current, catalog)
+    if target == current:
+        notes.append(f"already at {target}: nothing to do")
+        return []
     pods = {ns: sum(v.values()) for ns, v in observed.data_plane.items()}
     excluded = set(spec.data_plane.exclude_namespaces) | {observed.control_plane_namespace}
     excluded |= {EXTENSION_NAMESPACES[e] for e in observed.extensions if e in EXTENSION_NAMESPACES}
-    meshed = sorted(observed.data_plane)
-    for stop in waypoints:
-        if abs(stop.major - previous.major) > 1:
-            return _refuse(
-                base,
-                "hop-too-large",
-                f"{previous} -> {stop} crosses {abs(stop.major - previous.major)} "
-                "majors in one hop; add the missing majors to the spec's path",
-            )
-        if stop not in offering:
-            return _refuse(base, "unknown-target", f"cannot plan through {stop}: it is not offered")
+    hops: list[Hop] = []
+    previous = current
+    for stop in _waypoints(current, target, offering, catalog, spec):
         info = catalog.major(stop.major)
-        if observed.kubernetes and info is not None and not info.kubernetes.contains(observed.kubernetes):
-            return _refuse(
-                base,
-                "kubernetes-unsupported",
-                f"Linkerd 2.{stop.major} supports Kubernetes {info.kubernetes.min}-{info.kubernetes.max}; "
-                f"the cluster runs {observed.kubernetes}",
-            )
+        _check_stop(previous, stop, offering, info=info, observed=observed, spec=spec, notes=notes)
         is_rollback = stop < previous
-        notes = [] if is_rollback or info is None or stop.major == previous.major else info.notes
-        missing = [n.id for n in notes if n.blocking and n.id not in acknowledged]
+        hop_notes = [] if is_rollback or info is None or stop.major == previous.major else info.notes
+        missing = [n.id for n in hop_notes if n.blocking and n.id not in acknowledged]
         if missing:
-            return _refuse(
-                base,
+            raise _Refused(
                 "unacknowledged-note",
                 f"2.{stop.major} has blocking upgrade notes: {', '.join(missing)}; read them "
                 f"(upgrader plan -o markdown) and acknowledge with --ack {missing[0]}",
             )
-        charts = dict(offering[stop])
         hops.append(
             _hop(
                 previous,
                 stop,
-                charts,
+                dict(offering[stop]),
                 spec=spec,
                 observed=observed,
                 rollback=is_rollback,
-                notes=notes,
+                notes=hop_notes,
                 info=info,
-                waves=_resolve_waves(spec, meshed, excluded),
+                waves=_resolve_waves(spec, sorted(observed.data_plane), excluded),
                 pods=pods,
             )
         )
         previous = stop
-    if major_unknown := [h.major for h in hops if catalog.major(int(h.major.split(".")[1])) is None]:
-        base["notes"].append(f"no catalog entry for {', '.join(major_unknown)}: Kubernetes range and notes unchecked")
-    return Plan(**base, hops=hops, estimated_minutes=sum(h.estimated_minutes for h in hops))
+    return hops
 
 
 def _hop(

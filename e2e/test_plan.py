@@ -1,0 +1,92 @@
+"""`upgrader plan` against the fixture world: live discovery plus the local chart repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from e2e.fixtures import mesh
+from e2e.fixtures.world import World
+
+
+def _env(tmp: Path, world: World) -> dict[str, str]:
+    """An isolated helm configuration with the fixture repository added as `linkerd`."""
+    env = dict(
+        os.environ,
+        HELM_REPOSITORY_CONFIG=str(tmp / "repositories.yaml"),
+        HELM_REPOSITORY_CACHE=str(tmp / "cache"),
+        HELM_CONFIG_HOME=str(tmp / "config"),
+        HELM_CACHE_HOME=str(tmp / "cache-home"),
+        HELM_DATA_HOME=str(tmp / "data"),
+    )
+    subprocess.run(
+        [str(world.helm), "repo", "add", "linkerd", world.repo_url], env=env, check=True, capture_output=True
+    )
+    return env
+
+
+def _plan(world: World, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "upgrader",
+            "--log-format",
+            "json",
+            "plan",
+            "--kubeconfig",
+            str(world.kubeconfig),
+            "--helm",
+            str(world.helm),
+            "-o",
+            "json",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_plan_from_2_12_to_2_14_on_the_fixture_world(clean_world: World, tmp_path: Path) -> None:
+    """At stable-2.12.6 with the sample mesh, plan --to stable-2.14.10 gives two hops with the repo's charts
+    and lists every meshed namespace with its proxy versions."""
+    world = clean_world
+    world.install("stable-2.12.6")
+    docs = mesh.sample_mesh()
+    world.apply(docs)
+    world.wait_ready(mesh.namespaces(docs))
+    env = _env(tmp_path, world)
+    spec = tmp_path / "spec.yaml"
+    # The local cluster runs Kubernetes 1.36, newer than any fixture major supports.
+    spec.write_text("name: e2e\nwaivers: [kubernetes-version]\n")
+
+    out = _plan(world, env, "--to", "stable-2.14.10", "--spec", str(spec))
+    assert out.returncode == 0, out.stderr
+    plan: dict[str, Any] = json.loads(out.stdout)
+    assert plan["refused"] is None
+    assert plan["from"] == "stable-2.12.6"
+    assert [(h["to"], h["charts"]["linkerd-crds"], h["charts"]["linkerd-control-plane"]) for h in plan["hops"]] == [
+        ("stable-2.13.7", "1.6.1", "1.12.7"),
+        ("stable-2.14.10", "1.8.0", "1.16.11"),
+    ]
+    assert not any("not added" in n for n in plan["notes"]), "versions must come from the repository"
+    meshed = {ns for ns, _ in mesh.EXPECTED.meshed}
+    assert meshed <= set(plan["data_plane"])
+    for ns in meshed:
+        assert set(plan["data_plane"][ns]) == {"stable-2.12.6"}, ns
+    assert "legacy" not in plan["data_plane"], "unmeshed namespaces have no proxies"
+    waves = plan["hops"][0]["waves"]
+    assert sorted(ns for w in waves for ns in w["namespaces"]) == sorted(meshed), "linkerd itself is not a wave"
+    events = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+    assert any(e["event"] == "observed" and e["install_method"] == "helm" for e in events)
+
+    refused = _plan(world, env, "--to", "stable-2.14.10")
+    assert refused.returncode == 3
+    assert json.loads(refused.stdout)["refused"]["code"] == "kubernetes-unsupported"

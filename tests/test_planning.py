@@ -1,0 +1,252 @@
+"""The planner never skips a major, refuses what it must, and says why."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from upgrader.catalog import default_catalog
+from upgrader.planning import Observed, Plan, build_offering, make_plan
+from upgrader.spec import DataPlane, Spec, Wave
+from upgrader.states import RunState
+from upgrader.versions import Version
+
+CAT = default_catalog()
+OFFLINE, _ = build_offering(CAT, None)
+K8S_OK = "v1.22.5"  # inside every catalog range from 2.12 to 2.16
+
+
+def v(text: str) -> Version:
+    return CAT.parse(text)
+
+
+def plan_for(
+    current: str | None,
+    target: str,
+    *,
+    data_plane: Mapping[str, Mapping[str, int]] | None = None,
+    kubernetes: str | None = K8S_OK,
+    spec: Spec | None = None,
+    acks: frozenset[str] = frozenset(),
+    offering: Mapping[Version, Mapping[str, str]] | None = None,
+) -> Plan:
+    observed = Observed(
+        control_plane=v(current) if current else None, data_plane=data_plane or {}, kubernetes=kubernetes
+    )
+    return make_plan(observed, v(target), offering if offering is not None else OFFLINE, CAT, spec or Spec(), acks=acks)
+
+
+def test_two_majors_ahead_is_two_hops_through_the_newest_release_between() -> None:
+    """stable-2.12.6 -> stable-2.14.10 goes through stable-2.13.7 (newest 2.13) with each hop's charts."""
+    plan = plan_for("stable-2.12.6", "stable-2.14.10")
+    assert plan.refused is None
+    assert [(h.from_, h.to, h.major) for h in plan.hops] == [
+        ("stable-2.12.6", "stable-2.13.7", "2.13"),
+        ("stable-2.13.7", "stable-2.14.10", "2.14"),
+    ]
+    assert plan.hops[0].charts == {"linkerd-crds": "1.6.1", "linkerd-control-plane": "1.12.7", "linkerd-viz": "30.8.7"}
+    assert plan.hops[1].charts["linkerd-control-plane"] == "1.16.11"
+
+
+def test_each_hop_is_a_full_cycle_in_state_order() -> None:
+    """Every hop: preflight, CRDs, control plane, verify, data-plane waves, verify data plane."""
+    plan = plan_for("stable-2.13.7", "stable-2.14.10", data_plane={"shop": {"stable-2.13.7": 3}})
+    states = [s.state for s in plan.hops[0].steps]
+    assert states == [
+        RunState.PREFLIGHT,
+        RunState.UPGRADING_CRDS,
+        RunState.UPGRADING_CONTROL_PLANE,
+        RunState.VERIFYING_CONTROL_PLANE,
+        RunState.RESTARTING_DATA_PLANE,
+        RunState.VERIFYING_DATA_PLANE,
+    ]
+
+
+def test_stable_to_edge_crossing_two_majors_is_two_hops() -> None:
+    """stable-2.14.10 -> edge-24.8.2 (2.16) goes through the newest 2.15 release."""
+    plan = plan_for("stable-2.14.10", "edge-24.8.2")
+    assert [h.to for h in plan.hops] == ["edge-24.2.4", "edge-24.8.2"]
+
+
+def test_within_a_major_is_one_hop() -> None:
+    """stable-2.14.9 -> stable-2.14.10 is one hop with no major notes."""
+    plan = plan_for("stable-2.14.9", "stable-2.14.10")
+    assert [(h.to, h.kind, h.notes) for h in plan.hops] == [("stable-2.14.10", "upgrade", [])]
+
+
+def test_one_major_back_is_one_rollback_hop_that_keeps_crds() -> None:
+    """edge-24.8.2 -> edge-24.2.4 is a single rollback hop whose CRD step keeps the CRDs."""
+    plan = plan_for("edge-24.8.2", "edge-24.2.4")
+    assert [(h.to, h.kind) for h in plan.hops] == [("edge-24.2.4", "rollback")]
+    assert "kept" in plan.hops[0].steps[1].detail
+
+
+def test_already_at_target_plans_nothing() -> None:
+    """Planning to the installed version produces an empty plan with a note."""
+    plan = plan_for("stable-2.14.10", "stable-2.14.10")
+    assert (plan.hops, plan.refused) == ([], None)
+    assert "nothing to do" in plan.notes[-1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code", "words"),
+    [
+        pytest.param(
+            {"current": "edge-24.8.2", "target": "stable-2.14.10"},
+            "rollback-too-far",
+            "only one major back",
+            id="rolling back two majors is refused",
+        ),
+        pytest.param(
+            {"current": "stable-2.13.7", "target": "stable-2.14.77"},
+            "unknown-target",
+            "neither the repository nor the catalog",
+            id="a target nobody knows is refused",
+        ),
+        pytest.param(
+            {"current": "stable-2.13.7", "target": "stable-2.14.10", "kubernetes": "v1.36.3"},
+            "kubernetes-unsupported",
+            "supports Kubernetes 1.21-1.28",
+            id="a Kubernetes version outside the target's range is refused",
+        ),
+        pytest.param(
+            {"current": "stable-2.11.5", "target": "stable-2.12.6"},
+            "unacknowledged-note",
+            "--ack chart-split-2.12",
+            id="a blocking note that was not acknowledged is refused",
+        ),
+        pytest.param(
+            {"current": "stable-2.14.10", "target": "edge-24.2.4", "data_plane": {"legacy": {"stable-2.12.6": 2}}},
+            "data-plane-skew",
+            "legacy runs stable-2.12.6",
+            id="a data plane already two majors behind is refused",
+        ),
+        pytest.param(
+            {"current": None, "target": "stable-2.14.10"},
+            "unknown-current",
+            "no installed Linkerd",
+            id="nothing installed is refused",
+        ),
+        pytest.param(
+            {"current": "stable-2.12.6", "target": "stable-2.14.10", "spec": Spec(path=["stable-2.12.6"])},
+            "hop-too-large",
+            "crosses 2 majors",
+            id="a spec path that jumps two majors in one hop is refused",
+        ),
+    ],
+)
+def test_refusals(kwargs: dict[str, object], code: str, words: str) -> None:
+    """Each refusal has a code, a reason naming the objects, and no hops."""
+    plan = plan_for(**kwargs)  # type: ignore[arg-type]
+    assert plan.refused is not None
+    assert plan.refused.code == code
+    assert words in plan.refused.reason
+    assert plan.hops == []
+
+
+def test_an_acknowledged_blocking_note_is_planned_and_shown() -> None:
+    """With --ack the 2.12 chart split is planned and the note stays visible on the hop."""
+    plan = plan_for("stable-2.11.5", "stable-2.12.6", acks=frozenset({"chart-split-2.12"}))
+    assert plan.refused is None
+    assert plan.hops[0].notes[0]["id"] == "chart-split-2.12"
+    assert plan.acknowledged == ["chart-split-2.12"]
+
+
+def test_waiving_the_kubernetes_check_plans_with_a_note() -> None:
+    """A spec waiver for kubernetes-version turns the refusal into a visible note."""
+    plan = plan_for("stable-2.13.7", "stable-2.14.10", kubernetes="v1.36.3", spec=Spec(waivers=["kubernetes-version"]))
+    assert plan.refused is None
+    assert any(n.startswith("waived kubernetes-version") for n in plan.notes)
+
+
+def test_spec_path_entries_at_or_behind_the_current_version_are_skipped() -> None:
+    """A shared spec may list releases the cluster already passed; they do not become hops."""
+    plan = plan_for(
+        "stable-2.13.7", "edge-24.2.4", spec=Spec(path=["stable-2.12.6", "stable-2.13.7", "stable-2.14.10"])
+    )
+    assert [h.to for h in plan.hops] == ["stable-2.14.10", "edge-24.2.4"]
+
+
+def test_missing_major_in_the_offering_is_refused() -> None:
+    """If the repository offers no 2.13 release, 2.12 -> 2.14 cannot be planned."""
+    offering = {r: c for r, c in OFFLINE.items() if r.major != 13}
+    plan = plan_for("stable-2.12.6", "stable-2.14.10", offering=offering)
+    assert plan.refused is not None
+    assert plan.refused.code == "missing-major"
+
+
+def test_waves_follow_the_spec_and_skip_control_plane_and_excluded_namespaces() -> None:
+    """A canary wave first, the rest after; linkerd and excluded namespaces are never restarted."""
+    spec = Spec(
+        data_plane=DataPlane(
+            waves=[Wave(name="canary", namespaces=["shop"], bake_time="5m"), Wave(name="rest", namespaces=["*"])],
+            exclude_namespaces=["legacy"],
+        )
+    )
+    dp = {ns: {"stable-2.13.7": 2} for ns in ("linkerd", "shop", "payments", "edge", "legacy")}
+    plan = plan_for("stable-2.13.7", "stable-2.14.10", data_plane=dp, spec=spec)
+    assert [(w.name, w.namespaces, w.bake_time) for w in plan.hops[0].waves] == [
+        ("canary", ["shop"], "5m"),
+        ("rest", ["edge", "payments"], "0s"),
+    ]
+    assert plan.estimated_minutes > 5
+
+
+def test_repository_offering_wins_over_the_catalog() -> None:
+    """Live planning uses what the repository offers; releases only the catalog knows are noted, not planned."""
+    repo = {
+        "linkerd-control-plane": [("1.12.7", "stable-2.13.7"), ("1.16.11", "stable-2.14.10")],
+        "linkerd-crds": [("1.6.1", ""), ("1.8.0", "")],
+    }
+    offering, notes = build_offering(CAT, repo)
+    assert set(map(str, offering)) == {"stable-2.13.7", "stable-2.14.10"}
+    assert any("not offered by the repository" in n and "stable-2.14.9" in n for n in notes)
+    plan = plan_for("stable-2.13.7", "stable-2.14.9", offering=offering)
+    assert plan.refused is not None
+    assert "the catalog knows it but the repository does not offer it" in plan.refused.reason
+
+
+def test_calendar_releases_unknown_to_the_catalog_are_planned_from_the_repository() -> None:
+    """A new edge release in the repo is placed by its marker and its crds chart shares its calendar version."""
+    repo = {
+        "linkerd-control-plane": [("2024.8.2", "edge-24.8.2"), ("2024.9.1", "edge-24.9.1")],
+        "linkerd-crds": [("2024.8.2", ""), ("2024.9.1", "")],
+    }
+    offering, _ = build_offering(CAT, repo)
+    plan = plan_for("edge-24.8.2", "edge-24.9.1", offering=offering)
+    assert plan.hops[0].charts == {"linkerd-control-plane": "2024.9.1", "linkerd-crds": "2024.9.1"}
+
+
+# ---- properties ----------------------------------------------------------------------------
+# A synthetic offering: three releases in every major 12..20, so any pair can be planned.
+SYNTH = {
+    CAT.parse(f"enterprise-2.{m}.{p}"): {"linkerd-crds": f"{m}.0.0", "linkerd-control-plane": f"{m}.{p}.0"}
+    for m in range(12, 21)
+    for p in range(3)
+}
+RELEASES = sorted(SYNTH, key=lambda r: r.sort_key)
+
+
+@given(st.sampled_from(RELEASES), st.sampled_from(RELEASES))
+def test_plan_properties(current: Version, target: Version) -> None:
+    """No hop crosses more than one major; hops move monotonically; the last ends at the target;
+    hop count equals the major distance (one hop within a major or one major back); >1 back is refused."""
+    assume(current != target)
+    spec = Spec(waivers=["kubernetes-version"], acknowledge=["chart-split-2.12"])
+    plan = make_plan(Observed(control_plane=current, kubernetes=K8S_OK), target, SYNTH, CAT, spec)
+    distance = target.major - current.major
+    if distance < -1:
+        assert plan.refused is not None
+        assert plan.refused.code == "rollback-too-far"
+        return
+    assert plan.refused is None, plan.refused
+    stops = [current, *(CAT.parse(h.to) for h in plan.hops)]
+    for a, b in itertools.pairwise(stops):
+        assert abs(b.major - a.major) <= 1
+        assert (b > a) if target > current else (b < a)
+    assert stops[-1] == target
+    assert len(plan.hops) == (max(distance, 1) if distance >= 0 else 1)

@@ -1,0 +1,83 @@
+"""Plan specs: the examples in plans/ validate and plan offline; bad specs are clear input errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from upgrader.catalog import default_catalog
+from upgrader.errors import InputError
+from upgrader.planning import Observed, build_offering, make_plan
+from upgrader.spec import load_spec, parse_duration
+
+PLANS = sorted((Path(__file__).parent.parent / "plans").glob("*.yaml"))
+CAT = default_catalog()
+
+
+def test_there_is_an_example_for_each_use() -> None:
+    """plans/ has a maintenance-window, a dry-run review and a staged-rollout example."""
+    assert {p.stem for p in PLANS} >= {"maintenance-window", "dry-run-review", "staged-rollout"}
+
+
+@pytest.mark.parametrize("path", PLANS, ids=[p.stem for p in PLANS])
+def test_example_specs_validate_and_plan_offline(path: Path) -> None:
+    """Each example loads and plans stable-2.13.7 -> edge-24.8.2 offline in three hops."""
+    spec = load_spec(path)
+    offering, notes = build_offering(CAT, None)
+    dp = {"shop": {"stable-2.13.7": 4}, "payments": {"stable-2.13.7": 2}, "legacy": {"stable-2.13.7": 1}}
+    plan = make_plan(
+        Observed(CAT.parse("stable-2.13.7"), dp, "v1.22.1"),
+        CAT.parse("edge-24.8.2"),
+        offering,
+        CAT,
+        spec,
+        offering_notes=notes,
+    )
+    assert plan.refused is None, plan.refused
+    assert [h.to for h in plan.hops] == ["stable-2.14.10", "edge-24.2.4", "edge-24.8.2"]
+    assert plan.spec == spec.name
+    restarted = {ns for w in plan.hops[0].waves for ns in w.namespaces}
+    assert restarted == {"shop", "payments", "legacy"} - set(spec.data_plane.exclude_namespaces)
+
+
+def test_staged_rollout_orders_canary_then_critical_then_rest() -> None:
+    """The staged example restarts shop, then payments, then the rest, and never legacy."""
+    spec = load_spec(next(p for p in PLANS if p.stem == "staged-rollout"))
+    offering, _ = build_offering(CAT, None)
+    dp = {ns: {"stable-2.14.10": 1} for ns in ("shop", "payments", "edge", "legacy")}
+    plan = make_plan(
+        Observed(CAT.parse("stable-2.14.10"), dp, "v1.22.1"), CAT.parse("edge-24.2.4"), offering, CAT, spec
+    )
+    assert [(w.name, w.namespaces) for w in plan.hops[0].waves] == [
+        ("canary", ["shop"]),
+        ("critical", ["payments"]),
+        ("rest", ["edge"]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("dataPlane:\n  maxNamespaces: 0\n", "dataPlane.maxNamespaces", id="zero concurrency"),
+        pytest.param("onFailure: explode\n", "onFailure", id="unknown failure policy"),
+        pytest.param("window:\n  start: '25:00'\n  end: '05:00'\n", "not a time like 02:00", id="bad clock"),
+        pytest.param("dataPlane:\n  waves:\n    - name: empty\n", "names no namespaces", id="wave with no target"),
+        pytest.param("gates:\n  rolloutTimeout: soon\n", "not a duration", id="bad duration"),
+        pytest.param("surprise: 1\n", "surprise", id="unknown key"),
+        pytest.param("values: [unclosed\n", "not valid YAML", id="broken yaml"),
+    ],
+)
+def test_bad_specs_are_input_errors_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
+    """A spec problem is an InputError that names the file and the field."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message) as info:
+        load_spec(path)
+    assert str(path) in info.value.message
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("0s", 0), ("90s", 90), ("5m", 300), ("1h30m", 5400)])
+def test_durations(text: str, seconds: int) -> None:
+    """Durations read like Kubernetes ones."""
+    assert parse_duration(text) == seconds

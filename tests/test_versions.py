@@ -1,0 +1,109 @@
+"""Version forms parse to canonical text and a major, and order totally."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from upgrader.catalog import default_catalog
+from upgrader.errors import InputError
+from upgrader.versions import Channel, Version, edge_from_calendar_chart
+
+CAT = default_catalog()
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical", "major", "channel"),
+    [
+        pytest.param("stable-2.14.10", "stable-2.14.10", 14, Channel.STABLE, id="stable release"),
+        pytest.param(" stable-2.12.06 ", "stable-2.12.6", 12, Channel.STABLE, id="stable is trimmed and normalised"),
+        pytest.param("edge-24.8.2", "edge-24.8.2", 16, Channel.EDGE, id="the marker edge of 2.16 is 2.16"),
+        pytest.param("edge-24.8.1", "edge-24.8.1", 15, Channel.EDGE, id="the edge before a marker is the older major"),
+        pytest.param("edge-24.4.1", "edge-24.4.1", 15, Channel.EDGE, id="edge-24.4.1 is 2.15"),
+        pytest.param("edge-26.11.3", "edge-26.11.3", 20, Channel.EDGE, id="edges after the newest marker are 2.20"),
+        pytest.param("enterprise-2.17.1", "enterprise-2.17.1", 17, Channel.ENTERPRISE, id="enterprise release"),
+        pytest.param("enterprise-2.15.1-1", "enterprise-2.15.1-1", 15, Channel.ENTERPRISE, id="enterprise hotpatch"),
+    ],
+)
+def test_parse(text: str, canonical: str, major: int, channel: Channel) -> None:
+    """Every accepted form maps to its canonical spelling, channel and major."""
+    v = CAT.parse(text)
+    assert (str(v), v.major, v.channel) == (canonical, major, channel)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("2.14.10", id="bare number without channel"),
+        pytest.param("v2.14.10", id="v-prefixed number"),
+        pytest.param("stable-2.14", id="stable without patch"),
+        pytest.param("edge-24.13.1", id="edge with month 13"),
+        pytest.param("edge-23.8.2", id="edge older than every marker"),
+        pytest.param("latest", id="a word"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_unparseable_versions_are_input_errors(text: str) -> None:
+    """Anything else is an InputError whose hint names the accepted forms (or why it cannot be placed)."""
+    with pytest.raises(InputError) as info:
+        CAT.parse(text)
+    assert "stable-2.X.Y" in info.value.hint or "newer edge" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        pytest.param("stable-2.13.7", "stable-2.14.0", id="majors order first"),
+        pytest.param("stable-2.14.9", "stable-2.14.10", id="patches order numerically"),
+        pytest.param("stable-2.14.10", "edge-24.2.4", id="a newer major's edge is newer than an older stable"),
+        pytest.param("edge-24.2.4", "enterprise-2.15.1", id="within a major edges come before enterprise"),
+        pytest.param("enterprise-2.15.1", "enterprise-2.15.1-1", id="a hotpatch is newer"),
+        pytest.param("stable-2.15.1", "enterprise-2.15.1", id="stable before enterprise on a tie"),
+        pytest.param("edge-24.8.2", "edge-24.8.10", id="edge numbers compare numerically"),
+    ],
+)
+def test_order(older: str, newer: str) -> None:
+    """The order is by major, then channel rank, then numbers."""
+    assert CAT.parse(older) < CAT.parse(newer)
+    assert CAT.parse(newer) > CAT.parse(older)
+
+
+def test_calendar_chart_versions_name_their_edge_release() -> None:
+    """Charts from March 2024 on are versioned YYYY.M.N after edge-YY.M.N."""
+    assert edge_from_calendar_chart("2024.8.2") == "edge-24.8.2"
+    assert edge_from_calendar_chart("1.16.11") is None
+    assert edge_from_calendar_chart("1.18.10-edge") is None
+
+
+versions = st.one_of(
+    st.builds(lambda m, p: f"stable-2.{m}.{p}", st.integers(10, 20), st.integers(0, 15)),
+    st.builds(
+        lambda m, p, h: f"enterprise-2.{m}.{p}" + (f"-{h}" if h else ""),
+        st.integers(10, 25),
+        st.integers(0, 15),
+        st.integers(0, 3),
+    ),
+    st.builds(lambda y, mo, n: f"edge-{y}.{mo}.{n}", st.integers(24, 27), st.integers(1, 12), st.integers(1, 9)).filter(
+        lambda t: t >= "edge-24.2.4" or t.startswith("edge-25") or t.startswith("edge-26")
+    ),
+)
+
+
+def _parse(text: str) -> Version | None:
+    try:
+        return CAT.parse(text)
+    except InputError:
+        return None
+
+
+@given(versions, versions, versions)
+def test_order_is_total_and_transitive(a: str, b: str, c: str) -> None:
+    """Any two versions compare one way; the order is transitive and round-trips through text."""
+    va, vb, vc = _parse(a), _parse(b), _parse(c)
+    if va is None or vb is None or vc is None:
+        return
+    assert (va < vb) + (vb < va) + (va.sort_key == vb.sort_key) == 1
+    if va <= vb <= vc:
+        assert va <= vc
+    assert CAT.parse(str(va)) == va

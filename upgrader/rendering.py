@@ -1,0 +1,104 @@
+"""Plans as people and machines read them: JSON/YAML (stable contract), markdown for pull
+requests, rich tables for terminals. Plans never hold secrets (values are referred to by
+strategy and key names only), so nothing here needs redaction beyond what planning did."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Literal
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from upgrader.planning import Plan
+from upgrader.states import mermaid
+
+Format = Literal["table", "markdown", "json", "yaml"]
+
+
+def render(plan: Plan, fmt: Format) -> str:
+    """``plan`` in ``fmt``, ending with a newline."""
+    if fmt == "json":
+        return json.dumps(plan.as_json(), indent=2) + "\n"
+    if fmt == "yaml":
+        return yaml.safe_dump(plan.as_json(), sort_keys=False)
+    if fmt == "markdown":
+        return _markdown(plan)
+    return _table(plan)
+
+
+def _summary(plan: Plan) -> str:
+    if plan.refused:
+        return f"REFUSED ({plan.refused.code}): {plan.refused.reason}"
+    if not plan.hops:
+        return "Nothing to do."
+    path = " -> ".join([plan.from_ or "?", *(h.to for h in plan.hops)])
+    return f"{len(plan.hops)} hop(s): {path}; estimated {plan.estimated_minutes} min"
+
+
+def _markdown(plan: Plan) -> str:
+    out = [f"# Linkerd upgrade plan: {plan.from_ or 'unknown'} -> {plan.to}", "", f"**{_summary(plan)}**", ""]
+    out += [f"- spec: `{plan.spec}`; values strategy: `{plan.values_strategy}`"]
+    if plan.acknowledged:
+        out.append(f"- acknowledged notes: {', '.join(f'`{a}`' for a in plan.acknowledged)}")
+    if plan.waivers:
+        out.append(f"- waived preflight checks: {', '.join(f'`{w}`' for w in plan.waivers)}")
+    out += [f"- note: {n}" for n in plan.notes]
+    for i, hop in enumerate(plan.hops, 1):
+        out += [
+            "",
+            f"## Hop {i}: {hop.from_} -> {hop.to} ({hop.kind}, Linkerd {hop.major}, ~{hop.estimated_minutes} min)",
+            "",
+            "| chart | version |",
+            "|---|---|",
+        ]
+        out += [f"| {chart} | {version} |" for chart, version in hop.charts.items()]
+        out += ["", "| # | state | step | chart version | detail |", "|---|---|---|---|---|"]
+        out += [
+            f"| {n} | {s.state} | {s.name} | {s.chart_version or ''} | {s.detail} |" for n, s in enumerate(hop.steps, 1)
+        ]
+        if hop.values_changes:
+            out += ["", "Values changes in this major (migrated or refused before the upgrade):"]
+            out += [f"- {kind}: `{json.dumps(keys)}`" for kind, keys in hop.values_changes.items()]
+        for note in hop.notes:
+            flag = " **(blocking; acknowledged)**" if note.get("blocking") else ""
+            out.append(f"- upgrade note `{note['id']}`{flag}: {note['text']}")
+    if plan.data_plane:
+        out += ["", "## Data plane now", "", "| namespace | proxy versions (pods) |", "|---|---|"]
+        out += [
+            f"| {ns} | {', '.join(f'{v} ({n})' for v, n in versions.items())} |"
+            for ns, versions in plan.data_plane.items()
+        ]
+    out += ["", "<details><summary>Run states</summary>", "", "```mermaid", mermaid(), "```", "", "</details>", ""]
+    return "\n".join(out)
+
+
+def _table(plan: Plan) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=120, color_system=None)
+    console.print(f"Plan {plan.from_ or 'unknown'} -> {plan.to} (spec {plan.spec}): {_summary(plan)}")
+    for note in plan.notes:
+        console.print(f"note: {note}")
+    for i, hop in enumerate(plan.hops, 1):
+        table = Table(
+            "#",
+            "state",
+            "step",
+            "chart version",
+            "detail",
+            title=f"Hop {i}: {hop.from_} -> {hop.to} ({hop.kind}, ~{hop.estimated_minutes} min)",
+        )
+        for n, s in enumerate(hop.steps, 1):
+            table.add_row(str(n), s.state, s.name, s.chart_version or "", s.detail)
+        console.print(table)
+        for hop_note in hop.notes:
+            blocking = " (blocking)" if hop_note.get("blocking") else ""
+            console.print(f"upgrade note {hop_note['id']}{blocking}: {hop_note['text']}")
+    if plan.data_plane:
+        dp = Table("namespace", "proxy versions (pods)", title="Data plane now")
+        for ns, versions in plan.data_plane.items():
+            dp.add_row(ns, ", ".join(f"{v} ({n})" for v, n in versions.items()))
+        console.print(dp)
+    return buffer.getvalue()
