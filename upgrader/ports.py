@@ -98,3 +98,97 @@ class HelmPort(Protocol):
     def get_values(self, release: str, namespace: str, *, all_values: bool = False) -> dict[str, Any]:
         """User-supplied values of the current revision (or computed ones with ``all_values``)."""
         ...
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A Deployment, StatefulSet or DaemonSet with its rollout counters."""
+
+    kind: str
+    namespace: str
+    name: str
+    replicas: int
+    ready: int = 0
+    available: int = 0
+    updated: int = 0
+    generation: int = 0
+    observed_generation: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    pod_labels: dict[str, str] = field(default_factory=dict)
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Webhook:
+    kind: str  # mutating | validating
+    name: str
+    failure_policies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A PodDisruptionBudget and how much disruption it allows right now."""
+
+    namespace: str
+    name: str
+    match_labels: dict[str, str]
+    disruptions_allowed: int
+    max_unavailable: str | None = None
+    min_available: str | None = None
+
+
+@dataclass(frozen=True)
+class CustomResourceDefinition:
+    name: str
+    served: tuple[str, ...]
+    storage: str
+    stored_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Access:
+    """One permission the plan needs, and whether the caller has it."""
+
+    verb: str
+    group: str
+    resource: str
+    namespace: str = ""  # "" = cluster-wide
+    allowed: bool = False
+
+    def __str__(self) -> str:
+        where = f" in {self.namespace}" if self.namespace else " cluster-wide"
+        return f"{self.verb} {self.resource}{'.' + self.group if self.group else ''}{where}"
+
+
+@dataclass(frozen=True)
+class CertificateSecret:
+    """A certificate Secret's type and its public parts only (never the private key)."""
+
+    type: str
+    certificates: dict[str, str]  # crt.pem | tls.crt | ca.crt -> PEM
+
+
+class PreflightKubePort(KubePort, Protocol):
+    """What preflight observes beyond discovery (each a cluster-wide call where possible)."""
+
+    def list_namespaces(self) -> list[Namespace]: ...
+
+    def list_workloads(self, namespace: str | None = None) -> list[Workload]: ...
+
+    def list_webhooks(self) -> list[Webhook]: ...
+
+    def list_budgets(self) -> list[Budget]: ...
+
+    def list_crds(self) -> list[CustomResourceDefinition]: ...
+
+    def read_certificate_secret(self, namespace: str, name: str) -> CertificateSecret | None: ...
+
+    def review_access(self, wanted: list[Access]) -> list[Access]: ...

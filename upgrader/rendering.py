@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from upgrader.planning import Plan
+from upgrader.preflight import CheckResult
 from upgrader.states import mermaid
 
 Format = Literal["table", "markdown", "json", "yaml"]
@@ -101,4 +102,48 @@ def _table(plan: Plan) -> str:
         for ns, versions in plan.data_plane.items():
             dp.add_row(ns, ", ".join(f"{v} ({n})" for v, n in versions.items()))
         console.print(dp)
+    return buffer.getvalue()
+
+
+CATEGORY_ORDER = (
+    "plan",
+    "cluster",
+    "install",
+    "helm",
+    "control-plane",
+    "identity",
+    "data-plane",
+    "values",
+    "crds",
+    "ha",
+    "disruption",
+)
+
+
+def render_checks(results: list[CheckResult], fmt: Literal["table", "json"]) -> str:
+    """Preflight results: ``{"success", "checks": [...]}`` or a table grouped by category."""
+    success = not any(r.result == "error" and not r.waived for r in results)
+    if fmt == "json":
+        checks = [
+            r.model_dump(include={"id", "category", "severity", "result", "message", "hint", "waived"}) for r in results
+        ]
+        return json.dumps({"success": success, "checks": checks}, indent=2) + "\n"
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=140, color_system=None)
+    marks = {"passed": "ok", "warning": "WARN", "error": "ERROR"}
+    for category in sorted(
+        {r.category for r in results},
+        key=lambda c: (c not in CATEGORY_ORDER, CATEGORY_ORDER.index(c) if c in CATEGORY_ORDER else 0, c),
+    ):
+        table = Table("result", "check", "message", "hint", title=category)
+        for r in (r for r in results if r.category == category):
+            mark = marks[r.result] + (" (waived)" if r.waived else "")
+            table.add_row(mark, r.id, r.message, r.hint)
+        console.print(table)
+    counts = {k: sum(r.result == k and not r.waived for r in results) for k in marks}
+    waived = sum(r.waived for r in results)
+    console.print(
+        f"{'PASSED' if success else 'FAILED'}: {counts['passed']} passed, {counts['warning']} warnings, "
+        f"{counts['error']} errors" + (f", {waived} waived" if waived else "")
+    )
     return buffer.getvalue()

@@ -117,12 +117,22 @@ class Spec(_Model):
     dry_run: bool = False
 
 
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` merged into a copy of ``base`` (maps merge, everything else replaces)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_spec(path: Path) -> Spec:
     """Read and validate a spec file; every problem is an InputError naming file and field."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
         raise InputError(f"cannot read spec {path}: {exc.strerror}", hint="pass --spec PATH of a plan spec") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"spec {path} is not UTF-8 text", hint="pass --spec PATH of a YAML plan spec") from exc
     except yaml.YAMLError as exc:
         raise InputError(f"spec {path} is not valid YAML: {exc}") from exc
     try:

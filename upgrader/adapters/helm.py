@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyhelm3
+import yaml
 from pyhelm3 import errors as helm_errors
 
 from upgrader.errors import ClusterUnreachableError, HelmError
@@ -33,6 +34,18 @@ def split_chart(chart: str) -> tuple[str, str]:
     return (m["name"], m["version"]) if m else (chart, "")
 
 
+class _Command(pyhelm3.Command):  # type: ignore[misc]  # pyhelm3 ships no types
+    """pyhelm3's runner plus global flags it has no parameter for (impersonation)."""
+
+    def __init__(self, *, extra: list[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._extra = extra
+
+    async def run(self, command: list[Any], input: bytes | None = None) -> bytes:
+        result: bytes = await super().run([*command, *self._extra], input)
+        return result
+
+
 class HelmAdapter:
     """One helm binary bound to one kubeconfig/context."""
 
@@ -44,8 +57,10 @@ class HelmAdapter:
         context: str | None = None,
         timeout: str = "5m",
         history_max: int = 10,
+        impersonate: str | None = None,
     ) -> None:
-        self._command = pyhelm3.Command(
+        self._command = _Command(
+            extra=["--kube-as-user", impersonate] if impersonate else [],
             executable=executable,
             kubeconfig=kubeconfig,
             kubecontext=context,
@@ -97,6 +112,28 @@ class HelmAdapter:
             raise
         rows = json.loads(out or b"[]")
         return [(r["version"], r.get("app_version", "")) for r in rows if r["name"] == f"{repo}/{chart}"]
+
+    def template(self, chart: str, version: str, namespace: str, values: dict[str, Any]) -> str:
+        """Render ``chart`` (``repo/name`` or a path) at ``version`` offline with ``values`` (on stdin)."""
+        args = [
+            "template",
+            chart.rsplit("/", 1)[-1],
+            chart,
+            "--version",
+            version,
+            "--namespace",
+            namespace,
+            "--values",
+            "-",
+        ]
+        out: bytes = self._call(self._command.run(args, json.dumps(values).encode()))
+        return out.decode()
+
+    def show_values(self, chart: str, version: str) -> dict[str, Any]:
+        """The default values of ``chart`` at ``version``."""
+        out: bytes = self._call(self._command.run(["show", "values", chart, "--version", version]))
+        loaded = yaml.safe_load(out) or {}
+        return loaded if isinstance(loaded, dict) else {}
 
     def history(self, release: str, namespace: str) -> list[HelmRevision]:
         rows = self._call(self._command.history(release, namespace=namespace))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,24 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from upgrader.errors import ClusterUnreachableError, InputError
-from upgrader.ports import Container, Pod
+from upgrader.errors import ClusterUnreachableError, InputError, UpgraderError
+from upgrader.ports import (
+    Access,
+    Budget,
+    CertificateSecret,
+    Container,
+    CustomResourceDefinition,
+    Namespace,
+    Pod,
+    Webhook,
+    Workload,
+)
+
+_PUBLIC_CERT_KEYS = ("crt.pem", "tls.crt", "ca.crt")  # never key.pem / tls.key
+
+
+class AccessDeniedError(UpgraderError):
+    """The API refused a read (401/403); the message names what was refused."""
 
 
 def _containers(items: list[Any] | None) -> tuple[Container, ...]:
@@ -24,7 +41,9 @@ def _containers(items: list[Any] | None) -> tuple[Container, ...]:
 class KubeAdapter:
     """Reads the cluster with one client bound to one kubeconfig/context."""
 
-    def __init__(self, *, kubeconfig: Path | None = None, context: str | None = None) -> None:
+    def __init__(
+        self, *, kubeconfig: Path | None = None, context: str | None = None, impersonate: str | None = None
+    ) -> None:
         try:
             self._api = config.new_client_from_config(  # type: ignore[no-untyped-call]
                 config_file=str(kubeconfig) if kubeconfig else None, context=context
@@ -34,9 +53,16 @@ class KubeAdapter:
                 f"cannot load kubeconfig {kubeconfig or '(default)'}: {exc}",
                 hint="pass --kubeconfig PATH (and --context NAME) of the cluster running Linkerd",
             ) from exc
+        if impersonate:
+            self._api.set_default_header("Impersonate-User", impersonate)
         self._core = client.CoreV1Api(self._api)
 
-    def _guard(self, what: str, exc: Exception) -> ClusterUnreachableError:
+    def _guard(self, what: str, exc: Exception) -> UpgraderError:
+        if isinstance(exc, ApiException) and exc.status in (401, 403):
+            return AccessDeniedError(
+                f"the Kubernetes API refused {what} ({exc.status} {exc.reason})",
+                hint="run with credentials that can read the Linkerd installation (see upgrader preflight)",
+            )
         return ClusterUnreachableError(
             f"the Kubernetes API did not answer while {what}: {exc}",
             hint="check that the cluster is up and that --kubeconfig/--context point at it",
@@ -85,3 +111,135 @@ class KubeAdapter:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._guard(f"reading ConfigMap {namespace}/{name}", exc) from exc
         return dict(cm.data or {})
+
+    def _read(self, what: str, call: Any) -> Any:
+        try:
+            return call()
+        except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
+            raise self._guard(what, exc) from exc
+
+    def list_namespaces(self) -> list[Namespace]:
+        items = self._read("listing namespaces", lambda: self._core.list_namespace(_request_timeout=30).items)
+        return [
+            Namespace(n.metadata.name, dict(n.metadata.labels or {}), dict(n.metadata.annotations or {})) for n in items
+        ]
+
+    def list_workloads(self, namespace: str | None = None) -> list[Workload]:
+        apps = client.AppsV1Api(self._api)
+        calls = {
+            "Deployment": (apps.list_deployment_for_all_namespaces, apps.list_namespaced_deployment),
+            "StatefulSet": (apps.list_stateful_set_for_all_namespaces, apps.list_namespaced_stateful_set),
+            "DaemonSet": (apps.list_daemon_set_for_all_namespaces, apps.list_namespaced_daemon_set),
+        }
+        out = []
+        for kind, (everywhere, one) in calls.items():
+            items = self._read(
+                f"listing {kind}s",
+                lambda e=everywhere, o=one: (
+                    (o(namespace, _request_timeout=30) if namespace else e(_request_timeout=30)).items
+                ),
+            )
+            out += [_workload(kind, w) for w in items]
+        return out
+
+    def list_webhooks(self) -> list[Webhook]:
+        adm = client.AdmissionregistrationV1Api(self._api)
+        mutating = self._read("listing mutating webhooks", lambda: adm.list_mutating_webhook_configuration().items)
+        validating = self._read(
+            "listing validating webhooks", lambda: adm.list_validating_webhook_configuration().items
+        )
+        return [
+            Webhook(kind, w.metadata.name, tuple(h.failure_policy or "Fail" for h in w.webhooks or []))
+            for kind, items in (("mutating", mutating), ("validating", validating))
+            for w in items
+        ]
+
+    def list_budgets(self) -> list[Budget]:
+        policy = client.PolicyV1Api(self._api)
+        items = self._read(
+            "listing PodDisruptionBudgets",
+            lambda: policy.list_pod_disruption_budget_for_all_namespaces(_request_timeout=30).items,
+        )
+        return [
+            Budget(
+                namespace=b.metadata.namespace,
+                name=b.metadata.name,
+                match_labels=dict((b.spec.selector.match_labels if b.spec.selector else None) or {}),
+                disruptions_allowed=int((b.status.disruptions_allowed if b.status else 0) or 0),
+                max_unavailable=None if b.spec.max_unavailable is None else str(b.spec.max_unavailable),
+                min_available=None if b.spec.min_available is None else str(b.spec.min_available),
+            )
+            for b in items
+        ]
+
+    def list_crds(self) -> list[CustomResourceDefinition]:
+        ext = client.ApiextensionsV1Api(self._api)
+        items = self._read(
+            "listing CustomResourceDefinitions", lambda: ext.list_custom_resource_definition(_request_timeout=30).items
+        )
+        return [
+            CustomResourceDefinition(
+                name=c.metadata.name,
+                served=tuple(v.name for v in c.spec.versions if v.served),
+                storage=next((v.name for v in c.spec.versions if v.storage), ""),
+                stored_versions=tuple((c.status.stored_versions if c.status else None) or ()),
+            )
+            for c in items
+        ]
+
+    def read_certificate_secret(self, namespace: str, name: str) -> CertificateSecret | None:
+        try:
+            secret = self._core.read_namespaced_secret(name, namespace, _request_timeout=10)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise self._guard(f"reading Secret {namespace}/{name}", exc) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._guard(f"reading Secret {namespace}/{name}", exc) from exc
+        data = secret.data or {}
+        public = {k: base64.b64decode(data[k]).decode(errors="replace") for k in _PUBLIC_CERT_KEYS if k in data}
+        return CertificateSecret(type=secret.type or "", certificates=public)
+
+    def review_access(self, wanted: list[Access]) -> list[Access]:
+        authz = client.AuthorizationV1Api(self._api)
+        out = []
+        for a in wanted:
+            body = {
+                "spec": {
+                    "resourceAttributes": {
+                        "verb": a.verb,
+                        "group": a.group,
+                        "resource": a.resource,
+                        "namespace": a.namespace or None,
+                    }
+                }
+            }
+            review = self._read(f"reviewing access to {a}", lambda b=body: authz.create_self_subject_access_review(b))
+            out.append(Access(a.verb, a.group, a.resource, a.namespace, bool(review.status.allowed)))
+        return out
+
+
+def _workload(kind: str, w: Any) -> Workload:
+    st = w.status
+    template = w.spec.template.metadata
+    if kind == "DaemonSet":
+        replicas, ready = st.desired_number_scheduled or 0, st.number_ready or 0
+        available, updated = st.number_available or 0, st.updated_number_scheduled or 0
+    else:
+        replicas = w.spec.replicas if w.spec.replicas is not None else 1
+        ready, available, updated = st.ready_replicas or 0, st.available_replicas or 0, st.updated_replicas or 0
+    return Workload(
+        kind=kind,
+        namespace=w.metadata.namespace,
+        name=w.metadata.name,
+        replicas=replicas,
+        ready=ready,
+        available=available,
+        updated=updated,
+        generation=w.metadata.generation or 0,
+        observed_generation=st.observed_generation or 0,
+        labels=dict(w.metadata.labels or {}),
+        annotations=dict(w.metadata.annotations or {}),
+        pod_labels=dict((template.labels if template else None) or {}),
+        pod_annotations=dict((template.annotations if template else None) or {}),
+    )

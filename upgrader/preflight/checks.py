@@ -1,0 +1,686 @@
+"""The preflight checks: pure functions of a ``Snapshot``, the plan and the spec.
+
+Ids are stable (specs waive them by id). Categories: cluster, install, helm, control-plane,
+identity, data-plane, values, crds, ha, disruption. An observation that could not be made
+(e.g. forbidden by RBAC) makes the checks that need it fail with "cannot check: ..." rather
+than pass silently.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from upgrader.catalog import Catalog
+from upgrader.discovery import Installation, proxy_version
+from upgrader.errors import InputError
+from upgrader.planning import CONTROL_PLANE, CRDS, KUBERNETES_WAIVER, LEGACY, Plan
+from upgrader.ports import (
+    Access,
+    Budget,
+    CertificateSecret,
+    CustomResourceDefinition,
+    Namespace,
+    Pod,
+    Webhook,
+    Workload,
+)
+from upgrader.preflight import CheckResult, failed, passed
+from upgrader.preflight.identity import check_identity
+from upgrader.spec import Spec
+
+CONTROL_PLANE_DEPLOYMENTS = ("linkerd-destination", "linkerd-identity", "linkerd-proxy-injector")
+WEBHOOKS = (
+    ("mutating", "linkerd-proxy-injector-webhook-config"),
+    ("validating", "linkerd-sp-validator-webhook-config"),
+    ("validating", "linkerd-policy-validator-webhook-config"),
+)
+ISSUER_SECRET = "linkerd-identity-issuer"  # noqa: S105 - a Secret's name, not a password
+EXEMPT_LABEL = "config.linkerd.io/admission-webhooks"
+PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
+
+
+def required_access(namespace: str) -> list[Access]:
+    """The permissions an upgrade run uses (Helm storage, charts' objects, restarts, lock)."""
+    ns = [
+        ("get", "", "secrets"),
+        ("list", "", "secrets"),
+        ("create", "", "secrets"),
+        ("update", "", "secrets"),
+        ("patch", "apps", "deployments"),
+        ("patch", "", "configmaps"),
+        ("patch", "", "services"),
+        ("patch", "", "serviceaccounts"),
+        ("create", "coordination.k8s.io", "leases"),
+        ("update", "coordination.k8s.io", "leases"),
+    ]
+    cluster = [
+        ("patch", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
+        ("patch", "admissionregistration.k8s.io", "validatingwebhookconfigurations"),
+        ("patch", "rbac.authorization.k8s.io", "clusterroles"),
+        ("list", "", "pods"),
+        ("patch", "apps", "deployments"),
+        ("patch", "apps", "statefulsets"),
+        ("patch", "apps", "daemonsets"),
+        ("list", "policy", "poddisruptionbudgets"),
+        ("create", "authorization.k8s.io", "selfsubjectaccessreviews"),
+    ]
+    return [Access(v, g, r, namespace) for v, g, r in ns] + [Access(v, g, r) for v, g, r in cluster]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything preflight observed; ``errors`` names observations that failed and why."""
+
+    control_plane_namespace: str = "linkerd"
+    kubernetes_version: str | None = None
+    installation: Installation | None = None
+    config_values: dict[str, Any] = field(default_factory=dict)
+    namespaces: list[Namespace] = field(default_factory=list)
+    workloads: list[Workload] = field(default_factory=list)
+    webhooks: list[Webhook] = field(default_factory=list)
+    budgets: list[Budget] = field(default_factory=list)
+    crds: list[CustomResourceDefinition] = field(default_factory=list)
+    access: list[Access] = field(default_factory=list)
+    issuer: CertificateSecret | None = None
+    trust_bundle: str | None = None
+    user_values: dict[str, Any] | None = None
+    meshed_pods: list[Pod] = field(default_factory=list)
+    render_error: str | None = None  # helm template of the first hop's chart with the values to send
+    target_crds: list[CustomResourceDefinition] | None = None  # for rollback plans
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Context:
+    snapshot: Snapshot
+    plan: Plan
+    catalog: Catalog
+    spec: Spec
+    now: dt.datetime
+    min_cert_days: int = 60
+
+
+def _cannot(id_: str, category: str, what: str, ctx: Context) -> CheckResult | None:
+    if what in ctx.snapshot.errors:
+        return failed(
+            id_,
+            category,
+            f"cannot check: {ctx.snapshot.errors[what]}",
+            "give the caller read access to it (see cluster.permissions)",
+        )
+    return None
+
+
+# ---- cluster ---------------------------------------------------------------------------------
+def check_cluster(ctx: Context) -> list[CheckResult]:
+    snap, out = ctx.snapshot, []
+    if "api" in snap.errors or snap.kubernetes_version is None:
+        out.append(
+            failed(
+                "cluster.api-reachable",
+                "cluster",
+                f"the Kubernetes API did not answer: {snap.errors.get('api', 'no version')}",
+                "check --kubeconfig/--context and the network",
+            )
+        )
+        return out
+    out.append(passed("cluster.api-reachable", "cluster", f"Kubernetes {snap.kubernetes_version} answers"))
+    bad = []
+    for hop in ctx.plan.hops:
+        info = ctx.catalog.major(int(hop.major.split(".")[1]))
+        if info is not None and not info.kubernetes.contains(snap.kubernetes_version):
+            bad.append(f"Linkerd {hop.major} supports {info.kubernetes.min}-{info.kubernetes.max}")
+    if bad:
+        out.append(
+            failed(
+                KUBERNETES_WAIVER,
+                "cluster",
+                f"Kubernetes {snap.kubernetes_version} is outside the supported range: {'; '.join(bad)}",
+                "upgrade or downgrade Kubernetes first, or waive "
+                f"{KUBERNETES_WAIVER} in the spec if you accept the risk",
+            )
+        )
+    else:
+        out.append(
+            passed(KUBERNETES_WAIVER, "cluster", f"Kubernetes {snap.kubernetes_version} is supported by every hop")
+        )
+    missing = [str(a) for a in snap.access if not a.allowed]
+    if "access" in snap.errors:
+        out.append(
+            failed(
+                "cluster.permissions",
+                "cluster",
+                f"cannot check: {snap.errors['access']}",
+                "allow create on selfsubjectaccessreviews.authorization.k8s.io",
+            )
+        )
+    elif missing:
+        out.append(
+            failed(
+                "cluster.permissions",
+                "cluster",
+                f"the caller lacks {len(missing)} permission(s) the plan needs: {', '.join(missing)}",
+                "run as a cluster admin, or bind a role granting "
+                "these verbs (kubectl auth can-i --list shows what you have)",
+            )
+        )
+    else:
+        out.append(passed("cluster.permissions", "cluster", f"all {len(snap.access)} permissions the plan needs"))
+    return out
+
+
+# ---- install method and Helm releases -------------------------------------------------------------
+def check_install(ctx: Context) -> list[CheckResult]:  # noqa: PLR0911 - one return per finding
+    snap = ctx.snapshot
+    if (blocked := _cannot("install.method", "install", "helm", ctx)) is not None:
+        return [blocked]
+    inst = snap.installation
+    ns = snap.control_plane_namespace
+    created_by = {
+        w.annotations.get("linkerd.io/created-by", "")
+        for w in snap.workloads
+        if w.namespace == ns and w.name in CONTROL_PLANE_DEPLOYMENTS
+    }
+    cli_made = sorted(c for c in created_by if c.startswith("linkerd/cli"))
+    if inst is None or not inst.found:
+        return [
+            failed(
+                "install.method",
+                "install",
+                f"no Linkerd installation found (no release, no {ns}/linkerd-config)",
+                "install Linkerd with Helm first",
+            )
+        ]
+    if inst.install_method == "cli":
+        return [
+            failed(
+                "install.method",
+                "install",
+                f"Linkerd {inst.control_plane_version} in {ns} was installed "
+                f"with the linkerd CLI ({', '.join(cli_made) or 'no Helm release'}); upgrader drives Helm "
+                "and will not half-upgrade it",
+                "migrate to Helm first: install linkerd-crds and "
+                "linkerd-control-plane with Helm adopting the existing objects (label "
+                "app.kubernetes.io/managed-by=Helm, annotate meta.helm.sh/release-name and "
+                "release-namespace), or upgrade with `linkerd upgrade`",
+            )
+        ]
+    if cli_made:
+        return [
+            failed(
+                "install.method",
+                "install",
+                f"Helm release found but control-plane objects say {', '.join(cli_made)}: mixed install methods",
+                "re-adopt the objects into the Helm "
+                "release before upgrading (see linkerd2#15471 for what mixing does to CRDs)",
+            )
+        ]
+    names = sorted({r.chart_name for r in inst.releases if r.chart_name in (CRDS, CONTROL_PLANE, LEGACY)})
+    if names == [LEGACY]:
+        return [passed("install.method", "install", "Helm release of the pre-2.12 linkerd2 chart")]
+    if names != [CONTROL_PLANE, CRDS]:
+        return [
+            failed(
+                "install.method",
+                "install",
+                f"expected Helm releases linkerd-crds and linkerd-control-plane, found {', '.join(names) or 'none'}",
+                "install the missing chart so CRDs and control plane are upgraded in order",
+            )
+        ]
+    version = inst.control_plane_version
+    cp = next(r for r in inst.releases if r.chart_name == CONTROL_PLANE)
+    if version and cp.app_version and cp.app_version != version:
+        return [
+            failed(
+                "install.method",
+                "install",
+                f"release {cp.namespace}/{cp.name} says {cp.app_version} but linkerd-config says {version}",
+                f"find out who changed linkerd-config; helm history {cp.name} -n {cp.namespace}",
+            )
+        ]
+    return [passed("install.method", "install", f"Helm releases {', '.join(names)} in {ns} match linkerd-config")]
+
+
+def check_releases(ctx: Context) -> list[CheckResult]:
+    if (blocked := _cannot("helm.release-state", "helm", "helm", ctx)) is not None:
+        return [blocked]
+    inst = ctx.snapshot.installation
+    releases = inst.releases if inst else ()
+    out = []
+    for r in releases:
+        rid = "helm.release-state"
+        if r.status in PENDING:
+            out.append(
+                failed(
+                    rid,
+                    "helm",
+                    f"release {r.namespace}/{r.name} is stuck in {r.status} at revision "
+                    f"{r.revision}: Helm will refuse every operation ('another operation is in progress')",
+                    "if no helm command is running, unlock it by rolling back to the last deployed "
+                    f"revision (helm history {r.name} -n {r.namespace}; helm rollback {r.name} <rev> -n "
+                    f"{r.namespace}); nothing is unlocked automatically",
+                )
+            )
+        elif r.status == "failed":
+            out.append(
+                failed(
+                    rid,
+                    "helm",
+                    f"release {r.namespace}/{r.name} revision {r.revision} failed",
+                    f"read helm history {r.name} -n {r.namespace}; an upgrade may still succeed",
+                    severity="warning",
+                )
+            )
+        elif r.status != "deployed":
+            out.append(
+                failed(
+                    rid,
+                    "helm",
+                    f"release {r.namespace}/{r.name} is {r.status}",
+                    "bring it back to deployed before upgrading",
+                )
+            )
+    if not out:
+        out.append(passed("helm.release-state", "helm", f"{len(releases)} Linkerd release(s) deployed"))
+    return out
+
+
+# ---- control plane ---------------------------------------------------------------------------------
+def check_control_plane(ctx: Context) -> list[CheckResult]:
+    snap = ctx.snapshot
+    if (blocked := _cannot("control-plane.deployments", "control-plane", "workloads", ctx)) is not None:
+        return [blocked]
+    ns = snap.control_plane_namespace
+    found = {w.name: w for w in snap.workloads if w.namespace == ns and w.kind == "Deployment"}
+    out = []
+    missing = [d for d in CONTROL_PLANE_DEPLOYMENTS if d not in found]
+    unavailable = [
+        f"{d} ({found[d].available}/{found[d].replicas} available)"
+        for d in CONTROL_PLANE_DEPLOYMENTS
+        if d in found and found[d].available < found[d].replicas
+    ]
+    if missing or unavailable:
+        out.append(
+            failed(
+                "control-plane.deployments",
+                "control-plane",
+                f"in {ns}: {'missing ' + ', '.join(missing) + '; ' if missing else ''}"
+                f"{'not available: ' + ', '.join(unavailable) if unavailable else ''}".strip("; "),
+                f"kubectl -n {ns} get deploy,pods; fix the control plane before upgrading it",
+            )
+        )
+    else:
+        out.append(passed("control-plane.deployments", "control-plane", f"{len(found)} deployments available"))
+    not_ready = [
+        f"{d} ({found[d].ready}/{found[d].replicas} ready)"
+        for d in CONTROL_PLANE_DEPLOYMENTS
+        if d in found and found[d].ready < found[d].replicas
+    ]
+    out.append(
+        failed(
+            "control-plane.pods-ready",
+            "control-plane",
+            f"pods not ready: {', '.join(not_ready)}",
+            f"kubectl -n {ns} describe pods",
+        )
+        if not_ready
+        else passed("control-plane.pods-ready", "control-plane", "every control-plane pod is ready")
+    )
+    if snap.config_values.get("highAvailability"):
+        single = [d for d in CONTROL_PLANE_DEPLOYMENTS if d in found and found[d].replicas <= 1]
+        out.append(
+            failed(
+                "control-plane.ha-replicas",
+                "control-plane",
+                f"HA is on but {', '.join(single)} run(s) a single replica",
+                "install with the chart's values-ha.yaml (3 replicas)",
+            )
+            if single
+            else passed("control-plane.ha-replicas", "control-plane", "HA: >1 replica each")
+        )
+    present = {(w.kind, w.name) for w in snap.webhooks}
+    absent = [name for kind, name in WEBHOOKS if (kind, name) not in present]
+    out.append(
+        failed(
+            "control-plane.webhooks",
+            "control-plane",
+            f"missing webhook configuration(s): {', '.join(absent)}",
+            "reinstall the control plane chart; new pods will not be meshed",
+        )
+        if absent
+        else passed("control-plane.webhooks", "control-plane", "webhook configurations present")
+    )
+    return out
+
+
+# ---- identity --------------------------------------------------------------------------------------
+def check_certificates(ctx: Context) -> list[CheckResult]:
+    snap = ctx.snapshot
+    if (blocked := _cannot("identity.issuer-parse", "identity", "identity", ctx)) is not None:
+        return [blocked]
+    scheme = str(((snap.config_values.get("identity") or {}).get("issuer") or {}).get("scheme") or "linkerd.io/tls")
+    certs = snap.issuer.certificates if snap.issuer else {}
+    issuer = certs.get("crt.pem") or certs.get("tls.crt")
+    values_anchors = (snap.user_values or {}).get("identityTrustAnchorsPEM")
+    return check_identity(
+        trust_anchors_pem=snap.trust_bundle,
+        issuer_crt_pem=issuer,
+        scheme=scheme,
+        values_trust_anchors_pem=values_anchors,
+        now=ctx.now,
+        min_valid_days=ctx.min_cert_days,
+        run_hours=ctx.plan.estimated_minutes / 60,
+        namespace=snap.control_plane_namespace,
+    )
+
+
+# ---- data plane ------------------------------------------------------------------------------------
+def check_data_plane(ctx: Context) -> list[CheckResult]:
+    snap = ctx.snapshot
+    inst = snap.installation
+    out = []
+    current = None
+    if inst and inst.control_plane_version:
+        try:
+            current = ctx.catalog.parse(inst.control_plane_version)
+        except InputError:
+            current = None
+    skewed, unreadable = [], []
+    for pod in snap.meshed_pods:
+        version = proxy_version(pod)
+        if version is None:
+            continue
+        try:
+            parsed = ctx.catalog.parse(version)
+        except InputError:
+            unreadable.append(f"{pod.namespace}/{pod.name}")
+            continue
+        if current is not None and abs(parsed.major - current.major) > 1:
+            skewed.append(f"{pod.namespace}/{pod.name} ({parsed})")
+    if skewed:
+        namespaces = sorted({s.split("/")[0] for s in skewed})
+        out.append(
+            failed(
+                "data-plane.version-skew",
+                "data-plane",
+                f"{len(skewed)} pod(s) run proxies more than one "
+                f"major from the control plane ({current}): {', '.join(skewed[:10])}"
+                f"{' ...' if len(skewed) > 10 else ''}",
+                f"restart the workloads in "
+                f"{', '.join(namespaces)} on the current control plane first (kubectl rollout restart)",
+            )
+        )
+    else:
+        out.append(passed("data-plane.version-skew", "data-plane", "every readable proxy is within one major"))
+    out.append(
+        failed(
+            "data-plane.unreadable-proxies",
+            "data-plane",
+            f"proxy version unreadable (pinned by digest?) for: {', '.join(unreadable[:20])}",
+            "set linkerd.io/proxy-version or use tagged images; these pods are restarted but not verified by version",
+            severity="warning",
+        )
+        if unreadable
+        else passed(
+            "data-plane.unreadable-proxies", "data-plane", "every proxy version is readable", severity="warning"
+        )
+    )
+    return out
+
+
+# ---- values ----------------------------------------------------------------------------------------
+def _has(values: dict[str, Any], dotted: str) -> bool:
+    node: Any = values
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def check_values(ctx: Context) -> list[CheckResult]:
+    snap, out = ctx.snapshot, []
+    user = snap.user_values
+    if user is None:
+        return [
+            failed(
+                "values.migrations",
+                "values",
+                f"cannot check: {snap.errors.get('values', 'no user values')}",
+                "let the caller read the control-plane release (helm get values)",
+            )
+        ]
+    notes = []
+    for hop in ctx.plan.hops:
+        changes = hop.values_changes
+        notes += [f"{key} is removed in {hop.major} (drop it)" for key in changes.get("removed", []) if _has(user, key)]
+        notes += [
+            f"{old} is renamed to {new} in {hop.major} (move it)"
+            for old, new in changes.get("renamed", {}).items()
+            if _has(user, old)
+        ]
+    out.append(
+        failed(
+            "values.migrations",
+            "values",
+            "user values need migration: " + "; ".join(notes),
+            "upgrader migrates renamed keys and drops removed ones per the catalog; review the values diff in the plan",
+            severity="warning",
+        )
+        if notes
+        else passed(
+            "values.migrations", "values", "no user value is removed or renamed by the plan", severity="warning"
+        )
+    )
+    if ctx.spec.values.strategy == "reuse":
+        missing = [
+            f"{key} (new in {hop.major})"
+            for hop in ctx.plan.hops
+            for key in hop.values_changes.get("new_required", [])
+            if not _has(user, key)
+        ]
+        if missing:
+            out.append(
+                failed(
+                    "values.required",
+                    "values",
+                    f"the reuse strategy keeps the old chart's defaults and would miss: {', '.join(missing)}",
+                    "use strategy reset-then-reuse (the default)",
+                )
+            )
+        else:
+            out.append(passed("values.required", "values", "every newly required key is present"))
+    else:
+        out.append(
+            passed(
+                "values.required",
+                "values",
+                f"strategy {ctx.spec.values.strategy} takes new keys from the target chart's defaults",
+            )
+        )
+    if "render" in snap.errors:
+        out.append(
+            failed(
+                "values.render",
+                "values",
+                f"cannot check: {snap.errors['render']}",
+                "add the Linkerd Helm repository (helm repo add linkerd ...) so the chart can be rendered",
+            )
+        )
+    elif snap.render_error:
+        out.append(
+            failed(
+                "values.render",
+                "values",
+                f"the values to send do not render the target chart: {snap.render_error}",
+                "fix or migrate the values named in the error (--spec values)",
+            )
+        )
+    elif ctx.plan.hops:
+        out.append(
+            passed(
+                "values.render",
+                "values",
+                f"the values render {CONTROL_PLANE} {ctx.plan.hops[0].charts.get(CONTROL_PLANE)}",
+            )
+        )
+    return out
+
+
+# ---- CRDs ------------------------------------------------------------------------------------------
+def check_crds(ctx: Context) -> list[CheckResult]:
+    snap = ctx.snapshot
+    if (blocked := _cannot("crds.present", "crds", "crds", ctx)) is not None:
+        return [blocked]
+    linkerd = {c.name: c for c in snap.crds if c.name.endswith("linkerd.io")}
+    out = [
+        failed(
+            "crds.present",
+            "crds",
+            "no Linkerd CRD found (serviceprofiles.linkerd.io, servers.policy...)",
+            "install the linkerd-crds chart",
+        )
+        if not linkerd
+        else passed("crds.present", "crds", f"{len(linkerd)} Linkerd CRDs")
+    ]
+    rollback = any(h.kind == "rollback" for h in ctx.plan.hops)
+    if rollback and snap.target_crds is not None:
+        served = {c.name: set(c.served) for c in snap.target_crds}
+        lost = [
+            f"{name} stores {', '.join(sorted(set(c.stored_versions) - served[name]))}"
+            for name, c in sorted(linkerd.items())
+            if name in served and set(c.stored_versions) - served[name]
+        ]
+        out.append(
+            failed(
+                "crds.rollback-stored-versions",
+                "crds",
+                f"the older linkerd-crds chart does not serve "
+                f"versions still stored: {'; '.join(lost)}; the API server would reject the CRD rollback",
+                "keep the CRDs (the default: rollback without --include-crds)",
+            )
+            if lost
+            else passed("crds.rollback-stored-versions", "crds", "every stored version is served by the older chart")
+        )
+    return out
+
+
+# ---- HA hygiene and disruption -----------------------------------------------------------------------
+def check_ha(ctx: Context) -> list[CheckResult]:
+    snap = ctx.snapshot
+    if (blocked := _cannot("ha.kube-system-exempt", "ha", "namespaces", ctx)) is not None:
+        return [blocked]
+    out = []
+    namespaces = {n.name: n for n in snap.namespaces}
+    ns = snap.control_plane_namespace
+    major = None
+    if snap.installation and snap.installation.control_plane_version:
+        try:
+            major = ctx.catalog.parse(snap.installation.control_plane_version).major
+        except InputError:
+            major = None
+    fail_policy = snap.config_values.get("webhookFailurePolicy") == "Fail"
+    kube_system = namespaces.get("kube-system")
+    if (
+        fail_policy
+        and major is not None
+        and major <= 14
+        and (kube_system is None or kube_system.labels.get(EXEMPT_LABEL) != "disabled")
+    ):
+        out.append(
+            failed(
+                "ha.kube-system-exempt",
+                "ha",
+                f"webhookFailurePolicy is Fail and Linkerd 2.{major} does not "
+                f"skip kube-system unless it is labelled {EXEMPT_LABEL}=disabled: a down injector would "
+                "block kube-system pods",
+                f"kubectl label namespace kube-system {EXEMPT_LABEL}=disabled",
+            )
+        )
+    else:
+        out.append(passed("ha.kube-system-exempt", "ha", "kube-system cannot be blocked by the injector"))
+    cp_ns = namespaces.get(ns)
+    injected = cp_ns is not None and cp_ns.annotations.get("linkerd.io/inject") == "enabled"
+    out.append(
+        failed(
+            "ha.control-plane-not-injected",
+            "ha",
+            f"namespace {ns} has linkerd.io/inject=enabled",
+            f"kubectl annotate namespace {ns} linkerd.io/inject-",
+        )
+        if injected
+        else passed("ha.control-plane-not-injected", "ha", f"namespace {ns} is not injection-enabled")
+    )
+    return out
+
+
+def _selects(budget: Budget, workload: Workload) -> bool:
+    return (
+        bool(budget.match_labels)
+        and budget.namespace == workload.namespace
+        and all(workload.pod_labels.get(k) == v for k, v in budget.match_labels.items())
+    )
+
+
+def check_disruption(ctx: Context) -> list[CheckResult]:
+    snap = ctx.snapshot
+    if (blocked := _cannot("disruption.pdb-allows-restart", "disruption", "budgets", ctx)) is not None:
+        return [blocked]
+    restarted = {ns for hop in ctx.plan.hops[:1] for w in hop.waves for ns in w.namespaces}
+    workloads = [w for w in snap.workloads if w.namespace in restarted]
+    stalls = sorted(
+        {
+            f"{b.namespace}/{b.name} (selects {w.kind} {w.name}; allows {b.disruptions_allowed})"
+            for b in snap.budgets
+            if b.disruptions_allowed == 0
+            for w in workloads
+            if _selects(b, w)
+        }
+    )
+    return [
+        failed(
+            "disruption.pdb-allows-restart",
+            "disruption",
+            f"PodDisruptionBudget(s) allowing no disruption "
+            f"on workloads the plan restarts: {', '.join(stalls)}; the wave would stall",
+            "raise maxUnavailable / lower minAvailable, scale up, or exclude the namespace in the spec",
+        )
+        if stalls
+        else passed("disruption.pdb-allows-restart", "disruption", "no budget blocks a restart")
+    ]
+
+
+CHECKS: tuple[Callable[[Context], list[CheckResult]], ...] = (
+    check_cluster,
+    check_install,
+    check_releases,
+    check_control_plane,
+    check_certificates,
+    check_data_plane,
+    check_values,
+    check_crds,
+    check_ha,
+    check_disruption,
+)
+
+
+def run_checks(ctx: Context) -> list[CheckResult]:
+    """Every check, in category order, with the spec's waivers applied."""
+    results = [r for check in CHECKS for r in check(ctx)]
+    if ctx.plan.refused:
+        results.insert(
+            0, failed("plan.refused", "plan", ctx.plan.refused.reason, f"see upgrader plan ({ctx.plan.refused.code})")
+        )
+    waived = set(ctx.spec.waivers)
+    return [r.model_copy(update={"waived": True}) if r.id in waived and r.result != "passed" else r for r in results]
+
+
+def config_values(text: str | None) -> dict[str, Any]:
+    loaded = yaml.safe_load(text or "") if text else None
+    return loaded if isinstance(loaded, dict) else {}

@@ -1,0 +1,112 @@
+"""Gather a preflight ``Snapshot`` through the ports.
+
+Each observation is made once, cluster-wide where possible; one that fails (RBAC, a
+missing repository) is recorded in ``Snapshot.errors`` under the name the checks look for,
+so the checks say "cannot check" instead of passing. Nothing here decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import yaml
+
+from upgrader.discovery import DATA_PLANE_SELECTOR, summarise
+from upgrader.errors import UpgraderError
+from upgrader.planning import CONTROL_PLANE, CRDS, Plan
+from upgrader.ports import CustomResourceDefinition, HelmPort, HelmRelease, Pod, PreflightKubePort
+from upgrader.preflight.checks import ISSUER_SECRET, Snapshot, config_values, required_access
+
+T = TypeVar("T")
+
+
+class PreflightHelmPort(HelmPort, Protocol):
+    def template(self, chart: str, version: str, namespace: str, values: dict[str, Any]) -> str: ...
+
+
+def crds_from_manifests(text: str) -> list[CustomResourceDefinition]:
+    """The CRDs (and their served/storage versions) in rendered manifests."""
+    out = []
+    for doc in yaml.safe_load_all(text):
+        if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+            versions = doc["spec"].get("versions", [])
+            out.append(
+                CustomResourceDefinition(
+                    name=doc["metadata"]["name"],
+                    served=tuple(v["name"] for v in versions if v.get("served")),
+                    storage=next((v["name"] for v in versions if v.get("storage")), ""),
+                )
+            )
+    return out
+
+
+def gather(
+    kube: PreflightKubePort,
+    helm: PreflightHelmPort,
+    plan: Plan,
+    *,
+    namespace: str = "linkerd",
+    repo: str = "linkerd",
+    values_to_send: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> Snapshot:
+    """Observe everything the checks need; failures become ``errors`` entries."""
+    errors: dict[str, str] = {}
+
+    def attempt(name: str, call: Callable[[], T], default: T) -> T:
+        try:
+            return call()
+        except UpgraderError as exc:
+            errors[name] = exc.message
+            return default
+
+    version = attempt("api", kube.server_version, None)
+    if version is None:
+        return Snapshot(control_plane_namespace=namespace, errors=errors)
+    releases: list[HelmRelease] = attempt("helm", helm.list_releases, [])
+    cp = next((r for r in releases if r.chart_name in (CONTROL_PLANE, "linkerd2")), None)
+    namespace = cp.namespace if cp else namespace
+    config = attempt("config", lambda: kube.get_config_map(namespace, "linkerd-config"), None)
+    pods: list[Pod] = attempt("pods", lambda: kube.list_pods(label_selector=DATA_PLANE_SELECTOR), [])
+    raw_values = config.get("values", "") if config is not None else None
+    installation = summarise(version, releases, raw_values, pods, namespace)
+    roots = attempt("identity", lambda: kube.get_config_map(namespace, "linkerd-identity-trust-roots"), None)
+    user_values = None
+    if cp is not None:
+        user_values = attempt("values", lambda: helm.get_values(cp.name, cp.namespace), None)
+    render_error, target_crds = None, None
+    if plan.hops and user_values is not None:
+        hop = plan.hops[0]
+        values = values_to_send(user_values) if values_to_send else user_values
+        try:
+            helm.template(f"{repo}/{CONTROL_PLANE}", hop.charts[CONTROL_PLANE], namespace, values)
+        except UpgraderError as exc:
+            text = exc.message.lower()
+            if ("repo" in text and "not found" in text) or "no repo" in text:
+                errors["render"] = exc.message
+            else:
+                render_error = exc.message
+        if hop.kind == "rollback" and CRDS in hop.charts:
+            rendered = attempt(
+                "target-crds", lambda: helm.template(f"{repo}/{CRDS}", hop.charts[CRDS], namespace, {}), ""
+            )
+            target_crds = crds_from_manifests(rendered) if rendered else None
+    return Snapshot(
+        control_plane_namespace=namespace,
+        kubernetes_version=version,
+        installation=installation,
+        config_values=config_values(raw_values),
+        namespaces=attempt("namespaces", kube.list_namespaces, []),
+        workloads=attempt("workloads", kube.list_workloads, []),
+        webhooks=attempt("webhooks", kube.list_webhooks, []),
+        budgets=attempt("budgets", kube.list_budgets, []),
+        crds=attempt("crds", kube.list_crds, []),
+        access=attempt("access", lambda: kube.review_access(required_access(namespace)), []),
+        issuer=attempt("identity", lambda: kube.read_certificate_secret(namespace, ISSUER_SECRET), None),
+        trust_bundle=(roots or {}).get("ca-bundle.crt"),
+        user_values=user_values,
+        meshed_pods=pods,
+        render_error=render_error,
+        target_crds=target_crds,
+        errors=errors,
+    )
