@@ -20,6 +20,71 @@ def test_bundled_catalog_covers_2_10_to_2_20_with_markers_from_2_15() -> None:
     assert [n.id for n in CAT.major(12).notes if n.blocking] == ["chart-split-2.12"]
 
 
+# The facts table (shared/reference/linkerd-facts.md, section 1), pinned.
+FACTS = [
+    (10, None, "stable-2.10.2", "1.16", "1.23"),
+    (11, None, "stable-2.11.5", "1.17", "1.23"),
+    (12, None, "stable-2.12.6", "1.21", "1.24"),
+    (13, None, "stable-2.13.7", "1.21", "1.28"),
+    (14, None, "stable-2.14.10", "1.21", "1.28"),
+    (15, "edge-24.2.4", None, "1.22", "1.29"),
+    (16, "edge-24.8.2", None, "1.22", "1.29"),
+    (17, "edge-24.11.8", None, "1.22", "1.31"),
+    (18, "edge-25.4.4", None, "1.23", "1.32"),
+    (19, "edge-25.10.7", None, "1.23", "1.35"),
+    (20, "edge-26.6.3", None, "1.31", "1.35"),
+]
+
+
+@pytest.mark.parametrize(
+    ("major", "marker", "last_stable", "k8s_min", "k8s_max"), FACTS, ids=[f"2.{f[0]}" for f in FACTS]
+)
+def test_catalog_matches_the_facts_table(
+    major: int, marker: str | None, last_stable: str | None, k8s_min: str, k8s_max: str
+) -> None:
+    """Marker edge, last stable and Kubernetes range of every major are the documented ones."""
+    info = CAT.major(major)
+    assert info is not None
+    assert (info.marker_edge, info.last_stable, info.kubernetes.min, info.kubernetes.max) == (
+        marker,
+        last_stable,
+        k8s_min,
+        k8s_max,
+    )
+
+
+@pytest.mark.parametrize(
+    ("release", "crds", "control_plane"),
+    [
+        ("stable-2.12.6", "1.4.0", "1.9.8"),
+        ("stable-2.14.10", "1.8.0", "1.16.11"),
+        ("edge-24.2.4", "1.9.4-edge", "1.18.10-edge"),
+        ("edge-24.8.2", "2024.8.2", "2024.8.2"),
+    ],
+)
+def test_catalog_chart_versions_match_the_facts(release: str, crds: str, control_plane: str) -> None:
+    """Chart versions are numbered as the real charts are."""
+    charts = {r.version: r.charts for r in CAT.releases}[release]
+    assert (charts["linkerd-crds"], charts["linkerd-control-plane"]) == (crds, control_plane)
+
+
+def test_catalog_values_changes_match_the_facts() -> None:
+    """Removed and renamed keys per major, as listed in the facts (section 3)."""
+
+    def changes(major: int) -> object:
+        info = CAT.major(major)
+        assert info is not None
+        return info.values
+
+    assert changes(12).removed == ["namespace", "installNamespace"]
+    assert changes(12).renamed == {"policyController.defaultAllowPolicy": "proxy.defaultInboundPolicy"}
+    assert changes(16).removed == ["proxyInit.resources"]
+    assert "controlPlaneTracing" in changes(19).renamed
+    assert "proxy.trace" in changes(19).renamed
+    assert changes(19).removed == ["policyController.image"]
+    assert changes(20).removed == ["proxyInit.image"]
+
+
 @pytest.mark.parametrize(
     ("chart", "version", "release"),
     [

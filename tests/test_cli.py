@@ -103,3 +103,33 @@ def test_markdown_plan_written_to_a_file(tmp_path: pathlib.Path) -> None:
     assert "| linkerd-control-plane | 2024.8.2 |" in text
     assert "proxyInit.resources" in text  # values removed in 2.16 are called out
     assert "stateDiagram-v2" in text
+
+
+def test_offline_plan_checks_the_given_kubernetes_version() -> None:
+    """--kubernetes lets an offline plan check supported ranges (2.14 stops at 1.28)."""
+    out = _run(
+        "plan",
+        "--from",
+        "stable-2.13.7",
+        "--offline",
+        "--to",
+        "stable-2.14.10",
+        "--kubernetes",
+        "v1.30.1",
+        "-o",
+        "json",
+    )
+    assert out.returncode == 3
+    assert json.loads(out.stdout)["refused"]["code"] == "kubernetes-unsupported"
+    bad = _run("plan", "--from", "stable-2.13.7", "--offline", "--to", "stable-2.14.10", "--kubernetes", "soon")
+    assert bad.returncode == 2
+    assert "is not a Kubernetes version" in bad.stderr
+
+
+def test_unwritable_out_file_is_bad_input() -> None:
+    """--out into a missing folder is exit 2 with the path named, not a traceback."""
+    out = _run(
+        "plan", "--from", "stable-2.13.7", "--offline", "--to", "stable-2.14.10", "--out", "/nonexistent/dir/plan.json"
+    )
+    assert out.returncode == 2
+    assert "cannot write /nonexistent/dir/plan.json" in out.stderr

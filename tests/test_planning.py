@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Mapping
 
 import pytest
@@ -171,6 +172,113 @@ def test_spec_path_entries_at_or_behind_the_current_version_are_skipped() -> Non
     assert [h.to for h in plan.hops] == ["stable-2.14.10", "edge-24.2.4"]
 
 
+def test_a_data_plane_a_major_behind_catches_up_before_the_control_plane_moves() -> None:
+    """Proxies on 2.13 under a 2.14 control plane are restarted on 2.14 first, then the 2.15 hop runs."""
+    plan = plan_for(
+        "stable-2.14.10", "edge-24.2.4", data_plane={"shop": {"stable-2.13.7": 2}, "api": {"stable-2.14.10": 1}}
+    )
+    assert [(h.kind, h.from_, h.to) for h in plan.hops] == [
+        ("data-plane", "stable-2.14.10", "stable-2.14.10"),
+        ("upgrade", "stable-2.14.10", "edge-24.2.4"),
+    ]
+    assert plan.hops[0].waves[0].namespaces == ["shop"]
+    assert plan.hops[0].charts == {}
+
+
+def test_at_target_with_a_lagging_data_plane_plans_the_catch_up() -> None:
+    """Already at the target but proxies lag: the plan restarts them instead of saying nothing to do."""
+    plan = plan_for("stable-2.14.10", "stable-2.14.10", data_plane={"shop": {"stable-2.13.7": 2}})
+    assert [h.kind for h in plan.hops] == ["data-plane"]
+
+
+def test_namespaces_no_wave_covers_are_refused_when_they_would_end_two_majors_behind() -> None:
+    """A two-major plan whose waves skip a meshed namespace is refused; a one-major plan only notes it."""
+    spec = Spec(data_plane=DataPlane(waves=[Wave(name="canary", namespaces=["shop"])]))
+    dp = {"shop": {"stable-2.12.6": 1}, "payments": {"stable-2.12.6": 1}}
+    two = plan_for("stable-2.12.6", "stable-2.14.10", data_plane=dp, spec=spec)
+    assert two.refused is not None
+    assert (two.refused.code, "no wave restarts payments" in two.refused.reason) == ("data-plane-skew", True)
+    one = plan_for("stable-2.12.6", "stable-2.13.7", data_plane=dp, spec=spec)
+    assert one.refused is None
+    assert any("not restarted by any wave" in n and "payments" in n for n in one.notes)
+
+
+@pytest.mark.parametrize(
+    ("path", "target", "expected"),
+    [
+        pytest.param(
+            ["stable-2.13.7", "stable-2.14.10"],
+            "stable-2.13.6",
+            ["stable-2.13.6"],
+            id="path entries beyond the target are ignored",
+        ),
+        pytest.param(
+            ["stable-2.13.7", "stable-2.13.6"],
+            "stable-2.14.10",
+            ["stable-2.13.6", "stable-2.13.7", "stable-2.14.10"],
+            id="path entries are put in travel order",
+        ),
+        pytest.param(
+            ["stable-2.13.7", "stable-2.13.7"],
+            "stable-2.14.10",
+            ["stable-2.13.7", "stable-2.14.10"],
+            id="repeated path entries become one hop",
+        ),
+    ],
+)
+def test_spec_paths_are_cleaned(path: list[str], target: str, expected: list[str]) -> None:
+    """Only path entries strictly between current and target count, once each, in the direction of travel."""
+    plan = plan_for("stable-2.12.6", target, spec=Spec(path=path))
+    assert plan.refused is None, plan.refused
+    assert [h.to for h in plan.hops] == expected
+
+
+def test_pre_2_12_hops_use_the_linkerd2_chart_and_the_2_12_hop_migrates() -> None:
+    """2.10 -> 2.11 upgrades the linkerd2 chart; 2.11 -> 2.12 installs the split charts adopting the old objects."""
+    plan = plan_for("stable-2.10.2", "stable-2.12.6", kubernetes="v1.21.3", acks=frozenset({"chart-split-2.12"}))
+    assert plan.refused is None, plan.refused
+    first, second = plan.hops
+    assert [(s.name, s.chart_version) for s in first.steps if s.chart] == [("linkerd2", "2.11.5")]
+    assert [s.name for s in second.steps if s.chart] == ["linkerd-crds", "linkerd-control-plane"]
+    assert "adopting" in second.steps[1].detail
+
+
+def test_switching_channel_inside_a_major_applies_crds() -> None:
+    """enterprise-2.15.3 -> edge-24.7.5 (both 2.15) is an upgrade that applies that release's CRDs."""
+    offering = {CAT.parse("edge-24.7.5"): {"linkerd-crds": "2024.7.5", "linkerd-control-plane": "2024.7.5"}}
+    plan = plan_for("enterprise-2.15.3", "edge-24.7.5", offering=offering)
+    assert [(h.kind, h.steps[1].detail) for h in plan.hops] == [("upgrade", "helm upgrade in linkerd")]
+
+
+def test_proxies_that_cannot_be_judged_are_noted() -> None:
+    """Digest-pinned or unplaceable proxy versions are listed in the plan's notes."""
+    plan = plan_for("edge-24.8.2", "edge-24.11.8", data_plane={"shop": {"unknown": 1, "edge-23.8.2": 2}})
+    assert any("could not be judged" in n and "shop (unknown)" in n and "edge-23.8.2" in n for n in plan.notes)
+
+
+def test_offline_plans_say_kubernetes_was_not_checked() -> None:
+    """Without a Kubernetes version, the plan says ranges were not checked."""
+    plan = plan_for("edge-25.10.7", "edge-26.6.3", kubernetes=None)
+    assert any("supported ranges were not checked" in n for n in plan.notes)
+
+
+def test_spec_settings_travel_with_the_plan_and_overrides_are_redacted() -> None:
+    """Gates, window, failure policy, dry run and (redacted) value overrides are part of the plan."""
+    spec = Spec.model_validate(
+        {
+            "onFailure": "rollback",
+            "dryRun": True,
+            "window": {"start": "01:00", "end": "05:00"},
+            "values": {"overrides": {"identity": {"issuer": {"tls": {"keyPEM": "SECRET"}}}}},
+        }
+    )
+    plan = plan_for("stable-2.13.7", "stable-2.14.10", spec=spec)
+    data = plan.as_json()
+    assert (data["on_failure"], data["dry_run"], data["window"]["start"]) == ("rollback", True, "01:00")
+    assert data["values_overrides"]["identity"]["issuer"]["tls"]["keyPEM"] == "<redacted>"
+    assert "SECRET" not in json.dumps(data)
+
+
 def test_missing_major_in_the_offering_is_refused() -> None:
     """If the repository offers no 2.13 release, 2.12 -> 2.14 cannot be planned."""
     offering = {r: c for r, c in OFFLINE.items() if r.major != 13}
@@ -250,3 +358,8 @@ def test_plan_properties(current: Version, target: Version) -> None:
         assert (b > a) if target > current else (b < a)
     assert stops[-1] == target
     assert len(plan.hops) == (max(distance, 1) if distance >= 0 else 1)
+    for middle in stops[1:-1]:  # every intermediate hop lands on the newest offered release of its major
+        same = [r for r in SYNTH if r.major == middle.major and r.channel == target.channel] or [
+            r for r in SYNTH if r.major == middle.major
+        ]
+        assert middle == max(same, key=lambda r: r.sort_key)

@@ -25,7 +25,7 @@ def test_example_specs_validate_and_plan_offline(path: Path) -> None:
     """Each example loads and plans stable-2.13.7 -> edge-24.8.2 offline in three hops."""
     spec = load_spec(path)
     offering, notes = build_offering(CAT, None)
-    dp = {"shop": {"stable-2.13.7": 4}, "payments": {"stable-2.13.7": 2}, "legacy": {"stable-2.13.7": 1}}
+    dp = {"shop": {"stable-2.13.7": 4}, "payments": {"stable-2.13.7": 2}}  # legacy is unmeshed
     plan = make_plan(
         Observed(CAT.parse("stable-2.13.7"), dp, "v1.22.1"),
         CAT.parse("edge-24.8.2"),
@@ -38,7 +38,18 @@ def test_example_specs_validate_and_plan_offline(path: Path) -> None:
     assert [h.to for h in plan.hops] == ["stable-2.14.10", "edge-24.2.4", "edge-24.8.2"]
     assert plan.spec == spec.name
     restarted = {ns for w in plan.hops[0].waves for ns in w.namespaces}
-    assert restarted == {"shop", "payments", "legacy"} - set(spec.data_plane.exclude_namespaces)
+    assert restarted == {"shop", "payments"}
+
+
+def test_staged_rollout_refuses_to_leave_a_meshed_excluded_namespace_two_majors_behind() -> None:
+    """If legacy were meshed, excluding it across three majors would strand its proxies: refused."""
+    spec = load_spec(next(p for p in PLANS if p.stem == "staged-rollout"))
+    offering, _ = build_offering(CAT, None)
+    dp = {"shop": {"stable-2.13.7": 4}, "legacy": {"stable-2.13.7": 1}}
+    plan = make_plan(Observed(CAT.parse("stable-2.13.7"), dp, "v1.22.1"), CAT.parse("edge-24.8.2"), offering, CAT, spec)
+    assert plan.refused is not None
+    assert plan.refused.code == "data-plane-skew"
+    assert "no wave restarts legacy" in plan.refused.reason
 
 
 def test_staged_rollout_orders_canary_then_critical_then_rest() -> None:

@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from upgrader.states import HOP_SEQUENCE, TERMINAL, TRANSITIONS, IllegalTransition, RunState, check, mermaid
+from upgrader.states import (
+    ACTING,
+    HOP_SEQUENCE,
+    TERMINAL,
+    TRANSITIONS,
+    IllegalTransition,
+    Machine,
+    RunState,
+    check,
+    mermaid,
+)
 
 
 def _reachable(start: RunState) -> set[RunState]:
@@ -60,18 +70,53 @@ def test_illegal_moves_raise(here: RunState, there: RunState) -> None:
         check(here, there)
 
 
-@given(st.lists(st.sampled_from(list(RunState)), max_size=40))
-def test_a_walk_that_follows_check_never_leaves_the_table(choices: list[RunState]) -> None:
-    """Whatever order moves are attempted in, the states visited are only connected by listed moves."""
-    state = RunState.PLANNED
+def _next_in_hop(state: RunState) -> set[RunState]:
+    """Where a run may go when it moves on (not pausing, failing or rolling back)."""
+    if state == RunState.PLANNED:
+        return {RunState.PREFLIGHT}
+    if state == RunState.VERIFYING_DATA_PLANE:
+        return {RunState.PREFLIGHT, RunState.DONE}
+    i = HOP_SEQUENCE.index(state)
+    return {HOP_SEQUENCE[i + 1]}
+
+
+@given(st.lists(st.sampled_from(list(RunState)), max_size=60))
+def test_no_sequence_of_moves_skips_a_step_or_resumes_a_rollback_as_an_upgrade(choices: list[RunState]) -> None:
+    """Whatever moves are tried, the upgrade states a run passes through follow the hop order exactly
+    (a pause or failure resumes the same step), and after RollingBack no upgrade state is entered."""
+    machine = Machine()
+    last_progress = RunState.PLANNED  # the last upgrade state entered (or Planned)
+    rolling_back = False
     for wanted in choices:
         try:
-            nxt = check(state, wanted)
+            machine.move(wanted)
         except IllegalTransition:
-            assert wanted not in TRANSITIONS[state]
             continue
-        assert nxt in TRANSITIONS[state]
-        state = nxt
+        state = machine.state
+        if state == RunState.ROLLING_BACK:
+            rolling_back = True
+        if state in ACTING or state == RunState.DONE:
+            assert not rolling_back, f"entered {state} after rolling back: {machine.history}"
+            assert state == last_progress or state in _next_in_hop(last_progress), [*machine.history, state]
+            last_progress = state
+
+
+def test_a_paused_run_resumes_only_where_it_stopped() -> None:
+    """Preflight -> Paused cannot jump to the data plane; it resumes Preflight."""
+    machine = Machine()
+    machine.move(RunState.PREFLIGHT)
+    machine.move(RunState.PAUSED)
+    with pytest.raises(IllegalTransition, match="stopped in Preflight"):
+        machine.move(RunState.RESTARTING_DATA_PLANE)
+    assert machine.move(RunState.PREFLIGHT) == RunState.PREFLIGHT
+
+
+def test_a_rollback_that_pauses_resumes_rolling_back() -> None:
+    """RollingBack -> Paused can only go back to RollingBack (or fail), never to an upgrade step."""
+    machine = Machine()
+    for s in (RunState.PREFLIGHT, RunState.UPGRADING_CRDS, RunState.FAILED, RunState.ROLLING_BACK, RunState.PAUSED):
+        machine.move(s)
+    assert machine.allowed() == {RunState.ROLLING_BACK, RunState.FAILED}
 
 
 def test_mermaid_lists_every_transition() -> None:

@@ -143,6 +143,7 @@ def _plan_session(
     context: str | None,
     helm: str,
     impersonate: str | None = None,
+    kubernetes: str | None = None,
 ) -> _Session:
     spec = load_spec(spec_file) if spec_file else Spec()
     target_text = to or spec.target
@@ -155,7 +156,7 @@ def _plan_session(
     if offline:
         offline_offering, offline_notes = build_offering(catalog, None)
         result = make_plan(
-            Observed(control_plane=catalog.parse(from_ or "")),
+            Observed(control_plane=catalog.parse(from_ or ""), kubernetes=kubernetes),
             target,
             offline_offering,
             catalog,
@@ -230,13 +231,19 @@ def plan(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         PlanFormat.table
     ),
     out: Annotated[Path | None, typer.Option("--out", help="Also write the plan to this file.")] = None,
+    kubernetes: Annotated[
+        str | None, typer.Option("--kubernetes", help="Cluster's Kubernetes version (offline plans).")
+    ] = None,
     repo: RepoOpt = "linkerd",
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     helm: HelmOpt = "helm",
 ) -> None:
     """Plan an upgrade (or a one-major rollback) from what is installed to --to, hop by hop."""
+    if kubernetes is not None and not offline:
+        raise InputError("--kubernetes is for offline plans", hint="live plans read the version from the cluster")
     session = _plan_session(
+        kubernetes=kubernetes,
         to=to,
         from_=from_,
         offline=offline,

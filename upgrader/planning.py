@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from upgrader.catalog import Catalog, Major, Note
 from upgrader.errors import InputError
+from upgrader.redaction import redact_values
 from upgrader.spec import Spec, parse_duration
 from upgrader.states import RunState
 from upgrader.versions import Version
@@ -75,7 +76,7 @@ class Hop(_Out):
     from_: str = Field(serialization_alias="from")
     to: str
     major: str
-    kind: Literal["upgrade", "rollback"]
+    kind: Literal["upgrade", "rollback", "data-plane"]
     charts: dict[str, str]
     steps: list[Step]
     waves: list[WavePlan]
@@ -95,6 +96,11 @@ class Plan(_Out):
     waivers: list[str] = Field(default_factory=list)
     acknowledged: list[str] = Field(default_factory=list)
     estimated_minutes: int = 0
+    on_failure: str = "pause"
+    dry_run: bool = False
+    window: dict[str, Any] | None = None
+    gates: dict[str, Any] = Field(default_factory=dict)
+    values_overrides: dict[str, Any] = Field(default_factory=dict)  # redacted
     refused: Refusal | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -136,6 +142,8 @@ def build_offering(
             version = catalog.parse(app_version)
         except InputError:
             continue  # the repo may carry versions we cannot place; they are never planned
+        if version in offered:
+            continue  # helm search lists the newest chart of a release first
         charts = {CONTROL_PLANE: chart_version}
         known = catalog_releases.get(version, {})
         crds = known.get(CRDS) or (chart_version if chart_version in crds_versions else None)
@@ -151,7 +159,7 @@ def build_offering(
             except InputError:
                 continue
             if version in offered:
-                offered[version][ext] = chart_version
+                offered[version].setdefault(ext, chart_version)
     missing = sorted(
         (v for v in catalog_releases if v not in offered and CONTROL_PLANE in catalog_releases[v]),
         key=lambda v: v.sort_key,
@@ -186,9 +194,13 @@ def _resolve_waves(spec: Spec, meshed: list[str], excluded: set[str]) -> list[Wa
     return waves
 
 
-def _estimate(hop_waves: list[WavePlan], pods: Mapping[str, int], spec: Spec, extensions: int) -> int:
+def _estimate(
+    hop_waves: list[WavePlan], pods: Mapping[str, int], spec: Spec, extensions: int, *, data_plane_only: bool = False
+) -> int:
     dp = spec.data_plane
-    minutes = MINUTES["preflight"] + MINUTES["crds"] + MINUTES["control-plane"] + 2 * MINUTES["verify"]
+    minutes = MINUTES["preflight"] + MINUTES["verify"]
+    if not data_plane_only:
+        minutes += MINUTES["crds"] + MINUTES["control-plane"] + MINUTES["verify"]
     minutes += extensions * MINUTES["extension"]
     for wave in hop_waves:
         per_ns = [
@@ -222,7 +234,14 @@ def make_plan(
         "data_plane": {ns: dict(v) for ns, v in sorted(observed.data_plane.items())},
         "waivers": list(spec.waivers),
         "acknowledged": acknowledged,
+        "on_failure": spec.on_failure,
+        "dry_run": spec.dry_run,
+        "window": spec.window.model_dump(by_alias=True) if spec.window else None,
+        "gates": spec.gates.model_dump(by_alias=True, exclude_none=True),
+        "values_overrides": redact_values(spec.values.overrides),
     }
+    if observed.control_plane is not None and not observed.kubernetes:
+        notes.append("Kubernetes version unknown (offline): supported ranges were not checked; pass --kubernetes")
     try:
         hops = _plan_hops(
             observed, target, offering, catalog=catalog, spec=spec, acknowledged=set(acknowledged), notes=notes
@@ -235,23 +254,29 @@ def make_plan(
     return Plan(**base, hops=hops, estimated_minutes=sum(h.estimated_minutes for h in hops))
 
 
-def _check_skew(observed: Observed, current: Version, catalog: Catalog) -> None:
-    """The data plane must be within one major of the control plane before anything else."""
-    skewed = []
+def _check_skew(observed: Observed, current: Version, catalog: Catalog, notes: list[str]) -> set[str]:
+    """The data plane must be within one major of the control plane; returns namespaces a major behind."""
+    skewed, behind, unjudged = [], set(), []
     for ns, versions in sorted(observed.data_plane.items()):
         for text in versions:
             try:
                 dp = catalog.parse(text)
             except InputError:
-                continue  # digest-pinned or unknown proxies are listed, not judged
+                unjudged.append(f"{ns} ({text})")  # digest-pinned or unplaceable: listed, not judged
+                continue
             if abs(dp.major - current.major) > 1:
                 skewed.append(f"{ns} runs {dp}")
+            elif dp.major < current.major:
+                behind.add(ns)
+    if unjudged:
+        notes.append(f"proxy versions that could not be judged: {', '.join(unjudged)}")
     if skewed:
         raise _Refused(
             "data-plane-skew",
             f"the data plane is more than one major away from the control plane ({current}): "
             f"{'; '.join(skewed)}. Restart those workloads on {current} first",
         )
+    return behind
 
 
 def _waypoints(current: Version, target: Version, offering: Offering, catalog: Catalog, spec: Spec) -> list[Version]:
@@ -271,8 +296,13 @@ def _waypoints(current: Version, target: Version, offering: Offering, catalog: C
             f"Roll back to 2.{current.major - 1} first, then plan again",
         )
     if spec.path:
-        ahead = [w for w in (catalog.parse(p) for p in spec.path) if (w > current) == (target > current)]
-        return [w for w in ahead if w not in (current, target)] + [target]
+        upward = target > current
+        between = {
+            w
+            for w in (catalog.parse(p) for p in spec.path)
+            if (current < w < target if upward else target < w < current)
+        }
+        return [*sorted(between, key=lambda w: w.sort_key, reverse=not upward), target]
     waypoints = []
     for major in range(current.major + 1, target.major):
         newest = _newest_in_major(offering, major, target)
@@ -329,19 +359,36 @@ def _plan_hops(
             "no installed Linkerd control plane was found; "
             "install Linkerd first, or plan offline with --from VERSION --offline",
         )
-    _check_skew(observed, current, catalog)
-    if target == current:
-        notes.append(f"already at {target}: nothing to do")
-        return []
+    behind = _check_skew(observed, current, catalog, notes)
     pods = {ns: sum(v.values()) for ns, v in observed.data_plane.items()}
     excluded = set(spec.data_plane.exclude_namespaces) | {observed.control_plane_namespace}
     excluded |= {EXTENSION_NAMESPACES[e] for e in observed.extensions if e in EXTENSION_NAMESPACES}
+    meshed = sorted(observed.data_plane)
     hops: list[Hop] = []
+    if behind - excluded:
+        # Proxies a major behind must reach the current major before the control plane moves on.
+        waves = _resolve_waves(spec, sorted(behind - excluded), excluded)
+        hops.append(_catch_up(current, waves, spec, pods))
+    if target == current:
+        if not hops:
+            notes.append(f"already at {target}: nothing to do")
+        return hops
+    waypoints = _waypoints(current, target, offering, catalog, spec)
+    _check_left_behind(
+        spec,
+        meshed=meshed,
+        excluded=excluded - {observed.control_plane_namespace},
+        current=current,
+        waypoints=waypoints,
+        observed=observed,
+        notes=notes,
+    )
     previous = current
-    for stop in _waypoints(current, target, offering, catalog, spec):
+    for stop in waypoints:
         info = catalog.major(stop.major)
         _check_stop(previous, stop, offering, info=info, observed=observed, spec=spec, notes=notes)
-        is_rollback = stop < previous
+        # Changing channel inside a major (enterprise <-> edge) re-applies that release's CRDs: not a rollback.
+        is_rollback = stop < previous and not (stop.major == previous.major and stop.channel != previous.channel)
         hop_notes = [] if is_rollback or info is None or stop.major == previous.major else info.notes
         missing = [n.id for n in hop_notes if n.blocking and n.id not in acknowledged]
         if missing:
@@ -360,12 +407,67 @@ def _plan_hops(
                 rollback=is_rollback,
                 notes=hop_notes,
                 info=info,
-                waves=_resolve_waves(spec, sorted(observed.data_plane), excluded),
+                waves=_resolve_waves(spec, meshed, excluded),
                 pods=pods,
             )
         )
         previous = stop
     return hops
+
+
+def _check_left_behind(
+    spec: Spec,
+    *,
+    meshed: list[str],
+    excluded: set[str],
+    current: Version,
+    waypoints: list[Version],
+    observed: Observed,
+    notes: list[str],
+) -> None:
+    """Namespaces no wave restarts stay on today's proxies; two majors on, that is unsupported."""
+    covered = {ns for w in _resolve_waves(spec, meshed, excluded) for ns in w.namespaces}
+    extension_ns = {EXTENSION_NAMESPACES[e] for e in observed.extensions if e in EXTENSION_NAMESPACES}
+    left = sorted(set(meshed) - covered - extension_ns - {observed.control_plane_namespace})
+    if not left:
+        return
+    furthest = max(abs(w.major - current.major) for w in waypoints)
+    if furthest > 1:
+        raise _Refused(
+            "data-plane-skew",
+            f"no wave restarts {', '.join(left)}; their proxies would end {furthest} majors behind. "
+            "Add them to a wave, or upgrade one major at a time",
+        )
+    notes.append(f"not restarted by any wave (they keep their proxies, one major behind): {', '.join(left)}")
+
+
+def _catch_up(current: Version, waves: list[WavePlan], spec: Spec, pods: Mapping[str, int]) -> Hop:
+    steps = [Step(state=RunState.PREFLIGHT, name="preflight", detail=f"data plane catch-up to {current}")]
+    steps += [
+        Step(
+            state=RunState.RESTARTING_DATA_PLANE,
+            name=f"wave {w.name}",
+            detail=f"{', '.join(w.namespaces)}; bake {w.bake_time}",
+        )
+        for w in waves
+    ]
+    steps.append(
+        Step(
+            state=RunState.VERIFYING_DATA_PLANE,
+            name="verify-data-plane",
+            detail=f"every meshed pod runs proxy {current}",
+        )
+    )
+    return Hop(
+        from_=str(current),
+        to=str(current),
+        major=current.major_name,
+        kind="data-plane",
+        charts={},
+        steps=steps,
+        waves=waves,
+        estimated_minutes=_estimate(waves, pods, spec, 0, data_plane_only=True),
+    )
 
 
 def _hop(
@@ -382,17 +484,49 @@ def _hop(
     pods: Mapping[str, int],
 ) -> Hop:
     ns = observed.control_plane_namespace
-    crds_detail = "kept (CRDs are not rolled back unless --include-crds)" if rollback else f"helm upgrade in {ns}"
-    steps = [
-        Step(state=RunState.PREFLIGHT, name="preflight", detail=f"checks for {previous} -> {stop}"),
-        Step(state=RunState.UPGRADING_CRDS, name=CRDS, chart=CRDS, chart_version=charts.get(CRDS), detail=crds_detail),
-        Step(
-            state=RunState.UPGRADING_CONTROL_PLANE,
-            name=CONTROL_PLANE,
-            chart=CONTROL_PLANE,
-            chart_version=charts.get(CONTROL_PLANE),
-            detail=f"values: {spec.values.strategy}",
-        ),
+    steps = [Step(state=RunState.PREFLIGHT, name="preflight", detail=f"checks for {previous} -> {stop}")]
+    if LEGACY in charts:  # before 2.12 one chart held CRDs and control plane
+        steps.append(
+            Step(
+                state=RunState.UPGRADING_CONTROL_PLANE,
+                name=LEGACY,
+                chart=LEGACY,
+                chart_version=charts[LEGACY],
+                detail=f"helm upgrade in {ns}; values: {spec.values.strategy}",
+            )
+        )
+    elif previous.major < 12 <= stop.major:  # the 2.12 chart split (a blocking, acknowledged note)
+        steps += [
+            Step(
+                state=RunState.UPGRADING_CRDS,
+                name=CRDS,
+                chart=CRDS,
+                chart_version=charts.get(CRDS),
+                detail=f"helm install adopting the CRDs of the {LEGACY} release (re-annotate meta.helm.sh/*)",
+            ),
+            Step(
+                state=RunState.UPGRADING_CONTROL_PLANE,
+                name=CONTROL_PLANE,
+                chart=CONTROL_PLANE,
+                chart_version=charts.get(CONTROL_PLANE),
+                detail=f"helm install adopting the control plane, then remove the {LEGACY} release record",
+            ),
+        ]
+    else:
+        crds_detail = "kept (CRDs are not rolled back unless --include-crds)" if rollback else f"helm upgrade in {ns}"
+        steps += [
+            Step(
+                state=RunState.UPGRADING_CRDS, name=CRDS, chart=CRDS, chart_version=charts.get(CRDS), detail=crds_detail
+            ),
+            Step(
+                state=RunState.UPGRADING_CONTROL_PLANE,
+                name=CONTROL_PLANE,
+                chart=CONTROL_PLANE,
+                chart_version=charts.get(CONTROL_PLANE),
+                detail=f"values: {spec.values.strategy}",
+            ),
+        ]
+    steps += [
         Step(
             state=RunState.VERIFYING_CONTROL_PLANE,
             name="verify-control-plane",

@@ -47,6 +47,23 @@ def _markdown(plan: Plan) -> str:
     if plan.waivers:
         out.append(f"- waived preflight checks: {', '.join(f'`{w}`' for w in plan.waivers)}")
     out += [f"- note: {n}" for n in plan.notes]
+    out.append(f"- on failure: `{plan.on_failure}`{'; dry run (server-side only)' if plan.dry_run else ''}")
+    if plan.window:
+        days = ",".join(plan.window.get("days") or []) or "every day"
+        out.append(
+            f"- maintenance window: {plan.window['start']}-{plan.window['end']} {plan.window['timezone']} ({days})"
+        )
+    if plan.gates:
+        out.append("- gates: " + ", ".join(f"{k}={v}" for k, v in plan.gates.items()))
+    if plan.values_overrides:
+        out += [
+            "",
+            "Value overrides from the spec (secrets redacted):",
+            "",
+            "```yaml",
+            yaml.safe_dump(plan.values_overrides, sort_keys=True).rstrip(),
+            "```",
+        ]
     for i, hop in enumerate(plan.hops, 1):
         out += [
             "",
@@ -94,6 +111,8 @@ def _table(plan: Plan) -> str:
         for n, s in enumerate(hop.steps, 1):
             table.add_row(str(n), s.state, s.name, s.chart_version or "", s.detail)
         console.print(table)
+        for kind, keys in hop.values_changes.items():
+            console.print(f"values {kind} in {hop.major}: {json.dumps(keys)}")
         for hop_note in hop.notes:
             blocking = " (blocking)" if hop_note.get("blocking") else ""
             console.print(f"upgrade note {hop_note['id']}{blocking}: {hop_note['text']}")

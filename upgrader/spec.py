@@ -58,7 +58,7 @@ class Wave(_Model):
 
 
 class DataPlane(_Model):
-    waves: list[Wave] = Field(default_factory=lambda: [Wave(name="all", namespaces=["*"])])
+    waves: list[Wave] = Field(default_factory=lambda: [Wave(name="all", namespaces=["*"])], min_length=1)
     max_concurrent_per_namespace: int = Field(default=1, ge=1)
     max_namespaces: int = Field(default=2, ge=1)
     max_restarts_per_minute: float | None = Field(default=None, gt=0)

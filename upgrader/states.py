@@ -4,18 +4,21 @@ A run starts ``Planned``. Each hop goes ``Preflight -> UpgradingCRDs ->
 UpgradingControlPlane -> VerifyingControlPlane -> UpgradingExtensions ->
 RestartingDataPlane -> VerifyingDataPlane`` and then either starts the next hop
 (``Preflight``) or ends ``Done``. Any acting state may fail (``Failed``) or be paused by an
-operator, a closing maintenance window or a gate with ``on_failure: pause`` (``Paused``);
-a paused run resumes into the state it paused in. A failed or paused run may be rolled
-back (``RollingBack -> RolledBack``). ``Done`` and ``RolledBack`` are terminal; ``Failed``
-only leads to a retry of the failed step, a pause, or a rollback.
+operator, a closing maintenance window or a gate with ``on_failure: pause`` (``Paused``).
+A failed or paused run may be rolled back (``RollingBack -> RolledBack``). ``Done`` and
+``RolledBack`` are terminal.
 
-The table below is the only definition: the executor asks ``check`` before every move and
-the plan renders ``TRANSITIONS`` for reviewers.
+``TRANSITIONS`` is the table reviewers see (and the only one). It lists every move some run
+can make; ``Machine`` adds the one rule a table cannot hold: ``Paused`` and ``Failed`` lead
+back only to the state the run stopped in (resume, or retry of the failed step), never to
+another step, and once a run is rolling back it can only go on rolling back. The executor
+moves a ``Machine``; nothing else changes run state.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -86,3 +89,36 @@ def mermaid() -> str:
         lines += [f"    {here} --> {there}" for there in sorted(TRANSITIONS[here])]
     lines += [f"    {t} --> [*]" for t in sorted(TERMINAL)]
     return "\n".join(lines)
+
+
+@dataclass
+class Machine:
+    """A run's current state, moved only along the table and the resume rule."""
+
+    state: RunState = RunState.PLANNED
+    stopped_in: RunState | None = None  # the acting state a Paused/Failed run came from
+    history: list[RunState] = field(default_factory=list)
+
+    def allowed(self) -> frozenset[RunState]:
+        """Where this run may go next."""
+        if self.state in (S.PAUSED, S.FAILED):
+            resume = self.stopped_in or S.PREFLIGHT
+            options: set[RunState] = {resume} if resume != S.ROLLING_BACK else set()
+            options.add(S.ROLLING_BACK)
+            options.add(S.FAILED if self.state == S.PAUSED else S.PAUSED)
+            return frozenset(options & TRANSITIONS[self.state])
+        return TRANSITIONS[self.state]
+
+    def move(self, nxt: RunState) -> RunState:
+        """Go to ``nxt`` or raise IllegalTransition naming what is allowed."""
+        if nxt not in self.allowed():
+            allowed = ", ".join(sorted(self.allowed())) or "none (terminal)"
+            extra = f" (stopped in {self.stopped_in})" if self.stopped_in else ""
+            raise IllegalTransition(f"{self.state} -> {nxt} is not allowed{extra}; allowed: {allowed}")
+        if nxt in (S.PAUSED, S.FAILED) and self.state not in (S.PAUSED, S.FAILED):
+            self.stopped_in = self.state
+        elif nxt not in (S.PAUSED, S.FAILED):
+            self.stopped_in = None
+        self.history.append(self.state)
+        self.state = nxt
+        return nxt

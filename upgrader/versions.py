@@ -98,7 +98,7 @@ def parse(text: str, markers: EdgeMarkers | None = None) -> Version:
         return Version(Channel.STABLE, (patch, 0), minor, f"stable-2.{minor}.{patch}")
     if m := _ENTERPRISE.match(raw):
         minor, patch, hot = int(m[1]), int(m[2]), int(m[3] or 0)
-        suffix = f"-{hot}" if m[3] is not None else ""
+        suffix = f"-{hot}" if hot else ""  # a -0 hotpatch is the release itself
         return Version(Channel.ENTERPRISE, (patch, hot), minor, f"enterprise-2.{minor}.{patch}{suffix}")
     if m := _EDGE.match(raw):
         numbers = (int(m[1]), int(m[2]), int(m[3]))
