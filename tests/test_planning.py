@@ -318,6 +318,16 @@ def test_repository_offering_wins_over_the_catalog() -> None:
     assert "the catalog knows it but the repository does not offer it" in plan.refused.reason
 
 
+def test_the_newest_chart_of_a_release_is_chosen_whatever_the_listing_order() -> None:
+    """Two charts with the same app version: the higher chart version wins."""
+    repo = {
+        "linkerd-control-plane": [("1.16.11", "stable-2.14.10"), ("1.16.12", "stable-2.14.10")],
+        "linkerd-crds": [("1.8.0", "")],
+    }
+    offering, _ = build_offering(CAT, repo)
+    assert offering[CAT.parse("stable-2.14.10")]["linkerd-control-plane"] == "1.16.12"
+
+
 def test_calendar_releases_unknown_to_the_catalog_are_planned_from_the_repository() -> None:
     """A new edge release in the repo is placed by its marker and its crds chart shares its calendar version."""
     repo = {

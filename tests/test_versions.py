@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from upgrader.catalog import default_catalog
 from upgrader.errors import InputError
-from upgrader.versions import Channel, Version, edge_from_calendar_chart
+from upgrader.versions import Channel, ChartKind, Version, edge_from_calendar_chart, parse_chart_version
 
 CAT = default_catalog()
 
@@ -107,3 +107,35 @@ def test_order_is_total_and_transitive(a: str, b: str, c: str) -> None:
     if va <= vb <= vc:
         assert va <= vc
     assert CAT.parse(str(va)) == va
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("1.16.11", ChartKind.SEMVER),
+        ("1.18.10-edge", ChartKind.EDGE),
+        ("2024.8.2", ChartKind.CALENDAR),
+        ("30.12.11", ChartKind.SEMVER),
+    ],
+)
+def test_chart_versions_are_classified(text: str, kind: ChartKind) -> None:
+    """Each chart numbering scheme is recognised."""
+    assert parse_chart_version(text).kind is kind
+
+
+def test_chart_versions_order_numerically_with_calendar_charts_last() -> None:
+    """1.9.8 < 1.16.11 < 1.18.10-edge < 2024.8.2 < 2024.11.8."""
+    texts = ["2024.11.8", "1.16.11", "2024.8.2", "1.9.8", "1.18.10-edge"]
+    assert [str(v) for v in sorted(map(parse_chart_version, texts))] == [
+        "1.9.8",
+        "1.16.11",
+        "1.18.10-edge",
+        "2024.8.2",
+        "2024.11.8",
+    ]
+
+
+def test_unparseable_chart_version_is_an_input_error() -> None:
+    """A chart version in no known form names the accepted ones."""
+    with pytest.raises(InputError, match="not a Linkerd chart version"):
+        parse_chart_version("latest")

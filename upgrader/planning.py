@@ -33,7 +33,7 @@ from upgrader.errors import InputError
 from upgrader.redaction import redact_values
 from upgrader.spec import Spec, parse_duration
 from upgrader.states import RunState
-from upgrader.versions import Version
+from upgrader.versions import Version, parse_chart_version
 
 CRDS, CONTROL_PLANE, LEGACY = "linkerd-crds", "linkerd-control-plane", "linkerd2"
 KUBERNETES_WAIVER = "kubernetes-version"  # the preflight check id a spec may waive
@@ -142,8 +142,8 @@ def build_offering(
             version = catalog.parse(app_version)
         except InputError:
             continue  # the repo may carry versions we cannot place; they are never planned
-        if version in offered:
-            continue  # helm search lists the newest chart of a release first
+        if version in offered and _chart_order(offered[version][CONTROL_PLANE]) >= _chart_order(chart_version):
+            continue  # a newer chart of the same release is already chosen
         charts = {CONTROL_PLANE: chart_version}
         known = catalog_releases.get(version, {})
         crds = known.get(CRDS) or (chart_version if chart_version in crds_versions else None)
@@ -175,6 +175,13 @@ class _Refused(Exception):
     def __init__(self, code: str, reason: str) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
+
+
+def _chart_order(text: str) -> tuple[int, ...]:
+    try:
+        return parse_chart_version(text).sort_key
+    except InputError:
+        return (-1,)
 
 
 def _newest_in_major(offering: Offering, major: int, channel_of: Version) -> Version | None:

@@ -113,6 +113,38 @@ def parse(text: str, markers: EdgeMarkers | None = None) -> Version:
     raise InputError(f"{text!r} is not a Linkerd version", hint=f"use {ACCEPTED_FORMS}")
 
 
+_SEMVER_CHART = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(-edge)?$")
+
+
+class ChartKind(StrEnum):
+    SEMVER = "semver"  # stable charts: 1.16.11
+    EDGE = "edge"  # edge charts before March 2024: 1.18.10-edge
+    CALENDAR = "calendar"  # from edge-24.3.1 on: 2024.8.2 (= edge-24.8.2)
+
+
+@dataclass(frozen=True, order=True)
+class ChartVersion:
+    """A Linkerd chart version. Orders by its numbers; calendar charts sort after all 1.x/30.x ones."""
+
+    sort_key: tuple[int, int, int, int]
+    kind: ChartKind = field(compare=False)
+    text: str = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_chart_version(text: str) -> ChartVersion:
+    """Parse ``1.16.11``, ``1.18.10-edge`` or ``2024.8.2``; InputError otherwise."""
+    raw = text.strip()
+    if m := _CALENDAR_CHART.match(raw):
+        return ChartVersion((1, int(m[1]), int(m[2]), int(m[3])), ChartKind.CALENDAR, raw)
+    if m := _SEMVER_CHART.match(raw):
+        kind = ChartKind.EDGE if m[4] else ChartKind.SEMVER
+        return ChartVersion((0, int(m[1]), int(m[2]), int(m[3])), kind, raw.lstrip("v"))
+    raise InputError(f"{text!r} is not a Linkerd chart version", hint="use e.g. 1.16.11, 1.18.10-edge or 2024.8.2")
+
+
 def edge_from_calendar_chart(chart_version: str) -> str | None:
     """``2024.8.2`` -> ``edge-24.8.2`` (charts from edge-24.3.1 on); None for other forms."""
     m = _CALENDAR_CHART.match(chart_version.strip())

@@ -1,0 +1,62 @@
+"""The installation lock: one acting run per Linkerd installation, held as a Kubernetes Lease.
+
+``decide`` is pure: given the Lease as observed (or None), who we are and the time, it says
+whether to take the lock (create, renew or take over) or refuse, naming the holder. A lock
+whose holder has not renewed it for longer than its duration is stale; it is taken over
+only when the operator asks (``take_over``), never silently. The adapter writes the Lease
+with the observed resourceVersion, so two runs deciding at once cannot both win.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+LEASE_SECONDS = 60
+
+
+def lease_name(control_plane_namespace: str) -> str:
+    return f"upgrader-lock-{control_plane_namespace}"
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """The Lease as observed."""
+
+    holder: str
+    renewed_at: dt.datetime
+    duration_seconds: int
+    resource_version: str = ""
+
+    def expires_at(self) -> dt.datetime:
+        return self.renewed_at + dt.timedelta(seconds=self.duration_seconds)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["create", "renew", "take-over", "refuse"]
+    reason: str
+
+
+def decide(existing: LeaseView | None, me: str, now: dt.datetime, *, take_over: bool = False) -> Decision:
+    """Whether ``me`` may hold the lock now."""
+    if existing is None or not existing.holder:
+        return Decision("create", "no run holds the lock")
+    if existing.holder == me:
+        return Decision("renew", "this run holds the lock")
+    stale = now > existing.expires_at()
+    age = int((now - existing.renewed_at).total_seconds())
+    if stale and take_over:
+        return Decision("take-over", f"{existing.holder} last renewed the lock {age}s ago (stale); taken over")
+    if stale:
+        return Decision(
+            "refuse",
+            f"{existing.holder} holds the lock but last renewed it {age}s ago; if that run is "
+            "gone, take the lock over with --take-over-lock",
+        )
+    return Decision(
+        "refuse",
+        f"another run holds the lock: {existing.holder} (renewed {age}s ago); wait for it to "
+        "finish or check it with upgrader status",
+    )
