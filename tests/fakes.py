@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from upgrader.checkpoints import Checkpoint, serialise
 from upgrader.ports import HelmRelease, HelmRevision, Pod
 
 
@@ -57,3 +58,25 @@ class FakeHelm:
 
     def search_repo(self, repo: str, chart: str) -> list[tuple[str, str]] | None:
         return None if self.repo is None else list(self.repo.get(chart, []))
+
+
+class MemoryStore:
+    """CheckpointStore in memory, counting writes."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, str] = {}
+        self.saves = 0
+
+    def fetch(self, *, run_id: str) -> Checkpoint | None:
+        text = self._runs.get(run_id)
+        return Checkpoint.model_validate_json(text) if text else None
+
+    def store(self, *, checkpoint: Checkpoint) -> None:
+        self.saves += 1
+        self._runs[checkpoint.run_id] = serialise(checkpoint)
+
+    def runs(self) -> list[Checkpoint]:
+        return [Checkpoint.model_validate_json(t) for t in self._runs.values()]
+
+    def purge(self, *, run_id: str) -> None:
+        self._runs.pop(run_id, None)

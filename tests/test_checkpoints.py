@@ -10,7 +10,7 @@ import pytest
 
 from upgrader.checkpoints import Checkpoint, FileStore, ReleaseRevisions, parse_state_store, plan_hash
 from upgrader.errors import InputError, UpgraderError
-from upgrader.locking import LeaseView, decide
+from upgrader.locking import LeaseView, decide, holder_gone_here
 from upgrader.states import RunState
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
@@ -103,3 +103,24 @@ def test_lock_decisions(existing: LeaseView | None, me: str, take_over: bool, ac
     decision = decide(existing, me, NOW, take_over=take_over)
     assert decision.action == action
     assert words in decision.reason
+
+
+def test_a_holder_whose_process_is_gone_counts_as_stale_but_still_needs_asking() -> None:
+    """A killed run on this host frees the lock for an explicit take-over at once, not silently."""
+    assert decide(LIVE, "bob", NOW, holder_gone=True).action == "refuse"
+    assert decide(LIVE, "bob", NOW, take_over=True, holder_gone=True).action == "take-over"
+
+
+@pytest.mark.parametrize(
+    ("holder", "alive", "gone"),
+    [
+        ("alice@vm:123/run-1", False, True),
+        ("alice@vm:123/run-1", True, False),
+        ("alice@other:123/run-1", False, False),
+        ("garbage", False, False),
+    ],
+    ids=["dead pid on this host", "live pid on this host", "another host is never judged", "unparseable holder"],
+)
+def test_holder_gone_here(holder: str, alive: bool, gone: bool) -> None:
+    """Only a holder on this host whose pid is not running is known to be gone."""
+    assert holder_gone_here(holder, "vm", lambda _pid: alive) is gone

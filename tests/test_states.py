@@ -36,9 +36,11 @@ def test_every_state_is_reachable_from_planned() -> None:
     assert _reachable(RunState.PLANNED) == set(RunState)
 
 
-def test_terminal_states_have_no_way_out() -> None:
-    """Done and RolledBack end a run."""
-    assert all(TRANSITIONS[t] == frozenset() for t in TERMINAL)
+def test_terminal_states_only_lead_to_a_rollback() -> None:
+    """RolledBack ends a run; Done can only be rolled back."""
+    assert TRANSITIONS[RunState.ROLLED_BACK] == frozenset()
+    assert TRANSITIONS[RunState.DONE] == frozenset({RunState.ROLLING_BACK})
+    assert {RunState.DONE, RunState.ROLLED_BACK} == TERMINAL
 
 
 def test_every_non_terminal_state_can_end() -> None:
@@ -59,7 +61,7 @@ def test_a_hop_runs_its_steps_in_order() -> None:
     [
         pytest.param(RunState.PLANNED, RunState.UPGRADING_CONTROL_PLANE, id="no control plane before preflight"),
         pytest.param(RunState.UPGRADING_CRDS, RunState.RESTARTING_DATA_PLANE, id="no data plane before control plane"),
-        pytest.param(RunState.DONE, RunState.PREFLIGHT, id="a done run stays done"),
+        pytest.param(RunState.DONE, RunState.PREFLIGHT, id="a done run never starts another hop"),
         pytest.param(RunState.ROLLED_BACK, RunState.ROLLING_BACK, id="a rolled back run stays rolled back"),
         pytest.param(RunState.VERIFYING_CONTROL_PLANE, RunState.DONE, id="no finish before the data plane"),
     ],

@@ -37,12 +37,12 @@ def test_reset_then_reuse_takes_new_defaults_and_keeps_user_values() -> None:
         "reset-then-reuse", target_defaults=TARGET_DEFAULTS, user_values=USER, overrides={}, changes=_changes(16)
     )
     assert (out.reset_values, out.reuse_values) == (True, False)
-    assert out.values["linkerdVersion"] == "edge-24.8.2"
-    assert out.values["controller"]["podDisruptionBudget"]["maxUnavailable"] == 1
-    assert out.values["controllerReplicas"] == 3
-    assert out.values["identity"]["issuer"]["tls"] == {"crtPEM": "CRT", "keyPEM": KEY}
-    assert out.values["identity"]["issuer"]["scheme"] == "linkerd.io/tls"
-    assert "resources" not in out.values.get("proxyInit", {}), "removed in 2.16"
+    assert out.effective["linkerdVersion"] == "edge-24.8.2"
+    assert out.effective["controller"]["podDisruptionBudget"]["maxUnavailable"] == 1
+    assert out.effective["controllerReplicas"] == 3
+    assert out.effective["identity"]["issuer"]["tls"] == {"crtPEM": "CRT", "keyPEM": KEY}
+    assert out.effective["identity"]["issuer"]["scheme"] == "linkerd.io/tls"
+    assert "resources" not in out.effective.get("proxyInit", {}), "removed in 2.16"
     assert out.migration.dropped == ["proxyInit.resources"]
 
 
@@ -88,3 +88,27 @@ def test_diff_lists_changes_with_secrets_redacted() -> None:
     assert {"key": "controllerReplicas", "old": 3, "new": 5} in rows
     assert {"key": "identity.issuer.tls.keyPEM", "old": "<redacted>", "new": "<redacted> (changed)"} in rows
     assert "PRIVATE KEY" not in json.dumps(rows)
+
+
+def test_chart_defaults_are_never_sent_as_user_values() -> None:
+    """Only user values travel: helm would store sent defaults as user-supplied and the next hop would keep them."""
+    out = outgoing(
+        "reset-then-reuse", target_defaults=TARGET_DEFAULTS, user_values=USER, overrides={}, changes=_changes(16)
+    )
+    assert "linkerdVersion" not in out.values
+    assert "controller" not in out.values
+    assert out.values["controllerReplicas"] == 3
+
+
+def test_a_pinned_linkerd_version_in_user_values_is_dropped_and_reported() -> None:
+    """A linkerdVersion left in user values (e.g. by an earlier tool) would freeze the images: dropped."""
+    out = outgoing(
+        "reset-then-reuse",
+        target_defaults=TARGET_DEFAULTS,
+        user_values={**USER, "linkerdVersion": "stable-2.13.7"},
+        overrides={},
+        changes=[],
+    )
+    assert "linkerdVersion" not in out.values
+    assert out.effective["linkerdVersion"] == "edge-24.8.2"
+    assert "linkerdVersion" in out.migration.dropped

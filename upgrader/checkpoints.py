@@ -68,6 +68,7 @@ class Checkpoint(BaseModel):
     run_id: str
     plan: dict[str, Any]
     plan_hash: str
+    spec: dict[str, Any] = Field(default_factory=dict)  # the spec the run was started with
     state: RunState = RunState.PLANNED
     stopped_in: RunState | None = None
     hop: int = 0

@@ -10,6 +10,7 @@ with the observed resourceVersion, so two runs deciding at once cannot both win.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,13 +40,20 @@ class Decision:
     reason: str
 
 
-def decide(existing: LeaseView | None, me: str, now: dt.datetime, *, take_over: bool = False) -> Decision:
-    """Whether ``me`` may hold the lock now."""
+def decide(
+    existing: LeaseView | None, me: str, now: dt.datetime, *, take_over: bool = False, holder_gone: bool = False
+) -> Decision:
+    """Whether ``me`` may hold the lock now.
+
+    ``holder_gone`` says the caller knows the holder's process no longer exists (same host,
+    pid not running): such a lock counts as stale at once, but is still only taken over
+    when asked.
+    """
     if existing is None or not existing.holder:
         return Decision("create", "no run holds the lock")
     if existing.holder == me:
         return Decision("renew", "this run holds the lock")
-    stale = now > existing.expires_at()
+    stale = holder_gone or now > existing.expires_at()
     age = int((now - existing.renewed_at).total_seconds())
     if stale and take_over:
         return Decision("take-over", f"{existing.holder} last renewed the lock {age}s ago (stale); taken over")
@@ -60,3 +68,13 @@ def decide(existing: LeaseView | None, me: str, now: dt.datetime, *, take_over: 
         f"another run holds the lock: {existing.holder} (renewed {age}s ago); wait for it to "
         "finish or check it with upgrader status",
     )
+
+
+def holder_gone_here(holder: str, hostname: str, alive: Callable[[int], bool]) -> bool:
+    """True when ``holder`` (``user@host:pid/run``) ran on ``hostname`` and its pid is not running."""
+    try:
+        host_pid = holder.split("@", 1)[1].split("/", 1)[0]
+        host, pid = host_pid.rsplit(":", 1)
+        return host == hostname and not alive(int(pid))
+    except (IndexError, ValueError):
+        return False

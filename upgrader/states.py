@@ -5,8 +5,8 @@ UpgradingControlPlane -> VerifyingControlPlane -> UpgradingExtensions ->
 RestartingDataPlane -> VerifyingDataPlane`` and then either starts the next hop
 (``Preflight``) or ends ``Done``. Any acting state may fail (``Failed``) or be paused by an
 operator, a closing maintenance window or a gate with ``on_failure: pause`` (``Paused``).
-A failed or paused run may be rolled back (``RollingBack -> RolledBack``). ``Done`` and
-``RolledBack`` are terminal.
+A failed, paused or done run may be rolled back (``RollingBack -> RolledBack``).
+``RolledBack`` is terminal; ``Done`` leads nowhere but to a rollback.
 
 ``TRANSITIONS`` is the table reviewers see (and the only one). It lists every move some run
 can make; ``Machine`` adds the one rule a table cannot hold: ``Paused`` and ``Failed`` lead
@@ -49,7 +49,7 @@ HOP_SEQUENCE: tuple[RunState, ...] = (
     S.VERIFYING_DATA_PLANE,
 )
 ACTING: frozenset[RunState] = frozenset(HOP_SEQUENCE)
-TERMINAL: frozenset[RunState] = frozenset({S.DONE, S.ROLLED_BACK})
+TERMINAL: frozenset[RunState] = frozenset({S.DONE, S.ROLLED_BACK})  # no further forward progress
 
 
 def _transitions() -> dict[RunState, frozenset[RunState]]:
@@ -64,6 +64,7 @@ def _transitions() -> dict[RunState, frozenset[RunState]]:
     table[S.PAUSED] = set(ACTING) | {S.ROLLING_BACK, S.FAILED}  # resume where it paused
     table[S.FAILED] = set(ACTING) | {S.PAUSED, S.ROLLING_BACK}  # retry the failed step
     table[S.ROLLING_BACK] = {S.ROLLED_BACK, S.FAILED, S.PAUSED}
+    table[S.DONE] = {S.ROLLING_BACK}  # a finished run can still be rolled back
     return {s: frozenset(t) for s, t in table.items()}
 
 

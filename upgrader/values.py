@@ -2,11 +2,13 @@
 
 Strategies (the spec's ``values.strategy``):
 
-- ``reset-then-reuse`` (default): the target chart's defaults, then the release's
-  user-supplied values (migrated per the catalog), then the spec's overrides, all computed
-  here and sent with ``--reset-values``. Works the same on every helm version and never
-  carries the old chart's defaults (the ``--reuse-values`` trap) nor drops the user's
-  values (the ``--reset-values`` trap).
+- ``reset-then-reuse`` (default): the release's user-supplied values (migrated per the
+  catalog), then the spec's overrides, sent with ``--reset-values`` so helm takes every
+  default from the target chart. Works the same on every helm version and never carries
+  the old chart's defaults (the ``--reuse-values`` trap) nor drops the user's values (the
+  ``--reset-values`` trap). Chart defaults are never sent as values: helm would store them
+  as user-supplied and the next upgrade would carry them (an old ``linkerdVersion``). For
+  the same reason a ``linkerdVersion`` pinned in the user values is dropped (reported).
 - ``reuse``: ``--reuse-values`` plus the overrides. Keeps the old chart's defaults (old
   ``linkerdVersion``, keys new in the target missing); offered because some operators rely
   on it, and preflight reports what it would miss.
@@ -98,12 +100,16 @@ def migrate(user_values: dict[str, Any], changes: list[ValuesChanges]) -> Migrat
 
 @dataclass(frozen=True)
 class Outgoing:
-    """What to send to ``helm upgrade``."""
+    """What to send to ``helm upgrade``, and the values the release will end up with."""
 
     values: dict[str, Any]
     reset_values: bool
     reuse_values: bool
     migration: Migration
+    effective: dict[str, Any] = field(default_factory=dict)
+
+
+VERSION_PIN = "linkerdVersion"  # the target chart's own value must win
 
 
 def outgoing(
@@ -117,13 +123,23 @@ def outgoing(
     """The values and flags for ``helm upgrade`` under ``strategy``; ValuesError if identity would change."""
     migration = migrate(user_values, changes)
     if strategy == "reset-then-reuse":
-        sent = deep_merge(deep_merge(target_defaults, migration.values), overrides)
-        result = Outgoing(sent, reset_values=True, reuse_values=False, migration=migration)
+        kept = dict(migration.values)
+        if VERSION_PIN in kept and VERSION_PIN not in overrides:
+            kept.pop(VERSION_PIN)
+            migration = Migration(kept, migration.moved, [*migration.dropped, VERSION_PIN])
+        sent = deep_merge(kept, overrides)
+        effective = deep_merge(target_defaults, sent)
+        result = Outgoing(sent, reset_values=True, reuse_values=False, migration=migration, effective=effective)
     elif strategy == "reuse":
-        result = Outgoing(copy.deepcopy(overrides), reset_values=False, reuse_values=True, migration=migration)
+        effective = deep_merge(user_values, overrides)
+        result = Outgoing(
+            copy.deepcopy(overrides), reset_values=False, reuse_values=True, migration=migration, effective=effective
+        )
     else:
-        result = Outgoing(copy.deepcopy(overrides), reset_values=True, reuse_values=False, migration=migration)
-    effective = result.values if strategy != "reuse" else deep_merge(user_values, overrides)
+        effective = deep_merge(target_defaults, overrides)
+        result = Outgoing(
+            copy.deepcopy(overrides), reset_values=True, reuse_values=False, migration=migration, effective=effective
+        )
     changed = [
         key for key in IDENTITY_KEYS if _get(effective, key) != _get(user_values, key) and _get(overrides, key) is None
     ]

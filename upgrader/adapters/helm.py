@@ -186,8 +186,11 @@ class HelmAdapter:
         wait: bool = True,
         reset_values: bool = False,
         reuse_values: bool = False,
+        dry_run: bool = False,
     ) -> HelmRelease:
-        args = ["upgrade", release, str(chart), *self._common(namespace, version, repo, wait)]
+        args = ["upgrade", release, str(chart), *self._common(namespace, version, repo, wait and not dry_run)]
+        if dry_run:
+            args.append("--dry-run=server")
         args += ["--history-max", str(self._history_max)]
         if reset_values:
             args.append("--reset-values")

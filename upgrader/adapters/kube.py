@@ -57,6 +57,11 @@ class KubeAdapter:
             self._api.set_default_header("Impersonate-User", impersonate)
         self._core = client.CoreV1Api(self._api)
 
+    @property
+    def api_client(self) -> Any:
+        """The underlying client (for sibling adapters that write, e.g. cluster_ports)."""
+        return self._api
+
     def _guard(self, what: str, exc: Exception) -> UpgraderError:
         if isinstance(exc, ApiException) and exc.status in (401, 403):
             return AccessDeniedError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -99,10 +100,13 @@ class LeaseLock:
             lease.metadata.resource_version,
         )
 
-    def acquire(self, me: str, now: dt.datetime, *, take_over: bool = False) -> str:
+    def acquire(
+        self, me: str, now: dt.datetime, *, take_over: bool = False, holder_gone: Callable[[str], bool] | None = None
+    ) -> str:
         """Take or renew the lock for ``me``; LockRefusedError names the holder otherwise."""
         existing = self.observe()
-        decision = decide(existing, me, now, take_over=take_over)
+        gone = bool(existing and existing.holder and holder_gone and holder_gone(existing.holder))
+        decision = decide(existing, me, now, take_over=take_over, holder_gone=gone)
         if decision.action == "refuse":
             raise LockRefusedError(f"lock {self.namespace}/{self.name}: {decision.reason}")
         spec = {

@@ -1,0 +1,248 @@
+"""The executor: steps in order with checkpoints, nothing redone on resume, preflight gates, rollback."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+
+from tests.fakes import MemoryStore
+from upgrader.catalog import default_catalog
+from upgrader.checkpoints import Checkpoint
+from upgrader.execution import RESTARTED_BY, Executor, RunStoppedError
+from upgrader.planning import Observed, Plan, build_offering, make_plan
+from upgrader.ports import Container, HelmRelease, Pod, Workload
+from upgrader.preflight import CheckResult, failed
+from upgrader.spec import Spec
+from upgrader.states import RunState
+
+CAT = default_catalog()
+NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
+CHARTS = {
+    "stable-2.12.6": ("1.4.0", "1.9.8"),
+    "stable-2.13.7": ("1.6.1", "1.12.7"),
+    "stable-2.14.10": ("1.8.0", "1.16.11"),
+}
+VERSION_OF = {cp: v for v, (_, cp) in CHARTS.items()}
+
+
+@dataclass
+class FakeCluster:
+    """ExecutorPorts in memory: releases, linkerd-config, workloads whose pods follow the control plane."""
+
+    version: str = "stable-2.12.6"
+    releases: dict[str, HelmRelease] = field(default_factory=dict)
+    actions: list[str] = field(default_factory=list)
+    preflight_errors: list[CheckResult] = field(default_factory=list)
+    fail_upgrade_of: str | None = None
+    workload_list: list[Workload] = field(default_factory=list)
+    pod_versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        crds, cp = CHARTS[self.version]
+        self.releases = {
+            "linkerd-crds": HelmRelease("linkerd-crds", "linkerd", 1, "deployed", "linkerd-crds", crds),
+            "linkerd-control-plane": HelmRelease(
+                "linkerd-control-plane", "linkerd", 1, "deployed", "linkerd-control-plane", cp, self.version
+            ),
+        }
+        self.workload_list = [Workload("Deployment", "shop", "web", 2, 2, 2, 2, 1, 1, pod_labels={"app": "web"})]
+        self.pod_versions = {"shop/web": self.version}
+
+    def release(self, name: str, namespace: str) -> HelmRelease | None:
+        return self.releases.get(name)
+
+    def user_values(self, name: str, namespace: str) -> dict[str, Any]:
+        return {"identityTrustAnchorsPEM": "A", "identity": {"issuer": {"tls": {"crtPEM": "C", "keyPEM": "K"}}}}
+
+    def all_values(self, name: str, namespace: str) -> dict[str, Any]:
+        return {**self.user_values(name, namespace), "linkerdVersion": self.version}
+
+    def chart_defaults(self, chart: str, version: str) -> dict[str, Any]:
+        return {"linkerdVersion": VERSION_OF.get(version, "x"), "identityTrustAnchorsPEM": ""}
+
+    def upgrade(
+        self,
+        name: str,
+        chart: str,
+        namespace: str,
+        values: dict[str, Any],
+        *,
+        version: str,
+        reset_values: bool,
+        reuse_values: bool,
+    ) -> HelmRelease:
+        self.actions.append(f"upgrade {name} {version}")
+        if name == self.fail_upgrade_of:
+            from upgrader.errors import HelmError  # noqa: PLC0415
+
+            raise HelmError("Error: UPGRADE FAILED: context deadline exceeded")
+        old = self.releases[name]
+        new = replace(old, revision=old.revision + 1, chart_version=version)
+        if name == "linkerd-control-plane":
+            assert values["identityTrustAnchorsPEM"] == "A", "certificates must travel with the values"
+            assert "linkerdVersion" not in values, "chart defaults are not sent as values"
+            self.version = VERSION_OF[version]
+            new = replace(new, app_version=self.version)
+        self.releases[name] = new
+        return new
+
+    def rollback(self, name: str, namespace: str, revision: int) -> HelmRelease:
+        self.actions.append(f"rollback {name} {revision}")
+        old = self.releases[name]
+        self.releases[name] = replace(old, revision=old.revision + 1)
+        return self.releases[name]
+
+    def control_plane_version(self, namespace: str) -> str | None:
+        return self.version
+
+    def control_plane_ready(self, namespace: str) -> list[str]:
+        return []
+
+    def injector_answers(self, namespace: str) -> bool:
+        return True
+
+    def workloads(self, namespaces: list[str]) -> list[Workload]:
+        return [w for w in self.workload_list if w.namespace in namespaces]
+
+    def meshed_pods(self) -> list[Pod]:
+        return [
+            Pod(
+                k.split("/")[0],
+                k.split("/")[1] + "-1",
+                labels={"linkerd.io/control-plane-ns": "linkerd"},
+                containers=(Container("linkerd-proxy", f"cr.l5d.io/linkerd/proxy:{v}"),),
+            )
+            for k, v in self.pod_versions.items()
+        ]
+
+    def restart(self, workload: Workload, annotations: dict[str, str]) -> None:
+        self.actions.append(f"restart {workload.namespace}/{workload.name}")
+        self.workload_list = [
+            replace(w, pod_annotations={**w.pod_annotations, **annotations}) if w.name == workload.name else w
+            for w in self.workload_list
+        ]
+        self.pod_versions[f"{workload.namespace}/{workload.name}"] = self.version
+
+    def wait_rolled_out(self, workload: Workload, timeout_seconds: int) -> bool:
+        return True
+
+    def preflight(self, plan: Plan, hop_index: int) -> list[CheckResult]:
+        self.actions.append(f"preflight {hop_index}")
+        return list(self.preflight_errors)
+
+
+def _plan(current: str, target: str) -> Plan:
+    offering, _ = build_offering(CAT, None)
+    spec = Spec(waivers=["kubernetes-version"])
+    return make_plan(
+        Observed(CAT.parse(current), {"shop": {current: 2}}, "v1.24.0"), CAT.parse(target), offering, CAT, spec
+    )
+
+
+def _executor(cluster: FakeCluster, plan: Plan, store: MemoryStore, checkpoint: Checkpoint | None = None) -> Executor:
+    cp = checkpoint or Checkpoint.new("run-1", plan.as_json(), NOW)
+    return Executor(plan, Spec(), CAT, cluster, store, cp, clock=lambda: NOW)
+
+
+def test_two_hops_run_crds_before_control_plane_and_restart_between_hops() -> None:
+    """2.12 -> 2.14: per hop preflight, CRDs, control plane, then the data plane; ends Done."""
+    cluster, store = FakeCluster(), MemoryStore()
+    result = _executor(cluster, _plan("stable-2.12.6", "stable-2.14.10"), store).run()
+    assert result.state == RunState.DONE
+    assert cluster.actions == [
+        "preflight 0",
+        "upgrade linkerd-crds 1.6.1",
+        "upgrade linkerd-control-plane 1.12.7",
+        "restart shop/web",
+        "preflight 1",
+        "upgrade linkerd-crds 1.8.0",
+        "upgrade linkerd-control-plane 1.16.11",
+        "restart shop/web",
+    ]
+    assert result.releases["linkerd-control-plane"].before == 1
+    assert result.releases["linkerd-control-plane"].after == [2, 3]
+    assert [r.hop for r in result.restarted] == [0, 1]
+    assert store.saves > 10, "a checkpoint before and after every step"
+
+
+def test_resume_after_a_kill_redoes_nothing() -> None:
+    """A run killed in UpgradingControlPlane (whose helm upgrade had finished) resumes without repeating it."""
+    cluster, store = FakeCluster(), MemoryStore()
+    plan = _plan("stable-2.12.6", "stable-2.13.7")
+    killed = Checkpoint.new("run-1", plan.as_json(), NOW).model_copy(update={"state": RunState.UPGRADING_CONTROL_PLANE})
+    cluster.upgrade("linkerd-crds", "c", "linkerd", {}, version="1.6.1", reset_values=False, reuse_values=False)
+    cluster.upgrade(
+        "linkerd-control-plane",
+        "c",
+        "linkerd",
+        cluster.user_values("", ""),
+        version="1.12.7",
+        reset_values=True,
+        reuse_values=False,
+    )
+    cluster.actions.clear()
+    result = _executor(cluster, plan, store, killed).run()
+    assert result.state == RunState.DONE
+    assert cluster.actions == ["restart shop/web"], "no preflight, CRD or control-plane step again"
+
+
+def test_resume_in_the_data_plane_skips_workloads_already_restarted_by_this_run() -> None:
+    """A workload carrying this run's hop marker is not restarted twice."""
+    cluster, store = FakeCluster(version="stable-2.13.7"), MemoryStore()
+    plan = _plan("stable-2.12.6", "stable-2.13.7")
+    cluster.workload_list = [replace(w, pod_annotations={RESTARTED_BY: "run-1/0"}) for w in cluster.workload_list]
+    cluster.pod_versions = {"shop/web": "stable-2.13.7"}
+    killed = Checkpoint.new("run-1", plan.as_json(), NOW).model_copy(update={"state": RunState.RESTARTING_DATA_PLANE})
+    assert _executor(cluster, plan, store, killed).run().state == RunState.DONE
+    assert "restart shop/web" not in cluster.actions
+
+
+def test_preflight_errors_stop_before_anything_changes_and_resume_reruns_them() -> None:
+    """An unwaived preflight error fails the run in Preflight with no helm call; resume starts at preflight again."""
+    cluster, store = FakeCluster(), MemoryStore()
+    cluster.preflight_errors = [failed("disruption.pdb-allows-restart", "disruption", "blocked", "fix it")]
+    plan = _plan("stable-2.12.6", "stable-2.13.7")
+    executor = _executor(cluster, plan, store)
+    with pytest.raises(RunStoppedError, match=r"disruption\.pdb-allows-restart"):
+        executor.run()
+    saved = store.fetch(run_id="run-1")
+    assert saved is not None
+    assert (saved.state, saved.stopped_in) == (RunState.FAILED, RunState.PREFLIGHT)
+    assert cluster.actions == ["preflight 0"]
+    cluster.preflight_errors = []
+    assert _executor(cluster, plan, store, saved).run().state == RunState.DONE
+    assert cluster.actions[1] == "preflight 0"
+
+
+def test_a_failed_helm_upgrade_stops_the_run_and_rollback_restores_revisions() -> None:
+    """A control-plane upgrade that fails leaves Failed (stopped in UpgradingControlPlane); rollback restores it."""
+    cluster, store = FakeCluster(), MemoryStore()
+    cluster.fail_upgrade_of = "linkerd-control-plane"
+    plan = _plan("stable-2.12.6", "stable-2.13.7")
+    executor = _executor(cluster, plan, store)
+    with pytest.raises(RunStoppedError, match="context deadline exceeded"):
+        executor.run()
+    assert (executor.checkpoint.state, executor.checkpoint.stopped_in) == (
+        RunState.FAILED,
+        RunState.UPGRADING_CONTROL_PLANE,
+    )
+    cluster.releases["linkerd-control-plane"] = replace(
+        cluster.releases["linkerd-control-plane"], revision=2, status="failed"
+    )
+    executor.checkpoint.releases["linkerd-control-plane"].after.append(2)
+    assert executor.rollback().state == RunState.ROLLED_BACK
+    assert "rollback linkerd-control-plane 1" in cluster.actions
+    assert not any(a.startswith("rollback linkerd-crds") for a in cluster.actions), "CRDs are kept by default"
+
+
+def test_a_finished_run_can_be_rolled_back_including_restarts() -> None:
+    """Rollback of a Done run rolls the control plane back and restarts what the run restarted."""
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.13.7"), store)
+    executor.run()
+    cluster.actions.clear()
+    assert executor.rollback().state == RunState.ROLLED_BACK
+    assert cluster.actions == ["rollback linkerd-control-plane 1", "restart shop/web"]

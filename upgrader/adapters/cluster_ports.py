@@ -1,0 +1,185 @@
+"""ExecutorPorts over the kube and helm adapters: act, and report what is there. No decisions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+from upgrader.adapters.helm import HelmAdapter
+from upgrader.adapters.kube import KubeAdapter
+from upgrader.discovery import DATA_PLANE_SELECTOR
+from upgrader.errors import HelmError, UpgraderError
+from upgrader.planning import Plan
+from upgrader.ports import HelmRelease, Pod, Workload
+from upgrader.preflight import CheckResult
+
+CONTROL_PLANE_DEPLOYMENTS = ("linkerd-destination", "linkerd-identity", "linkerd-proxy-injector")
+
+
+class ClusterPorts:
+    """The real cluster and helm, for the executor."""
+
+    def __init__(
+        self,
+        kube: KubeAdapter,
+        helm: HelmAdapter,
+        *,
+        preflight: Callable[[Plan, int], list[CheckResult]],
+        timeout_seconds: int = 300,
+    ) -> None:
+        self.kube, self.helm = kube, helm
+        self._api: Any = kube.api_client
+        self._apps: Any = client.AppsV1Api(self._api)
+        self._core: Any = client.CoreV1Api(self._api)
+        self._preflight = preflight
+        self._timeout = timeout_seconds
+
+    def release(self, name: str, namespace: str) -> HelmRelease | None:
+        try:
+            return self.helm.status(name, namespace)
+        except HelmError as exc:
+            if "not found" in exc.message.lower():
+                return None
+            raise
+
+    def user_values(self, name: str, namespace: str) -> dict[str, Any]:
+        return self.helm.get_values(name, namespace)
+
+    def all_values(self, name: str, namespace: str) -> dict[str, Any]:
+        return self.helm.get_values(name, namespace, all_values=True)
+
+    def chart_defaults(self, chart: str, version: str) -> dict[str, Any]:
+        return self.helm.show_values(chart, version)
+
+    def upgrade(
+        self,
+        name: str,
+        chart: str,
+        namespace: str,
+        values: dict[str, Any],
+        *,
+        version: str,
+        reset_values: bool,
+        reuse_values: bool,
+    ) -> HelmRelease:
+        return self.helm.upgrade(
+            name,
+            chart,
+            namespace,
+            values,
+            version=version,
+            reset_values=reset_values,
+            reuse_values=reuse_values,
+            wait=True,
+        )
+
+    def control_plane_version(self, namespace: str) -> str | None:
+        config = self.kube.get_config_map(namespace, "linkerd-config")
+        if config is None:
+            return None
+        loaded = yaml.safe_load(config.get("values", "")) or {}
+        return str(loaded.get("linkerdVersion")) if loaded.get("linkerdVersion") else None
+
+    def control_plane_ready(self, namespace: str) -> list[str]:
+        problems = []
+        deadline = time.monotonic() + self._timeout
+        for name in CONTROL_PLANE_DEPLOYMENTS:
+            while True:
+                try:
+                    d = self._apps.read_namespaced_deployment(name, namespace)
+                except ApiException as exc:
+                    problems.append(f"{name}: {exc.reason}")
+                    break
+                st = d.status
+                want = d.spec.replicas or 0
+                rolled = (st.observed_generation or 0) >= d.metadata.generation and (
+                    (st.updated_replicas or 0) == want and (st.available_replicas or 0) == want
+                )
+                if rolled:
+                    break
+                if time.monotonic() > deadline:
+                    problems.append(f"{name}: {st.available_replicas or 0}/{want} available")
+                    break
+                time.sleep(1)
+        return problems
+
+    def injector_answers(self, namespace: str) -> bool:
+        """A server-side dry-run pod that opts in comes back with a linkerd-proxy (webhooks run on dry runs)."""
+        pod = {
+            "metadata": {"generateName": "upgrader-probe-", "annotations": {"linkerd.io/inject": "enabled"}},
+            "spec": {"containers": [{"name": "probe", "image": "registry.example/upgrader-probe:1"}]},
+        }
+        try:
+            created = self._core.create_namespaced_pod("default", pod, dry_run="All")
+        except ApiException:
+            return False
+        names = [c.name for c in created.spec.containers] + [c.name for c in created.spec.init_containers or []]
+        return "linkerd-proxy" in names
+
+    def workloads(self, namespaces: list[str]) -> list[Workload]:
+        return [w for ns in namespaces for w in self.kube.list_workloads(ns)]
+
+    def meshed_pods(self) -> list[Pod]:
+        return [p for p in self.kube.list_pods(label_selector=DATA_PLANE_SELECTOR) if p.phase != "Succeeded"]
+
+    def restart(self, workload: Workload, annotations: dict[str, str]) -> None:
+        patch = {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+        calls = {
+            "Deployment": self._apps.patch_namespaced_deployment,
+            "StatefulSet": self._apps.patch_namespaced_stateful_set,
+            "DaemonSet": self._apps.patch_namespaced_daemon_set,
+        }
+        calls[workload.kind](workload.name, workload.namespace, patch)
+
+    def wait_rolled_out(self, workload: Workload, timeout_seconds: int) -> bool:
+        """Watch the workload until its rollout completes (observedGeneration, updated/available counts)."""
+        lists = {
+            "Deployment": self._apps.list_namespaced_deployment,
+            "StatefulSet": self._apps.list_namespaced_stateful_set,
+            "DaemonSet": self._apps.list_namespaced_daemon_set,
+        }
+        deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=timeout_seconds)
+        w: Any = watch.Watch()  # type: ignore[no-untyped-call]
+        try:
+            while dt.datetime.now(dt.UTC) < deadline:
+                remaining = max(1, int((deadline - dt.datetime.now(dt.UTC)).total_seconds()))
+                for event in w.stream(
+                    lists[workload.kind],
+                    workload.namespace,
+                    field_selector=f"metadata.name={workload.name}",
+                    timeout_seconds=remaining,
+                ):
+                    if _rolled_out(workload.kind, event["object"]):
+                        return True
+        except ApiException as exc:
+            raise UpgraderError(f"watching {workload.kind} {workload.namespace}/{workload.name}: {exc.reason}") from exc
+        finally:
+            w.stop()
+        return False
+
+    def rollback(self, name: str, namespace: str, revision: int) -> HelmRelease:
+        self.helm.rollback(name, namespace, revision, wait=True)
+        return self.helm.status(name, namespace)
+
+    def preflight(self, plan: Plan, hop_index: int) -> list[CheckResult]:
+        return self._preflight(plan, hop_index)
+
+
+def _rolled_out(kind: str, obj: Any) -> bool:
+    st, meta = obj.status, obj.metadata
+    if st is None or (st.observed_generation or 0) < (meta.generation or 0):
+        return False
+    if kind == "DaemonSet":
+        want = st.desired_number_scheduled or 0
+        return bool((st.updated_number_scheduled or 0) == want and (st.number_available or 0) == want)
+    want = obj.spec.replicas if obj.spec.replicas is not None else 1
+    done = (st.updated_replicas or 0) == want and (st.available_replicas or 0) == want and (st.replicas or 0) == want
+    if kind == "StatefulSet":
+        done = done and st.current_revision == st.update_revision
+    return bool(done)
