@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import sys
 from dataclasses import dataclass
@@ -856,8 +857,14 @@ def _fail(exc: UpgraderError) -> NoReturn:
     raise SystemExit(exc.exit_code)
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM stops like Ctrl-C: the current step's checkpoint is written and a resume hint printed."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
     """Console-script entry point: usage errors exit 2 (typer), our errors exit with their code."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except UpgraderError as exc:

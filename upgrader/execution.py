@@ -268,6 +268,13 @@ class Executor:
         except UpgraderError as exc:
             if exc.retryable:
                 raise
+            if "another operation" in exc.message.lower():
+                raise self._stop(
+                    f"release {ns}/{name} is locked by another helm operation (pending-*)",
+                    f"if no helm command is running, roll it back to its last deployed revision (helm history "
+                    f"{name} -n {ns}; helm rollback {name} <rev> -n {ns}); then upgrader resume "
+                    f"{self.checkpoint.run_id}",
+                ) from exc
             raise self._stop(
                 f"helm upgrade of {ns}/{name} to {version} failed: {exc.message}",
                 f"helm history {name} -n {ns}; then upgrader resume {self.checkpoint.run_id} or "

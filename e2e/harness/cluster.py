@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -48,11 +49,30 @@ class ClusterError(RuntimeError):
     """The cluster did not come up; the message names the component and its log."""
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on, chosen below the ephemeral range.
+
+    Ports the kernel hands out for outgoing connections (the API server's to etcd, say)
+    come from the ephemeral range; a listener port picked there can be taken by such a
+    connection before the component binds it.
+    """
+    high = _ephemeral_low() - 1
+    for _ in range(200):
+        port = random.randint(20000, max(20001, high))  # noqa: S311 - not security related
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ClusterError("no free TCP port on 127.0.0.1 below the ephemeral range")
 
 
 def _wait(what: str, check: Callable[[], bool], timeout: float, on_timeout: Callable[[], str]) -> None:
@@ -138,12 +158,24 @@ class LocalCluster:
                 raise ClusterError(f"a cluster already runs in {self.dir}: stop it first (cluster down)")
             self.dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
-        try:
-            self._start(timeout)
-        except BaseException:
-            # The error carries the components' log tails; nothing is left running or on disk.
-            self.stop()
-            raise
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+                return
+            except ProcessError as exc:
+                # A port taken between choosing and binding it: start again on fresh ports.
+                if "address already in use" not in str(exc) or attempt == 2:
+                    self.stop()
+                    raise
+                self._processes.stop() if self._processes else None
+                self._processes = None
+                shutil.rmtree(self.root / "etcd", ignore_errors=True)
+                for log in self.log_dir.glob("*.log"):
+                    log.unlink()
+            except BaseException:
+                # The error carries the components' log tails; nothing is left running or on disk.
+                self.stop()
+                raise
 
     def _start(self, timeout: float) -> None:
         pki = self.root / "pki"

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import structlog
 import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from upgrader.adapters.helm import HelmAdapter
 from upgrader.adapters.kube import KubeAdapter
@@ -20,6 +23,31 @@ from upgrader.ports import HelmRelease, Pod, Workload
 from upgrader.preflight import CheckResult
 
 CONTROL_PLANE_DEPLOYMENTS = ("linkerd-destination", "linkerd-identity", "linkerd-proxy-injector")
+T = TypeVar("T")
+log = structlog.get_logger("upgrader.adapters")
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, UpgraderError) and exc.retryable
+
+
+def _log_retry(state: RetryCallState) -> None:
+    log.warning("retry", attempt=state.attempt_number, error=str(state.outcome.exception()) if state.outcome else "")
+
+
+def retrying(call: Callable[[], T], *, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Retry reads on transient errors (API unreachable, 429, 5xx): bounded, jittered, logged."""
+    for attempt in Retrying(
+        sleep=sleep,
+        retry=retry_if_exception(_transient),
+        stop=stop_after_attempt(5),
+        wait=wait_exponential_jitter(multiplier=0.5, max=8),
+        before_sleep=_log_retry,
+        reraise=True,
+    ):
+        with attempt:
+            return call()
+    raise AssertionError("unreachable")
 
 
 class ClusterPorts:
@@ -42,7 +70,7 @@ class ClusterPorts:
 
     def release(self, name: str, namespace: str) -> HelmRelease | None:
         try:
-            return self.helm.status(name, namespace)
+            return retrying(lambda: self.helm.status(name, namespace))
         except HelmError as exc:
             if "not found" in exc.message.lower():
                 return None
@@ -80,7 +108,7 @@ class ClusterPorts:
         )
 
     def control_plane_version(self, namespace: str) -> str | None:
-        config = self.kube.get_config_map(namespace, "linkerd-config")
+        config = retrying(lambda: self.kube.get_config_map(namespace, "linkerd-config"))
         if config is None:
             return None
         loaded = yaml.safe_load(config.get("values", "")) or {}
@@ -123,10 +151,14 @@ class ClusterPorts:
         return "linkerd-proxy" in names
 
     def workloads(self, namespaces: list[str]) -> list[Workload]:
-        return [w for ns in namespaces for w in self.kube.list_workloads(ns)]
+        out: list[Workload] = []
+        for ns in namespaces:
+            out += retrying(functools.partial(self.kube.list_workloads, ns))
+        return out
 
     def meshed_pods(self) -> list[Pod]:
-        return [p for p in self.kube.list_pods(label_selector=DATA_PLANE_SELECTOR) if p.phase != "Succeeded"]
+        pods = retrying(lambda: self.kube.list_pods(label_selector=DATA_PLANE_SELECTOR))
+        return [p for p in pods if p.phase != "Succeeded"]
 
     def restart(self, workload: Workload, annotations: dict[str, str]) -> None:
         patch = {"spec": {"template": {"metadata": {"annotations": annotations}}}}
