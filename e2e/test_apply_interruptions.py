@@ -71,6 +71,7 @@ def _generations(world: World) -> dict[str, int]:
         f"{d.metadata.namespace}/{d.metadata.name}": d.metadata.generation
         for ns in ("shop", "payments")
         for d in apps.list_namespaced_deployment(ns).items
+        if (d.spec.template.metadata.annotations or {}).get("linkerd.io/inject") != "disabled"
     }
 
 
@@ -97,6 +98,7 @@ def test_sigkill_then_resume_reaches_the_same_end_without_repeating_steps(
     world.apply(docs)
     world.wait_ready(mesh.namespaces(docs))
     before = _generations(world)
+    assert "shop/admin" not in before, "opted-out workloads are never restarted"
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
     proc = subprocess.Popen(
@@ -176,7 +178,13 @@ def test_failed_control_plane_with_pause_leaves_a_resumable_checkpoint_in_the_cl
     for text in (base64.b64decode(secrets[0].data["checkpoint.json"]).decode(), out.stdout, out.stderr):
         assert "PRIVATE KEY" not in text
 
-    status = subprocess.run(_cli(world, "status"), env=env, capture_output=True, text=True, check=False)
+    status = subprocess.run(
+        [sys.executable, "-m", "upgrader", "status", "--kubeconfig", str(world.kubeconfig)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert f"upgrader resume {checkpoint['run_id']}" in status.stdout
     rolled = subprocess.run(
         _cli(world, "rollback", checkpoint["run_id"]), env=env, capture_output=True, text=True, timeout=300, check=False
