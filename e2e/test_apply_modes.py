@@ -1,0 +1,182 @@
+"""apply's other modes: --dry-run changes nothing, --plan FILE runs a reviewed plan, SIGTERM leaves a resumable
+checkpoint, and helm 3 works like helm 4."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e.fixtures.world import World
+from e2e.harness.waits import wait_for
+
+SPEC = "name: e2e\nwaivers: [kubernetes-version]\n"
+
+
+def _env(world: World, tmp_path: Path, helm: Path) -> dict[str, str]:
+    e = dict(
+        os.environ,
+        HELM_REPOSITORY_CONFIG=str(tmp_path / "repositories.yaml"),
+        HELM_REPOSITORY_CACHE=str(tmp_path / "cache"),
+        HELM_CONFIG_HOME=str(tmp_path / "config"),
+        HELM_CACHE_HOME=str(tmp_path / "cache-home"),
+        HELM_DATA_HOME=str(tmp_path / "data"),
+        UPGRADER_STATE_STORE=f"file:{tmp_path / 'state'}",
+    )
+    subprocess.run([str(helm), "repo", "add", "linkerd", world.repo_url], env=e, check=True, capture_output=True)
+    return e
+
+
+def _run(world: World, env: dict[str, str], helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "upgrader", *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(helm)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def _charts(world: World) -> list[str]:
+    out = subprocess.run(
+        [
+            str(world.helm),
+            "history",
+            "linkerd-control-plane",
+            "-n",
+            "linkerd",
+            "-o",
+            "json",
+            "--kubeconfig",
+            str(world.kubeconfig),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [r["chart"] for r in json.loads(out)]
+
+
+def _spec(tmp_path: Path) -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(SPEC)
+    return str(path)
+
+
+def test_dry_run_changes_nothing_and_shows_what_would(clean_world: World, tmp_path: Path) -> None:
+    """--dry-run runs preflight, prints the redacted values diff and server-side dry runs; no revision, no run."""
+    world = clean_world
+    world.install("stable-2.13.7")
+    env = _env(world, tmp_path, world.helm)
+    out = _run(world, env, world.helm, "apply", "--to", "stable-2.14.10", "--spec", _spec(tmp_path), "--dry-run")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "values diff for linkerd-control-plane 1.16.11" in out.stdout
+    assert "--dry-run=server: accepted" in out.stdout
+    assert "dry run: nothing was changed" in out.stdout
+    assert "PRIVATE KEY" not in out.stdout + out.stderr
+    assert _charts(world) == ["linkerd-control-plane-1.12.7"]
+    assert not (tmp_path / "state").exists(), "a dry run writes no checkpoint"
+
+
+def test_a_reviewed_plan_file_is_applied_and_a_stale_one_refused(clean_world: World, tmp_path: Path) -> None:
+    """apply --plan runs the plan written by `plan -o json`; once the cluster moved, the same file is refused."""
+    world = clean_world
+    world.install("stable-2.13.7")
+    env = _env(world, tmp_path, world.helm)
+    plan = tmp_path / "plan.json"
+    made = _run(
+        world,
+        env,
+        world.helm,
+        "plan",
+        "--to",
+        "stable-2.14.10",
+        "--spec",
+        _spec(tmp_path),
+        "-o",
+        "json",
+        "--out",
+        str(plan),
+    )
+    assert made.returncode == 0, made.stderr[-2000:]
+    out = _run(world, env, world.helm, "apply", "--plan", str(plan), "--spec", _spec(tmp_path), "--yes")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _charts(world)[-1] == "linkerd-control-plane-1.16.11"
+    stale = _run(world, env, world.helm, "apply", "--plan", str(plan), "--spec", _spec(tmp_path), "--yes")
+    assert stale.returncode == 2
+    assert "no longer matches the cluster" in stale.stderr
+
+
+def test_sigterm_saves_the_checkpoint_and_prints_how_to_resume(clean_world: World, tmp_path: Path) -> None:
+    """SIGTERM mid-run exits with a resume hint and a checkpoint that resume completes."""
+    world = clean_world
+    world.install("stable-2.13.7")
+    env = _env(world, tmp_path, world.helm)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "upgrader",
+            "apply",
+            "--to",
+            "stable-2.14.10",
+            "--spec",
+            _spec(tmp_path),
+            "--yes",
+            "--kubeconfig",
+            str(world.kubeconfig),
+            "--helm",
+            str(world.helm),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def state() -> dict[str, Any] | None:
+        for path in (tmp_path / "state").glob("*.json"):
+            try:
+                loaded: dict[str, Any] = json.loads(path.read_text())
+            except ValueError:
+                return None
+            return loaded
+        return None
+
+    wait_for(
+        "the run to start its control-plane step",
+        lambda: (s := state()) is not None and s["state"] == "UpgradingControlPlane",
+        timeout=120,
+        interval=0.02,
+    )
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode not in (0, None)
+    assert "upgrader resume run-" in stderr
+    assert state() is not None
+    resumed = _run(world, env, world.helm, "resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = state()
+    assert final is not None
+    assert final["state"] == "Done"
+
+
+@pytest.mark.parametrize("component", ["helm3"])
+def test_apply_with_helm_3(clean_world: World, tmp_path: Path, component: str) -> None:
+    """The same one-hop apply works through helm 3."""
+    from e2e.harness import binaries  # noqa: PLC0415
+
+    helm3 = binaries.program("helm", component)
+    world = clean_world
+    world.install("stable-2.13.7")
+    env = _env(world, tmp_path, helm3)
+    out = _run(world, env, helm3, "apply", "--to", "stable-2.14.10", "--spec", _spec(tmp_path), "--yes")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _charts(world) == ["linkerd-control-plane-1.12.7", "linkerd-control-plane-1.16.11"]
