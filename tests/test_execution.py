@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -103,6 +104,21 @@ class FakeCluster:
 
     def injector_answers(self, namespace: str) -> bool:
         return True
+
+    def control_plane_pods(self, namespace: str) -> list[Pod]:
+        return [
+            Pod(
+                "linkerd", f"{n}-1", containers=(Container("linkerd-proxy", f"cr.l5d.io/linkerd/proxy:{self.version}"),)
+            )
+            for n in ("linkerd-destination", "linkerd-identity")
+        ]
+
+    def crds_stored(self) -> dict[str, tuple[str, ...]]:
+        return {"servers.policy.linkerd.io": ("v1beta1", "v1beta3")}
+
+    def crds_served(self, chart: str, version: str) -> dict[str, tuple[str, ...]]:
+        self.actions.append(f"render {chart} {version}")
+        return {"servers.policy.linkerd.io": ("v1beta1",)}
 
     def workloads(self, namespaces: list[str]) -> list[Workload]:
         return [w for w in self.workload_list if w.namespace in namespaces]
@@ -246,3 +262,34 @@ def test_a_finished_run_can_be_rolled_back_including_restarts() -> None:
     cluster.actions.clear()
     assert executor.rollback().state == RunState.ROLLED_BACK
     assert cluster.actions == ["rollback linkerd-control-plane 1", "restart shop/web"]
+
+
+def test_rolling_back_crds_is_refused_when_a_stored_version_would_no_longer_be_served() -> None:
+    """--include-crds checks storedVersions against the older chart first and refuses before touching anything."""
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.13.7"), store)
+    executor.run()
+    cluster.actions.clear()
+    with pytest.raises(RunStoppedError, match=re.escape("servers.policy.linkerd.io stores v1beta3")):
+        executor.rollback(include_crds=True)
+    assert cluster.actions == ["render linkerd/linkerd-crds 1.4.0"], "nothing rolled back"
+
+
+def test_control_plane_pods_on_the_old_version_fail_verification() -> None:
+    """Deployments can look available while pods still run the old proxy: verification names them."""
+
+    class Lagging(FakeCluster):
+        def control_plane_pods(self, namespace: str) -> list[Pod]:
+            return [
+                Pod(
+                    "linkerd",
+                    "linkerd-identity-old",
+                    containers=(Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy:stable-2.12.6"),),
+                )
+            ]
+
+    executor = _executor(Lagging(), _plan("stable-2.12.6", "stable-2.13.7"), MemoryStore())
+    with pytest.raises(
+        RunStoppedError, match=re.escape("control-plane pods not on stable-2.13.7: linkerd-identity-old")
+    ):
+        executor.run()

@@ -92,3 +92,20 @@ def test_bad_specs_are_input_errors_naming_the_field(tmp_path: Path, text: str, 
 def test_durations(text: str, seconds: int) -> None:
     """Durations read like Kubernetes ones."""
     assert parse_duration(text) == seconds
+
+
+def test_values_file_is_merged_under_the_specs_own_overrides(tmp_path: Path) -> None:
+    """values.file (relative to the spec) is read; the spec's overrides win over it."""
+    (tmp_path / "values.yaml").write_text("controllerReplicas: 3\nproxy:\n  logLevel: debug\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("values:\n  file: values.yaml\n  overrides:\n    proxy:\n      logLevel: warn\n")
+    loaded = load_spec(spec)
+    assert loaded.values.overrides == {"controllerReplicas": 3, "proxy": {"logLevel": "warn"}}
+
+
+def test_a_missing_values_file_is_bad_input(tmp_path: Path) -> None:
+    """A values.file that cannot be read names the file."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("values:\n  file: nope.yaml\n")
+    with pytest.raises(InputError, match=r"cannot read values\.file"):
+        load_spec(spec)

@@ -68,7 +68,8 @@ class Checkpoint(BaseModel):
     run_id: str
     plan: dict[str, Any]
     plan_hash: str
-    spec: dict[str, Any] = Field(default_factory=dict)  # the spec the run was started with
+    spec: dict[str, Any] = Field(default_factory=dict)  # the spec the run started with, minus its values
+    spec_has_values: bool = False  # value overrides (maybe certificates) are not stored: resume needs --spec
     state: RunState = RunState.PLANNED
     stopped_in: RunState | None = None
     hop: int = 0

@@ -565,7 +565,10 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     store = _store(state_store, session.kube)
     run_id = f"run-{dt.datetime.now(dt.UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     checkpoint = Checkpoint.new(run_id, plan_now.as_json(), dt.datetime.now(dt.UTC))
-    checkpoint.spec = session.spec.model_dump(mode="json", by_alias=True)
+    stored_spec = session.spec.model_dump(mode="json", by_alias=True)
+    stored_spec["values"]["overrides"] = {}
+    checkpoint.spec = stored_spec
+    checkpoint.spec_has_values = bool(session.spec.values.overrides)
     log.info("run", run_id=run_id, hops=len(plan_now.hops), to=plan_now.to)
     result = _run_locked(
         session, store, checkpoint, "apply", take_over=take_over_lock, repo=repo, min_cert_days=min_cert_days
@@ -649,7 +652,14 @@ def _load(store: Any, run: str | None, *, unfinished: bool = False) -> Any:
 
 
 def _resume_session(
-    checkpoint: Any, *, spec_file: Path | None, repo: str, kubeconfig: Path | None, context: str | None, helm: str
+    checkpoint: Any,
+    *,
+    spec_file: Path | None,
+    repo: str,
+    kubeconfig: Path | None,
+    context: str | None,
+    helm: str,
+    need_values: bool = True,
 ) -> _Session:
     from upgrader.adapters.helm import HelmAdapter  # noqa: PLC0415
     from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
@@ -666,6 +676,11 @@ def _resume_session(
     for hop in data.get("hops", []):
         hop["from_"] = hop.pop("from")
     saved = PlanModel.model_validate(data)
+    if spec_file is None and checkpoint.spec_has_values and need_values:
+        raise InputError(
+            f"run {checkpoint.run_id} was started with value overrides, which checkpoints never store",
+            hint=f"pass the same spec again: upgrader resume {checkpoint.run_id} --spec FILE",
+        )
     spec = load_spec(spec_file) if spec_file else Spec.model_validate(checkpoint.spec or {})
     kube = KubeAdapter(kubeconfig=kubeconfig, context=context)
     helm_port = HelmAdapter(
@@ -728,7 +743,9 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         else None,
     )
     checkpoint = _load(store, run)
-    session = _resume_session(checkpoint, spec_file=None, repo=repo, kubeconfig=kubeconfig, context=context, helm=helm)
+    session = _resume_session(
+        checkpoint, spec_file=None, repo=repo, kubeconfig=kubeconfig, context=context, helm=helm, need_values=False
+    )
     result = _run_locked(
         session,
         store,

@@ -72,6 +72,12 @@ class ExecutorPorts(Protocol):
 
     def control_plane_ready(self, namespace: str) -> list[str]: ...  # problems; [] when ready
 
+    def control_plane_pods(self, namespace: str) -> list[Pod]: ...
+
+    def crds_stored(self) -> dict[str, tuple[str, ...]]: ...  # Linkerd CRD -> storedVersions
+
+    def crds_served(self, chart: str, version: str) -> dict[str, tuple[str, ...]]: ...  # CRD -> served versions
+
     def injector_answers(self, namespace: str) -> bool: ...
 
     def workloads(self, namespaces: list[str]) -> list[Workload]: ...
@@ -188,6 +194,7 @@ class Executor:
         self._move(S.ROLLING_BACK, "rollback requested")
         order = [name for name in (*EXTENSIONS, CONTROL_PLANE) if name in self.checkpoint.releases]
         if include_crds and CRDS in self.checkpoint.releases:
+            self._check_crd_rollback()
             order.append(CRDS)
         for name in order:
             record = self.checkpoint.releases[name]
@@ -219,6 +226,31 @@ class Executor:
                 )
         self._move(S.ROLLED_BACK, "releases at their revisions before the run; restarted workloads restarted again")
         return self.checkpoint
+
+    def _check_crd_rollback(self) -> None:
+        """Refuse to roll linkerd-crds back if the older chart stops serving a version still stored."""
+        first = self.plan.hops[0] if self.plan.hops else None
+        version = first and self.plan.from_ and self._charts_of(self.plan.from_).get(CRDS)
+        if not version:
+            raise self._stop(
+                "cannot tell which linkerd-crds chart the run started from",
+                "roll back without --include-crds (the default keeps the CRDs)",
+            )
+        served = self.ports.crds_served(f"{self.repo}/{CRDS}", version)
+        lost = [
+            f"{name} stores {', '.join(sorted(set(stored) - set(served[name])))}"
+            for name, stored in sorted(self.ports.crds_stored().items())
+            if name in served and set(stored) - set(served[name])
+        ]
+        if lost:
+            raise self._stop(
+                f"linkerd-crds {version} does not serve versions still stored: {'; '.join(lost)}",
+                "roll back without --include-crds (the default keeps the CRDs)",
+            )
+
+    def _charts_of(self, release: str) -> dict[str, str]:
+        offering = {str(v): dict(r.charts) for v, r in self.catalog.releases_by_version().items()}
+        return offering.get(release, {})
 
     # ---- helm steps ------------------------------------------------------------------------
     def _helm_step(
@@ -292,6 +324,9 @@ class Executor:
 
     def _verify_control_plane(self, hop: Hop, resume: str) -> None:
         problems = self.ports.control_plane_ready(self.namespace)
+        stale = sorted(p.name for p in self.ports.control_plane_pods(self.namespace) if proxy_version(p) != hop.to)
+        if stale:
+            problems.append(f"control-plane pods not on {hop.to}: {', '.join(stale[:6])}")
         version = self.ports.control_plane_version(self.namespace)
         if version != hop.to:
             problems.append(f"linkerd-config reports {version}, expected {hop.to}")

@@ -136,7 +136,21 @@ def load_spec(path: Path) -> Spec:
     except yaml.YAMLError as exc:
         raise InputError(f"spec {path} is not valid YAML: {exc}") from exc
     try:
-        return Spec.model_validate(data)
+        spec = Spec.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
         raise InputError(f"spec {path} is invalid: {problems}", hint="see plans/ for examples") from exc
+    if spec.values.file:
+        values_path = (path.parent / spec.values.file).expanduser()
+        try:
+            loaded = yaml.safe_load(values_path.read_text()) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise InputError(
+                f"spec {path}: cannot read values.file {values_path}: {exc}",
+                hint="values.file is relative to the spec's folder",
+            ) from exc
+        if not isinstance(loaded, dict):
+            raise InputError(f"spec {path}: values.file {values_path} is not a map of values")
+        merged = deep_merge(loaded, spec.values.overrides)  # the spec's own overrides win over the file
+        spec = spec.model_copy(update={"values": spec.values.model_copy(update={"overrides": merged})})
+    return spec

@@ -137,6 +137,24 @@ class ClusterPorts:
                 time.sleep(1)
         return problems
 
+    def control_plane_pods(self, namespace: str) -> list[Pod]:
+        pods = retrying(lambda: self.kube.list_pods(label_selector="linkerd.io/control-plane-component"))
+        return [
+            p
+            for p in pods
+            if p.namespace == namespace
+            and p.phase == "Running"
+            and p.labels.get("linkerd.io/control-plane-component") != "heartbeat"
+        ]
+
+    def crds_stored(self) -> dict[str, tuple[str, ...]]:
+        return {c.name: c.stored_versions for c in self.kube.list_crds() if c.name.endswith("linkerd.io")}
+
+    def crds_served(self, chart: str, version: str) -> dict[str, tuple[str, ...]]:
+        from upgrader.preflight.observe import crds_from_manifests  # noqa: PLC0415
+
+        return {c.name: c.served for c in crds_from_manifests(self.helm.template(chart, version, "linkerd", {}))}
+
     def injector_answers(self, namespace: str) -> bool:
         """A server-side dry-run pod that opts in comes back with a linkerd-proxy (webhooks run on dry runs)."""
         pod = {

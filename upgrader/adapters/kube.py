@@ -101,7 +101,9 @@ class KubeAdapter:
                     init_containers=_containers(p.spec.init_containers),
                     owner_kind=owner.kind if owner else "",
                     owner_name=owner.name if owner else "",
-                    phase=(p.status.phase if p.status else "") or "",
+                    phase="Terminating"
+                    if p.metadata.deletion_timestamp
+                    else ((p.status.phase if p.status else "") or ""),
                 )
             )
         return pods
