@@ -27,19 +27,7 @@ EXEMPT = "config.linkerd.io/admission-webhooks"
 @pytest.fixture
 def env(clean_world: World, tmp_path: Path) -> dict[str, str]:
     """An isolated helm configuration (fixture repo added as `linkerd`) and a file state store."""
-    e = dict(
-        os.environ,
-        HELM_REPOSITORY_CONFIG=str(tmp_path / "repositories.yaml"),
-        HELM_REPOSITORY_CACHE=str(tmp_path / "cache"),
-        HELM_CONFIG_HOME=str(tmp_path / "config"),
-        HELM_CACHE_HOME=str(tmp_path / "cache-home"),
-        HELM_DATA_HOME=str(tmp_path / "data"),
-        UPGRADER_STATE_STORE=f"file:{tmp_path / 'state'}",
-    )
-    subprocess.run(
-        [str(clean_world.helm), "repo", "add", "linkerd", clean_world.repo_url], env=e, check=True, capture_output=True
-    )
-    return e
+    return clean_world.helm_env(tmp_path)
 
 
 def _spec(tmp_path: Path, extra: str = "") -> Path:

@@ -26,19 +26,7 @@ SPEC = "name: e2e\nwaivers: [kubernetes-version, disruption.pdb-allows-restart]\
 @pytest.fixture
 def env(clean_world: World, tmp_path: Path) -> dict[str, str]:
     """Isolated helm configuration with the fixture repository; a file state store in tmp_path/state."""
-    e = dict(
-        os.environ,
-        HELM_REPOSITORY_CONFIG=str(tmp_path / "repositories.yaml"),
-        HELM_REPOSITORY_CACHE=str(tmp_path / "cache"),
-        HELM_CONFIG_HOME=str(tmp_path / "config"),
-        HELM_CACHE_HOME=str(tmp_path / "cache-home"),
-        HELM_DATA_HOME=str(tmp_path / "data"),
-        UPGRADER_STATE_STORE=f"file:{tmp_path / 'state'}",
-    )
-    subprocess.run(
-        [str(clean_world.helm), "repo", "add", "linkerd", clean_world.repo_url], env=e, check=True, capture_output=True
-    )
-    return e
+    return clean_world.helm_env(tmp_path)
 
 
 def _cli(world: World, *args: str) -> list[str]:

@@ -4,7 +4,6 @@ checkpoint, and helm 3 works like helm 4."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,17 +19,7 @@ SPEC = "name: e2e\nwaivers: [kubernetes-version]\n"
 
 
 def _env(world: World, tmp_path: Path, helm: Path) -> dict[str, str]:
-    e = dict(
-        os.environ,
-        HELM_REPOSITORY_CONFIG=str(tmp_path / "repositories.yaml"),
-        HELM_REPOSITORY_CACHE=str(tmp_path / "cache"),
-        HELM_CONFIG_HOME=str(tmp_path / "config"),
-        HELM_CACHE_HOME=str(tmp_path / "cache-home"),
-        HELM_DATA_HOME=str(tmp_path / "data"),
-        UPGRADER_STATE_STORE=f"file:{tmp_path / 'state'}",
-    )
-    subprocess.run([str(helm), "repo", "add", "linkerd", world.repo_url], env=e, check=True, capture_output=True)
-    return e
+    return world.helm_env(tmp_path, helm=helm)
 
 
 def _run(world: World, env: dict[str, str], helm: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,18 +14,7 @@ from e2e.fixtures.world import World
 
 def _env(tmp: Path, world: World) -> dict[str, str]:
     """An isolated helm configuration with the fixture repository added as `linkerd`."""
-    env = dict(
-        os.environ,
-        HELM_REPOSITORY_CONFIG=str(tmp / "repositories.yaml"),
-        HELM_REPOSITORY_CACHE=str(tmp / "cache"),
-        HELM_CONFIG_HOME=str(tmp / "config"),
-        HELM_CACHE_HOME=str(tmp / "cache-home"),
-        HELM_DATA_HOME=str(tmp / "data"),
-    )
-    subprocess.run(
-        [str(world.helm), "repo", "add", "linkerd", world.repo_url], env=env, check=True, capture_output=True
-    )
-    return env
+    return world.helm_env(tmp)
 
 
 def _plan(world: World, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -25,20 +25,7 @@ EXEMPT = "config.linkerd.io/admission-webhooks"
 @pytest.fixture
 def helm_env(clean_world: World, tmp_path: Path) -> Iterator[dict[str, str]]:
     """An isolated helm configuration with the fixture repository added as `linkerd`; kube-system unlabelled."""
-    env = dict(
-        os.environ,
-        HELM_REPOSITORY_CONFIG=str(tmp_path / "repositories.yaml"),
-        HELM_REPOSITORY_CACHE=str(tmp_path / "cache"),
-        HELM_CONFIG_HOME=str(tmp_path / "config"),
-        HELM_CACHE_HOME=str(tmp_path / "cache-home"),
-        HELM_DATA_HOME=str(tmp_path / "data"),
-    )
-    subprocess.run(
-        [str(clean_world.helm), "repo", "add", "linkerd", clean_world.repo_url],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
+    env = clean_world.helm_env(tmp_path)
     clean_world.kubectl("label", "namespace", "kube-system", f"{EXEMPT}-")
     yield env
     clean_world.kubectl("label", "namespace", "kube-system", f"{EXEMPT}-")

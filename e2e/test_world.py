@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,23 +216,9 @@ def test_cli_style_install_has_no_helm_release(clean_world: World) -> None:
     assert found["control_plane"]["version"] == "stable-2.14.10"
 
 
-def _helm_env(tmp: Path) -> dict[str, str]:
-    return dict(
-        os.environ,
-        HELM_REPOSITORY_CONFIG=str(tmp / "repositories.yaml"),
-        HELM_REPOSITORY_CACHE=str(tmp / "cache"),
-        HELM_CONFIG_HOME=str(tmp / "config"),
-        HELM_CACHE_HOME=str(tmp / "cache-home"),
-        HELM_DATA_HOME=str(tmp / "data"),
-    )
-
-
 def test_chart_repository_answers_like_linkerds(world: World, helm_binary: Path, tmp_path: Path) -> None:
     """helm repo add + search --versions list every fixture control-plane chart with its appVersion."""
-    env = _helm_env(tmp_path)
-    subprocess.run(
-        [str(helm_binary), "repo", "add", "linkerd", world.repo_url], env=env, check=True, capture_output=True
-    )
+    env = world.helm_env(tmp_path, helm=helm_binary)
     out = subprocess.run(
         [str(helm_binary), "search", "repo", "linkerd/linkerd-control-plane", "--versions", "--devel", "-o", "json"],
         env=env,
