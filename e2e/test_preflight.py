@@ -137,7 +137,7 @@ def test_release_stuck_in_pending_upgrade(clean_world: World, helm_env: dict[str
             "-n",
             "linkerd",
             "--reuse-values",
-            "--set",
+            "--set-string",
             "nodeSelector.upgrader-e2e/none=true",
             "--wait",
             "--timeout",
