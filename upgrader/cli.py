@@ -378,6 +378,14 @@ def _store(state_store: str | None, kube: Any | None) -> Any:
     return SecretCheckpointStore(kube.api_client, arg)
 
 
+def _store_for(state_store: str | None, kubeconfig: Path | None, context: str | None) -> Any:
+    """The state store of a command that has no session: a cluster client only for kubernetes: stores."""
+    from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
+
+    needs_cluster = (state_store or _default_store()).startswith("kubernetes:")
+    return _store(state_store, KubeAdapter(kubeconfig=kubeconfig, context=context) if needs_cluster else None)
+
+
 class _LockedStore:
     """Renews the installation lock every time a checkpoint is written."""
 
@@ -703,14 +711,7 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     helm: HelmOpt = "helm",
 ) -> None:
     """Continue an interrupted, paused or failed run from its checkpoint, without redoing finished steps."""
-    from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
-
-    store = _store(
-        state_store,
-        KubeAdapter(kubeconfig=kubeconfig, context=context)
-        if state_store and state_store.startswith("kubernetes:")
-        else None,
-    )
+    store = _store_for(state_store, kubeconfig, context)
     checkpoint = _load(store, run, unfinished=True)
     session = _resume_session(
         checkpoint, spec_file=spec_file, repo=repo, kubeconfig=kubeconfig, context=context, helm=helm
@@ -734,14 +735,7 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     helm: HelmOpt = "helm",
 ) -> None:
     """Return the control plane to the revisions before the run, then restart what the run restarted."""
-    from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
-
-    store = _store(
-        state_store,
-        KubeAdapter(kubeconfig=kubeconfig, context=context)
-        if state_store and state_store.startswith("kubernetes:")
-        else None,
-    )
+    store = _store_for(state_store, kubeconfig, context)
     checkpoint = _load(store, run)
     session = _resume_session(
         checkpoint, spec_file=None, repo=repo, kubeconfig=kubeconfig, context=context, helm=helm, need_values=False
@@ -768,14 +762,7 @@ def status(
     context: ContextOpt = None,
 ) -> None:
     """Where a run is: state, hop, what it changed, errors, and what to run next."""
-    from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
-
-    store = _store(
-        state_store,
-        KubeAdapter(kubeconfig=kubeconfig, context=context)
-        if state_store and state_store.startswith("kubernetes:")
-        else None,
-    )
+    store = _store_for(state_store, kubeconfig, context)
     cp = _load(store, run)
     if output is Output.json:
         typer.echo(cp.model_dump_json(indent=2))
@@ -802,14 +789,7 @@ def history(
     context: ContextOpt = None,
 ) -> None:
     """Every run in the state store, oldest first."""
-    from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
-
-    store = _store(
-        state_store,
-        KubeAdapter(kubeconfig=kubeconfig, context=context)
-        if state_store and state_store.startswith("kubernetes:")
-        else None,
-    )
+    store = _store_for(state_store, kubeconfig, context)
     runs = store.runs()
     if output is Output.json:
         typer.echo(

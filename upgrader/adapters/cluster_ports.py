@@ -115,26 +115,19 @@ class ClusterPorts:
         return str(loaded.get("linkerdVersion")) if loaded.get("linkerdVersion") else None
 
     def control_plane_ready(self, namespace: str) -> list[str]:
+        """Problems with the control-plane deployments after waiting (watch-based) for their rollout."""
         problems = []
         deadline = time.monotonic() + self._timeout
         for name in CONTROL_PLANE_DEPLOYMENTS:
-            while True:
-                try:
-                    d = self._apps.read_namespaced_deployment(name, namespace)
-                except ApiException as exc:
-                    problems.append(f"{name}: {exc.reason}")
-                    break
-                st = d.status
-                want = d.spec.replicas or 0
-                rolled = (st.observed_generation or 0) >= d.metadata.generation and (
-                    (st.updated_replicas or 0) == want and (st.available_replicas or 0) == want
-                )
-                if rolled:
-                    break
-                if time.monotonic() > deadline:
-                    problems.append(f"{name}: {st.available_replicas or 0}/{want} available")
-                    break
-                time.sleep(1)
+            try:
+                self._apps.read_namespaced_deployment(name, namespace)
+            except ApiException as exc:
+                problems.append(f"{name}: {exc.reason}")
+                continue
+            remaining = max(1, int(deadline - time.monotonic()))
+            if not self.wait_rolled_out(Workload("Deployment", namespace, name, 0), remaining):
+                d = self._apps.read_namespaced_deployment(name, namespace)
+                problems.append(f"{name}: {d.status.available_replicas or 0}/{d.spec.replicas or 0} available")
         return problems
 
     def control_plane_pods(self, namespace: str) -> list[Pod]:
