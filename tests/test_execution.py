@@ -293,3 +293,44 @@ def test_control_plane_pods_on_the_old_version_fail_verification() -> None:
         RunStoppedError, match=re.escape("control-plane pods not on stable-2.13.7: linkerd-identity-old")
     ):
         executor.run()
+
+
+def test_rollback_to_a_checkpoint_undoes_only_what_came_after_it() -> None:
+    """Every step boundary is a checkpoint id; rolling back to hop 2's start keeps hop 1's work."""
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.14.10"), store)
+    done = executor.run()
+    assert [m.id for m in done.marks] == list(range(1, len(done.marks) + 1))
+    hop2 = next(m for m in done.marks if m.hop == 1 and m.state == RunState.PREFLIGHT)
+    assert hop2.revisions == {"linkerd-crds": 2, "linkerd-control-plane": 2}
+    assert hop2.charts == {"linkerd-crds": "1.6.1", "linkerd-control-plane": "1.12.7"}
+    assert hop2.restarted == 1
+    cluster.actions.clear()
+    result = executor.rollback(to_checkpoint=hop2.id)
+    assert result.state == RunState.ROLLED_BACK
+    assert cluster.actions == ["rollback linkerd-control-plane 2", "restart shop/web"]
+    assert f"checkpoint {hop2.id}" in result.events[-1].reason
+
+
+def test_rollback_to_an_unknown_checkpoint_is_bad_input_and_changes_nothing() -> None:
+    from upgrader.errors import InputError  # noqa: PLC0415
+
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.13.7"), store)
+    executor.run()
+    cluster.actions.clear()
+    with pytest.raises(InputError, match="has no checkpoint 99"):
+        executor.rollback(to_checkpoint=99)
+    assert cluster.actions == []
+    assert executor.checkpoint.state == RunState.DONE
+
+
+def test_rollback_of_crds_to_a_checkpoint_checks_the_chart_of_that_checkpoint() -> None:
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.14.10"), store)
+    done = executor.run()
+    hop2 = next(m for m in done.marks if m.hop == 1 and m.state == RunState.PREFLIGHT)
+    cluster.actions.clear()
+    with pytest.raises(RunStoppedError, match="linkerd-crds 1.6.1 does not serve"):
+        executor.rollback(include_crds=True, to_checkpoint=hop2.id)
+    assert cluster.actions == ["render linkerd/linkerd-crds 1.6.1"]

@@ -44,6 +44,17 @@ class ReleaseRevisions(BaseModel):
     namespace: str
     before: int | None = None
     after: list[int] = Field(default_factory=list)
+    chart_before: str | None = None
+    charts_after: list[str] = Field(default_factory=list)
+
+    @property
+    def revision(self) -> int | None:
+        """The revision this run last left the release at (``before`` if it has not touched it)."""
+        return self.after[-1] if self.after else self.before
+
+    @property
+    def chart(self) -> str | None:
+        return self.charts_after[-1] if self.charts_after else self.chart_before
 
 
 class Restarted(BaseModel):
@@ -54,6 +65,23 @@ class Restarted(BaseModel):
     name: str
     hop: int
     previous_restarted_at: str | None = None
+
+
+class Mark(BaseModel):
+    """A point ``rollback --to-checkpoint ID`` can return to: every step boundary of the run.
+
+    It holds each touched release's revision (and chart version) at that moment and how many
+    entries of ``restarted`` existed, so a rollback knows which releases to return and which
+    workloads to restart again.
+    """
+
+    id: int
+    at: dt.datetime
+    hop: int
+    state: RunState
+    revisions: dict[str, int] = Field(default_factory=dict)
+    charts: dict[str, str] = Field(default_factory=dict)
+    restarted: int = 0
 
 
 class Event(BaseModel):
@@ -81,6 +109,31 @@ class Checkpoint(BaseModel):
     updated_at: dt.datetime
     errors: list[str] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
+    marks: list[Mark] = Field(default_factory=list)
+
+    def mark(self, now: dt.datetime, state: RunState) -> Mark:
+        """Record a step boundary (ids count from 1)."""
+        mark = Mark(
+            id=len(self.marks) + 1,
+            at=now,
+            hop=self.hop,
+            state=state,
+            revisions={n: r.revision for n, r in self.releases.items() if r.revision is not None},
+            charts={n: r.chart for n, r in self.releases.items() if r.chart is not None},
+            restarted=len(self.restarted),
+        )
+        self.marks.append(mark)
+        return mark
+
+    def find_mark(self, mark_id: int) -> Mark:
+        for mark in self.marks:
+            if mark.id == mark_id:
+                return mark
+        known = ", ".join(str(m.id) for m in self.marks) or "none"
+        raise InputError(
+            f"run {self.run_id} has no checkpoint {mark_id} (it has: {known})",
+            hint=f"upgrader status {self.run_id} lists them",
+        )
 
     @classmethod
     def new(cls, run_id: str, plan: dict[str, Any], now: dt.datetime) -> Checkpoint:

@@ -470,6 +470,7 @@ def _run_locked(
     repo: str,
     min_cert_days: int,
     include_crds: bool = False,
+    to_checkpoint: int | None = None,
 ) -> Any:
     from upgrader.adapters.kube_state import LeaseLock  # noqa: PLC0415
     from upgrader.execution import RunStoppedError  # noqa: PLC0415
@@ -488,7 +489,11 @@ def _run_locked(
     locked.store(checkpoint=checkpoint)
     executor = _executor(session, checkpoint, locked, repo=repo, min_cert_days=min_cert_days)
     try:
-        result = executor.rollback(include_crds=include_crds) if action == "rollback" else executor.run()
+        result = (
+            executor.rollback(include_crds=include_crds, to_checkpoint=to_checkpoint)
+            if action == "rollback"
+            else executor.run()
+        )
     except RunStoppedError as exc:
         if session.spec.on_failure == "rollback" and action != "rollback":
             log.warning("on-failure-rollback", run_id=checkpoint.run_id, reason=exc.message)
@@ -727,6 +732,10 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
 def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     run: Annotated[str | None, typer.Argument(help="Run id (default: the latest run).")] = None,
     include_crds: Annotated[bool, typer.Option(help="Also roll back linkerd-crds (if storedVersions allow).")] = False,
+    to_checkpoint: Annotated[
+        int | None,
+        typer.Option("--to-checkpoint", help="Roll back only to this checkpoint id (see `status`), not the start."),
+    ] = None,
     state_store: StateStoreOpt = None,
     take_over_lock: Annotated[bool, typer.Option(help="Take over a stale lock of a vanished run.")] = False,
     repo: RepoOpt = "linkerd",
@@ -737,6 +746,8 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     """Return the control plane to the revisions before the run, then restart what the run restarted."""
     store = _store_for(state_store, kubeconfig, context)
     checkpoint = _load(store, run)
+    if to_checkpoint is not None:
+        checkpoint.find_mark(to_checkpoint)  # an unknown id is bad input: refuse before touching anything
     session = _resume_session(
         checkpoint, spec_file=None, repo=repo, kubeconfig=kubeconfig, context=context, helm=helm, need_values=False
     )
@@ -749,6 +760,7 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         repo=repo,
         min_cert_days=0,
         include_crds=include_crds,
+        to_checkpoint=to_checkpoint,
     )
     typer.echo(f"run {checkpoint.run_id}: {result.state}")
 
@@ -777,6 +789,14 @@ def status(
     typer.echo(f"  workloads restarted: {len(cp.restarted)}; values changes: {len(cp.values_diff)}")
     for error in cp.errors:
         typer.echo(f"  error: {error}")
+    if cp.marks:
+        typer.echo("  checkpoints (upgrader rollback --to-checkpoint ID):")
+    for mark in cp.marks:
+        revisions = ", ".join(f"{n} r{r}" for n, r in mark.revisions.items()) or "no release touched yet"
+        typer.echo(
+            f"    {mark.id:>3}  {mark.at:%Y-%m-%d %H:%M:%S}  hop {mark.hop + 1} {mark.state}: {revisions}; "
+            f"{mark.restarted} restarted"
+        )
     if cp.state in ("Failed", "Paused") or cp.state not in ("Done", "RolledBack"):
         typer.echo(f"next: upgrader resume {cp.run_id}  or  upgrader rollback {cp.run_id}")
 

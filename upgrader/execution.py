@@ -121,6 +121,8 @@ class Executor:
         self.checkpoint.state = state
         self.checkpoint.stopped_in = self.machine.stopped_in
         self.checkpoint.events.append(Event(at=self.clock(), state=state, reason=reason))
+        if state in ACTING or state == S.DONE:
+            self.checkpoint.mark(self.clock(), state)
         log.info("state", run_id=self.checkpoint.run_id, hop=self.checkpoint.hop, state=str(state), reason=reason)
         self._save()
 
@@ -187,26 +189,32 @@ class Executor:
             self._verify_data_plane(hop, resume)
 
     # ---- rollback --------------------------------------------------------------------------
-    def rollback(self, *, include_crds: bool = False) -> Checkpoint:
-        """Return releases to their revisions before the run, then restart what the run restarted."""
+    def rollback(self, *, include_crds: bool = False, to_checkpoint: int | None = None) -> Checkpoint:
+        """Return releases to their revisions before the run (or at checkpoint ``to_checkpoint``),
+        then restart the workloads the run restarted after that point, so their proxies match again.
+        """
+        mark = self.checkpoint.find_mark(to_checkpoint) if to_checkpoint is not None else None
         if self.machine.state in ACTING:  # an interrupted run (killed mid-step) is paused first
             self._move(S.PAUSED, "interrupted run, rollback requested")
-        self._move(S.ROLLING_BACK, "rollback requested")
+        where = f"checkpoint {mark.id} (hop {mark.hop + 1}, {mark.state})" if mark else "the start of the run"
+        self._move(S.ROLLING_BACK, f"rollback to {where} requested")
         order = [name for name in (*EXTENSIONS, CONTROL_PLANE) if name in self.checkpoint.releases]
         if include_crds and CRDS in self.checkpoint.releases:
-            self._check_crd_rollback()
+            self._check_crd_rollback(mark.charts.get(CRDS) if mark else None)
             order.append(CRDS)
         for name in order:
             record = self.checkpoint.releases[name]
+            target = mark.revisions.get(name, record.before) if mark else record.before
             current = self.ports.release(name, record.namespace)
-            if record.before is None or current is None or current.revision == record.before:
+            if target is None or current is None or current.revision == target:
                 continue
-            log.info("helm-rollback", release=name, to_revision=record.before, from_revision=current.revision)
-            after = self.ports.rollback(name, record.namespace, record.before)
+            log.info("helm-rollback", release=name, to_revision=target, from_revision=current.revision)
+            after = self.ports.rollback(name, record.namespace, target)
             record.after.append(after.revision)
+            record.charts_after.append(after.chart_version)
             self._save()
         seen: dict[tuple[str, str, str], Restarted] = {}
-        for r in self.checkpoint.restarted:
+        for r in self.checkpoint.restarted[mark.restarted if mark else 0 :]:
             seen.setdefault((r.kind, r.namespace, r.name), r)
         for kind, namespace, name in seen:
             workload = next((w for w in self.ports.workloads([namespace]) if (w.kind, w.name) == (kind, name)), None)
@@ -224,13 +232,13 @@ class Executor:
                     f"{kind} {namespace}/{name} did not roll out during rollback",
                     f"check it, then upgrader rollback {self.checkpoint.run_id}",
                 )
-        self._move(S.ROLLED_BACK, "releases at their revisions before the run; restarted workloads restarted again")
+        self._move(S.ROLLED_BACK, f"releases back at {where}; {len(seen)} restarted workload(s) restarted again")
         return self.checkpoint
 
-    def _check_crd_rollback(self) -> None:
+    def _check_crd_rollback(self, version: str | None) -> None:
         """Refuse to roll linkerd-crds back if the older chart stops serving a version still stored."""
-        first = self.plan.hops[0] if self.plan.hops else None
-        version = first and self.plan.from_ and self._charts_of(self.plan.from_).get(CRDS)
+        record = self.checkpoint.releases[CRDS]
+        version = version or record.chart_before or (self.plan.from_ and self._charts_of(self.plan.from_).get(CRDS))
         if not version:
             raise self._stop(
                 "cannot tell which linkerd-crds chart the run started from",
@@ -263,7 +271,9 @@ class Executor:
                 f"release {ns}/{name} is not installed",
                 "upgrader never installs a missing release; install it with helm first",
             )
-        record = self.checkpoint.releases.setdefault(name, ReleaseRevisions(namespace=ns, before=current.revision))
+        record = self.checkpoint.releases.setdefault(
+            name, ReleaseRevisions(namespace=ns, before=current.revision, chart_before=current.chart_version)
+        )
         if current.chart_version == version and current.status == "deployed":
             log.info("step-done-already", release=name, chart_version=version, revision=current.revision)
             return
@@ -320,6 +330,7 @@ class Executor:
                 f"helm history {name} -n {ns}; upgrader rollback {self.checkpoint.run_id}",
             )
         record.after.append(after.revision)
+        record.charts_after.append(observed.chart_version)
         self._save()
 
     def _verify_control_plane(self, hop: Hop, resume: str) -> None:
