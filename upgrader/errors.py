@@ -40,3 +40,9 @@ class ClusterUnreachableError(UpgraderError):
 
 class HelmError(UpgraderError):
     """A helm command failed; the message carries helm's own words (secrets redacted)."""
+
+
+class TransientHelmError(HelmError):
+    """helm failed on something passing (API 429/5xx, a dropped connection, an etcd leader change)."""
+
+    retryable = True

@@ -60,6 +60,7 @@ class ClusterPorts:
         *,
         preflight: Callable[[Plan, int], list[CheckResult]],
         timeout_seconds: int = 300,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.kube, self.helm = kube, helm
         self._api: Any = kube.api_client
@@ -67,6 +68,7 @@ class ClusterPorts:
         self._core: Any = client.CoreV1Api(self._api)
         self._preflight = preflight
         self._timeout = timeout_seconds
+        self._sleep = sleep
 
     def release(self, name: str, namespace: str) -> HelmRelease | None:
         try:
@@ -96,16 +98,35 @@ class ClusterPorts:
         reset_values: bool,
         reuse_values: bool,
     ) -> HelmRelease:
-        return self.helm.upgrade(
-            name,
-            chart,
-            namespace,
-            values,
-            version=version,
-            reset_values=reset_values,
-            reuse_values=reuse_values,
-            wait=True,
-        )
+        """``helm upgrade --wait``, retried on passing API failures after looking at the release first.
+
+        A retry first reads the release: already deployed at ``version`` means the failed attempt
+        did the work (the answer was lost), so it is not repeated; a release left pending-* is
+        not retried blindly (helm answers "another operation is in progress", which the executor
+        reports as a locked release).
+        """
+        attempts = 0
+
+        def attempt() -> HelmRelease:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                current = self.release(name, namespace)
+                if current is not None and current.chart_version == version and current.status == "deployed":
+                    log.info("helm-upgrade-landed", release=name, chart_version=version, attempt=attempts)
+                    return current
+            return self.helm.upgrade(
+                name,
+                chart,
+                namespace,
+                values,
+                version=version,
+                reset_values=reset_values,
+                reuse_values=reuse_values,
+                wait=True,
+            )
+
+        return retrying(attempt, sleep=self._sleep)
 
     def control_plane_version(self, namespace: str) -> str | None:
         config = retrying(lambda: self.kube.get_config_map(namespace, "linkerd-config"))

@@ -19,7 +19,7 @@ import pyhelm3
 import yaml
 from pyhelm3 import errors as helm_errors
 
-from upgrader.errors import ClusterUnreachableError, HelmError
+from upgrader.errors import ClusterUnreachableError, HelmError, TransientHelmError
 from upgrader.ports import HelmRelease, HelmRevision
 from upgrader.redaction import redact_text
 
@@ -32,6 +32,22 @@ def split_chart(chart: str) -> tuple[str, str]:
     """``linkerd-control-plane-1.18.10-edge`` -> (``linkerd-control-plane``, ``1.18.10-edge``)."""
     m = _CHART.match(chart)
     return (m["name"], m["version"]) if m else (chart, "")
+
+
+# helm's words for failures that pass on their own: API throttling and 5xx, dropped
+# connections, etcd leader elections. "another operation is in progress" is NOT one of them.
+_TRANSIENT = re.compile(
+    r"too many requests|\b429\b|\b50[234]\b|the server is currently unable to handle the request"
+    r"|etcdserver: (leader changed|request timed out|no leader)|connection reset by peer|connection refused"
+    r"|i/o timeout|tls handshake timeout|http2: client connection lost|unexpected eof"
+    r"|the server was unable to return a response in the time allotted",
+    re.IGNORECASE,
+)
+
+
+def transient_helm_failure(message: str) -> bool:
+    """Whether helm's error text describes a passing API failure worth retrying."""
+    return "another operation" not in message.lower() and bool(_TRANSIENT.search(message))
 
 
 class _Command(pyhelm3.Command):  # type: ignore[misc]  # pyhelm3 ships no types
@@ -80,7 +96,10 @@ class HelmAdapter:
                 hint="check --kubeconfig/--context and that the API server answers",
             ) from exc
         except helm_errors.Error as exc:
-            raise HelmError(redact_text(str(exc)).strip()) from exc
+            message = redact_text(str(exc)).strip()
+            if transient_helm_failure(message):
+                raise TransientHelmError(message, hint="a passing API failure; trying again may help") from exc
+            raise HelmError(message) from exc
 
     def version(self) -> str:
         version: str = self._call(self._command.version())
