@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client, config
 
 from e2e.fixtures.world import World
-from e2e.harness import binaries
+from e2e.harness import binaries, leaks
 from e2e.harness.backends import ClusterHandle, open_cluster
 from e2e.harness.processes import Processes
 from e2e.harness.waits import wait_for
@@ -91,6 +91,27 @@ def clean_world(world: World) -> Iterator[World]:
     """The world, with Linkerd and the sample mesh removed again after the test."""
     yield world
     world.reset()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """After every test body (before its fixtures clean up): no private key in upgrader's output,
+    the test's files, or the cluster's Secrets (see ``e2e/harness/leaks.py``)."""
+    leaks.OUTPUTS.clear()
+    result = yield
+    found = [f"output of `upgrader {c}`" for c in leaks.output_leaks()]
+    funcargs = getattr(item, "funcargs", {})
+    if isinstance(funcargs.get("tmp_path"), Path):
+        found += [f"file {f}" for f in leaks.file_leaks(funcargs["tmp_path"])]
+    handle = _ACTIVE.get("cluster")
+    if handle is not None and {"api", "world", "clean_world", "namespace"} & set(funcargs):
+        api = config.new_client_from_config(config_file=str(handle.kubeconfig))
+        try:
+            found += [f"Secret {s}" for s in leaks.secret_leaks(api)]
+        finally:
+            api.close()
+    assert not found, f"private-key material outside its homes: {found}"
+    return result
 
 
 @pytest.fixture(params=["helm", "helm3"], ids=["helm4", "helm3"])

@@ -18,6 +18,7 @@ from kubernetes import client
 
 from e2e.fixtures import mesh
 from e2e.fixtures.world import World
+from e2e.harness.leaks import run_upgrader
 from e2e.harness.waits import wait_for
 from upgrader.adapters.kube_state import LeaseLock
 
@@ -38,13 +39,8 @@ def _spec(tmp_path: Path, extra: str = "") -> Path:
 
 
 def _upgrader(world: World, env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "upgrader", *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+    return run_upgrader(
+        *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), env=env, timeout=timeout
     )
 
 
@@ -130,35 +126,33 @@ def test_two_hops_in_one_apply(clean_world: World, env: dict[str, str], tmp_path
 
     # Roll back only hop 2: to the checkpoint taken when hop 2 started (hop 1's work stays).
     hop2 = next(m for m in checkpoint["marks"] if m["hop"] == 1 and m["state"] == "Preflight")
-    shown = subprocess.run(
-        [sys.executable, "-m", "upgrader", "status", checkpoint["run_id"], "--kubeconfig", str(world.kubeconfig)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert f"{hop2['id']:>3}  " in shown.stdout and "--to-checkpoint" in shown.stdout, shown.stdout
+    shown = run_upgrader("status", checkpoint["run_id"], "--kubeconfig", str(world.kubeconfig), env=env, timeout=60)
+    assert "--to-checkpoint" in shown.stdout
+    assert f"{hop2['id']:>3}  " in shown.stdout, shown.stdout
     unknown = _upgrader(world, env, "rollback", checkpoint["run_id"], "--to-checkpoint", "999")
-    assert unknown.returncode == 2 and "has no checkpoint 999" in unknown.stderr, unknown.stderr
+    assert unknown.returncode == 2, unknown.stderr
+    assert "has no checkpoint 999" in unknown.stderr
     assert len(_history(world, "linkerd-control-plane")) == 3, "a bad checkpoint id changes nothing"
     back = _upgrader(world, env, "rollback", checkpoint["run_id"], "--to-checkpoint", str(hop2["id"]))
     assert back.returncode == 0, back.stderr[-3000:]
     cp = _history(world, "linkerd-control-plane")
-    assert cp[-1]["chart"] == "linkerd-control-plane-1.12.7" and cp[-1]["description"].startswith("Rollback to 2")
+    assert cp[-1]["chart"] == "linkerd-control-plane-1.12.7"
+    assert cp[-1]["description"].startswith("Rollback to 2")
     assert _history(world, "linkerd-crds")[-1]["chart"] == "linkerd-crds-1.8.0", "CRDs are kept"
     cm = client.CoreV1Api(world.api).read_namespaced_config_map("linkerd-config", "linkerd")
     assert yaml.safe_load(cm.data["values"])["linkerdVersion"] == "stable-2.13.7"
     wait_for(
         "shop/web back on the 2.13.7 proxy",
-        lambda: {
-            c.image
-            for p in client.CoreV1Api(world.api).list_namespaced_pod("shop", label_selector="app=web").items
-            if not p.metadata.deletion_timestamp
-            for c in p.spec.containers
-            if c.name == "linkerd-proxy"
-        }
-        == {"cr.l5d.io/linkerd/proxy:stable-2.13.7"},
+        lambda: (
+            {
+                c.image
+                for p in client.CoreV1Api(world.api).list_namespaced_pod("shop", label_selector="app=web").items
+                if not p.metadata.deletion_timestamp
+                for c in p.spec.containers
+                if c.name == "linkerd-proxy"
+            }
+            == {"cr.l5d.io/linkerd/proxy:stable-2.13.7"}
+        ),
         timeout=60,
     )
     assert _checkpoint(tmp_path)["state"] == "RolledBack"
@@ -224,8 +218,8 @@ def test_killed_during_the_control_plane_step_resumes_without_redoing_steps(
             str(world.helm),
         ],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(tmp_path / "killed-apply.log").open("w"),
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for(

@@ -18,6 +18,7 @@ from kubernetes import client
 
 from e2e.fixtures import mesh
 from e2e.fixtures.world import World
+from e2e.harness.leaks import run_upgrader
 from e2e.harness.waits import wait_for
 
 SPEC = "name: e2e\nwaivers: [kubernetes-version, disruption.pdb-allows-restart]\n"
@@ -30,7 +31,11 @@ def env(clean_world: World, tmp_path: Path) -> dict[str, str]:
 
 
 def _cli(world: World, *args: str) -> list[str]:
-    return [sys.executable, "-m", "upgrader", *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm)]
+    return [sys.executable, "-m", "upgrader", *_args(world, *args)]
+
+
+def _args(world: World, *args: str) -> list[str]:
+    return [*args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm)]
 
 
 def _charts(world: World, release: str) -> list[str]:
@@ -92,8 +97,8 @@ def test_sigkill_then_resume_reaches_the_same_end_without_repeating_steps(
     proc = subprocess.Popen(
         _cli(world, "apply", "--to", target, "--spec", str(spec), "--yes"),
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(tmp_path / "killed-apply.log").open("w"),
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for(
@@ -110,9 +115,7 @@ def test_sigkill_then_resume_reaches_the_same_end_without_repeating_steps(
     assert killed is not None
     assert killed["state"] not in ("Done", "Failed")
 
-    out = subprocess.run(
-        _cli(world, "resume", "--take-over-lock"), env=env, capture_output=True, text=True, timeout=600, check=False
-    )
+    out = run_upgrader(*_args(world, "resume", "--take-over-lock"), env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     final = _state(tmp_path)
     assert final is not None
@@ -149,13 +152,8 @@ def test_failed_control_plane_with_pause_leaves_a_resumable_checkpoint_in_the_cl
         SPEC + "onFailure: pause\ngates:\n  rolloutTimeout: 20s\nvalues:\n  overrides:\n"
         "    nodeSelector:\n      upgrader-e2e/none: 'true'\n"
     )
-    out = subprocess.run(
-        _cli(world, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    out = run_upgrader(
+        *_args(world, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes"), env=env, timeout=300
     )
     assert out.returncode == 4, out.stderr[-2000:]
     assert "upgrader resume run-" in out.stderr
@@ -166,17 +164,9 @@ def test_failed_control_plane_with_pause_leaves_a_resumable_checkpoint_in_the_cl
     for text in (base64.b64decode(secrets[0].data["checkpoint.json"]).decode(), out.stdout, out.stderr):
         assert "PRIVATE KEY" not in text
 
-    status = subprocess.run(
-        [sys.executable, "-m", "upgrader", "status", "--kubeconfig", str(world.kubeconfig)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    status = run_upgrader("status", "--kubeconfig", str(world.kubeconfig), env=env, timeout=60)
     assert f"upgrader resume {checkpoint['run_id']}" in status.stdout
-    rolled = subprocess.run(
-        _cli(world, "rollback", checkpoint["run_id"]), env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+    rolled = run_upgrader(*_args(world, "rollback", checkpoint["run_id"]), env=env, timeout=300)
     assert rolled.returncode == 0, rolled.stderr[-2000:]
     assert _charts(world, "linkerd-control-plane")[-1] == "linkerd-control-plane-1.12.7"
     core.delete_namespace("upgrader-state")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from e2e.fixtures.world import World
+from e2e.harness.leaks import OUTPUTS, run_upgrader
 from e2e.harness.waits import wait_for
 
 SPEC = "name: e2e\nwaivers: [kubernetes-version]\n"
@@ -23,14 +24,7 @@ def _env(world: World, tmp_path: Path, helm: Path) -> dict[str, str]:
 
 
 def _run(world: World, env: dict[str, str], helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "upgrader", *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(helm)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return run_upgrader(*args, "--kubeconfig", str(world.kubeconfig), "--helm", str(helm), env=env, timeout=600)
 
 
 def _charts(world: World) -> list[str]:
@@ -147,6 +141,7 @@ def test_sigterm_saves_the_checkpoint_and_prints_how_to_resume(clean_world: Worl
     )
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
+    OUTPUTS.append(("apply (SIGTERM)", stderr))
     assert proc.returncode not in (0, None)
     assert "upgrader resume run-" in stderr
     assert state() is not None

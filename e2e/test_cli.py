@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +11,12 @@ from kubernetes import client
 
 from e2e.harness import binaries
 from e2e.harness.backends import ClusterHandle
+from e2e.harness.leaks import run_upgrader
 from e2e.harness.waits import wait_for
 
 
 def _upgrader(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "upgrader", *args], capture_output=True, text=True, timeout=120, check=False
-    )
+    return run_upgrader(*args, timeout=120)
 
 
 def test_version() -> None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from e2e.fixtures import mesh
 from e2e.fixtures.world import World
+from e2e.harness.leaks import run_upgrader
 
 
 def _env(tmp: Path, world: World) -> dict[str, str]:
@@ -18,27 +18,19 @@ def _env(tmp: Path, world: World) -> dict[str, str]:
 
 
 def _plan(world: World, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "upgrader",
-            "--log-format",
-            "json",
-            "plan",
-            "--kubeconfig",
-            str(world.kubeconfig),
-            "--helm",
-            str(world.helm),
-            "-o",
-            "json",
-            *args,
-        ],
+    return run_upgrader(
+        "--log-format",
+        "json",
+        "plan",
+        "--kubeconfig",
+        str(world.kubeconfig),
+        "--helm",
+        str(world.helm),
+        "-o",
+        "json",
+        *args,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
     )
 
 

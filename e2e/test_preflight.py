@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from kubernetes import client
 from e2e.fixtures import mesh
 from e2e.fixtures.identity import make_identity
 from e2e.fixtures.world import World
+from e2e.harness.leaks import run_upgrader
 from e2e.harness.waits import wait_for
 
 EXEMPT = "config.linkerd.io/admission-webhooks"
@@ -39,27 +39,19 @@ def _spec(tmp_path: Path, extra: str = "") -> Path:
 
 
 def _preflight(world: World, env: dict[str, str], spec: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "upgrader",
-            "preflight",
-            "--kubeconfig",
-            str(world.kubeconfig),
-            "--helm",
-            str(world.helm),
-            "--spec",
-            str(spec),
-            "-o",
-            "json",
-            *args,
-        ],
+    out = run_upgrader(
+        "preflight",
+        "--kubeconfig",
+        str(world.kubeconfig),
+        "--helm",
+        str(world.helm),
+        "--spec",
+        str(spec),
+        "-o",
+        "json",
+        *args,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=180,
-        check=False,
     )
     assert out.returncode in (0, 4), out.stderr
     return out.returncode, json.loads(out.stdout)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from kubernetes import client
 from e2e.fixtures import mesh
 from e2e.fixtures.releases import RELEASES, release
 from e2e.fixtures.world import CONTROL_PLANE_DEPLOYMENTS, World
+from e2e.harness.leaks import run_upgrader
 from e2e.harness.waits import rollout_complete, wait_for
 from upgrader.discovery import proxy_version
 from upgrader.errors import HelmError
@@ -194,23 +194,8 @@ def test_cli_style_install_has_no_helm_release(clean_world: World) -> None:
     world.install("stable-2.14.10", method="cli")
     dep = client.AppsV1Api(world.api).read_namespaced_deployment("linkerd-destination", "linkerd")
     assert dep.metadata.annotations["linkerd.io/created-by"] == "linkerd/cli stable-2.14.10"
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "upgrader",
-            "discover",
-            "--kubeconfig",
-            str(world.kubeconfig),
-            "--helm",
-            str(world.helm),
-            "-o",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = run_upgrader("discover", "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), "-o", "json")
+    assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout)
     assert found["releases"] == []
     assert found["control_plane"]["version"] == "stable-2.14.10"

@@ -1,0 +1,93 @@
+"""The issuer private key must never leave its two homes: Linkerd's issuer Secret and helm's release.
+
+Every e2e test runs under a guard (``e2e/conftest.py``) that, after the test, looks for
+private-key material in everything the test made upgrader write or print:
+
+- the output of every ``upgrader`` command run through :func:`run_upgrader`;
+- every file under the test's ``tmp_path`` (checkpoints, plans, reports), except inputs the
+  test wrote on purpose under an ``inputs/`` folder;
+- every Secret in the cluster, except helm's release records (``helm.sh/release.v1``, where
+  helm keeps the values it was given) and the Secrets the identity itself lives in.
+
+"Key material" is a PEM private-key header, in clear or base64-encoded (as Secret data and
+some log encoders would carry it).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from kubernetes import client
+
+# Where the issuer key belongs: Linkerd's identity Secrets (and the fixture webhook's own TLS).
+KEY_HOMES = frozenset({"linkerd-identity-issuer", "linkerd-identity-token", "linkerd-policy-validator-k8s-tls"})
+_HEADER = "PRIVATE KEY-----"
+
+
+def _needles() -> tuple[str, ...]:
+    """The header in clear and in its three base64 alignments."""
+    out = ["PRIVATE KEY"]
+    for pad in range(3):
+        encoded = base64.b64encode(b"x" * pad + _HEADER.encode()).decode()
+        skip = (pad * 4 + 2) // 3 + 1  # drop characters that depend on the padding bytes
+        out.append(encoded[skip : skip + 12])
+    return tuple(out)
+
+
+NEEDLES = _needles()
+
+
+def leaks_in(text: str) -> bool:
+    return any(n in text for n in NEEDLES)
+
+
+OUTPUTS: list[tuple[str, str]] = []  # (command, stdout+stderr) since the last guard check
+
+
+def run_upgrader(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m upgrader ARGS``; its output is kept for the leak guard."""
+    out = subprocess.run(
+        [sys.executable, "-m", "upgrader", *args],
+        env=env if env is not None else dict(os.environ),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    OUTPUTS.append((" ".join(args[:3]), out.stdout + out.stderr))
+    return out
+
+
+def file_leaks(folder: Path) -> list[str]:
+    found = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "inputs" not in p.relative_to(folder).parts):
+        if path.stat().st_size > 20_000_000:
+            continue
+        if leaks_in(path.read_bytes().decode(errors="replace")):
+            found.append(str(path))
+    return found
+
+
+def secret_leaks(api: client.ApiClient) -> list[str]:
+    found = []
+    for secret in client.CoreV1Api(api).list_secret_for_all_namespaces().items:
+        if secret.type == "helm.sh/release.v1" or secret.metadata.name in KEY_HOMES:
+            continue
+        texts: Iterable[str] = (base64.b64decode(v).decode(errors="replace") for v in (secret.data or {}).values() if v)
+        if any(leaks_in(t) for t in [*texts, *(secret.metadata.annotations or {}).values()]):
+            found.append(f"{secret.metadata.namespace}/{secret.metadata.name}")
+    return found
+
+
+def output_leaks() -> list[str]:
+    found = [command for command, text in OUTPUTS if leaks_in(text)]
+    OUTPUTS.clear()
+    return found
