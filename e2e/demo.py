@@ -2,9 +2,10 @@
 
 `make world-up` starts the local cluster (building its programs on first use), the chart
 repository and the injector, installs Linkerd (stable-2.13.7, HA, with viz) and the sample
-mesh. This script then runs the upgrader against it the way an operator would; `make demo`
-tears everything down afterwards. Until the planner and apply engine exist, the main job
-is discovery.
+mesh. This script then runs the upgrader against it the way an operator would: discover,
+plan to stable-2.14.10 (markdown, as for a pull request), preflight, apply with a staged
+data-plane spec (a canary wave, then the rest, two restarts at a time per namespace), and
+status; `make demo` tears everything down afterwards.
 """
 
 from __future__ import annotations
@@ -12,10 +13,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+from e2e.fixtures.world import World
 from e2e.harness import binaries
 from e2e.harness.cluster import DEFAULT_DIR
+
+SPEC = """\
+name: demo
+description: stable-2.13.7 -> stable-2.14.10 on the local cluster, canary wave first
+# The local cluster runs Kubernetes 1.36, newer than the fixture majors say they support.
+waivers: [kubernetes-version]
+dataPlane:
+  maxConcurrentPerNamespace: 2
+  maxNamespaces: 2
+  waves:
+    - {name: canary, namespaces: [shop], bakeTime: 5s}
+    - {name: rest, namespaces: ["*"]}
+"""
 
 
 def _step(*cmd: str, env: dict[str, str]) -> None:
@@ -30,14 +46,33 @@ def main() -> int:
     if not kubeconfig.exists():
         print(f"error: no world running ({kubeconfig} missing); run `make world-up` first", file=sys.stderr)
         return 2
-    env = dict(os.environ, UPGRADER_HELM=str(binaries.program("helm", "helm")), KUBECONFIG=str(kubeconfig))
+    world = World.load(kubeconfig.parent / "world")
+    work = Path(tempfile.mkdtemp(prefix="upgrader-demo-"))
+    env = world.helm_env(work)  # helm configured with the world's chart repository as `linkerd`
+    env.update(UPGRADER_HELM=str(binaries.program("helm", "helm")), KUBECONFIG=str(kubeconfig))
+    spec = work / "demo.yaml"
+    spec.write_text(SPEC)
     kubectl = str(binaries.program("kubectl"))
     upgrader = [sys.executable, "-m", "upgrader"]
     _step(*upgrader, "--version", env=env)
     _step(kubectl, "get", "nodes", env=env)
-    _step(kubectl, "get", "deployments", "-n", "linkerd", env=env)
+    # HA on 2.13 with failurePolicy Fail needs kube-system exempt from the webhooks (preflight says so).
+    _step(kubectl, "label", "namespace", "kube-system", "config.linkerd.io/admission-webhooks=disabled", env=env)
     _step(*upgrader, "discover", env=env)
-    _step(*upgrader, "--log-format", "json", "discover", "-o", "json", env=env)
+    _step(*upgrader, "plan", "--to", "stable-2.14.10", "--spec", str(spec), "-o", "markdown", env=env)
+    _step(*upgrader, "preflight", "--to", "stable-2.14.10", "--spec", str(spec), env=env)
+    _step(*upgrader, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes", env=env)
+    _step(*upgrader, "status", env=env)
+    _step(
+        kubectl,
+        "get",
+        "pods",
+        "-n",
+        "shop",
+        "-o",
+        "custom-columns=POD:.metadata.name,PROXY:.spec.containers[?(@.name=='linkerd-proxy')].image",
+        env=env,
+    )
     return 0
 
 

@@ -160,9 +160,11 @@ def test_two_hops_in_one_apply(clean_world: World, env: dict[str, str], tmp_path
 
 
 def test_preflight_gates_each_hop_unless_waived(clean_world: World, env: dict[str, str], tmp_path: Path) -> None:
-    """apply stops at preflight (exit 4, nothing changed) on the zero-disruption PDB; waiving the id lets it run."""
+    """apply stops at preflight (exit 4, nothing changed) on a budget that cannot absorb a restart; waived, the
+    data plane still never restarts against it: a bounded wait, a clear message, a paused run; fixed, it ends."""
     world = clean_world
     _with_mesh(world, "stable-2.13.7")
+    world.kubectl("patch", "deployment", "ledger", "-n", "payments", "-p", json.dumps(mesh.ONE_DOWN))
     spec = tmp_path / "strict.yaml"
     spec.write_text("name: strict\nwaivers: [kubernetes-version]\n")
     out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
@@ -172,7 +174,31 @@ def test_preflight_gates_each_hop_unless_waived(clean_world: World, env: dict[st
     failed = _checkpoint(tmp_path)
     assert (failed["state"], failed["stopped_in"]) == ("Failed", "Preflight")
 
-    spec.write_text("name: strict\nwaivers: [kubernetes-version, disruption.pdb-allows-restart]\n")
+    ledger = client.AppsV1Api(world.api).read_namespaced_deployment("ledger", "payments")
+    spec.write_text(
+        "name: strict\nwaivers: [kubernetes-version, disruption.pdb-allows-restart]\ndataPlane:\n  pdbWaitTimeout: 5s\n"
+    )
+    started = time.monotonic()
+    blocked = _upgrader(world, env, "resume", "--spec", str(spec))
+    assert blocked.returncode == 4, blocked.stderr[-2000:]
+    assert time.monotonic() - started < 120, "a bounded wait, no hang"
+    assert "PodDisruptionBudget payments/ledger (maxUnavailable 0) allows 0 disruption(s)" in blocked.stderr
+    assert "Deployment payments/ledger takes up to 1 pod(s) down at once" in blocked.stderr
+    assert "waited 5s" in blocked.stderr
+    paused = _checkpoint(tmp_path)
+    assert (paused["state"], paused["stopped_in"]) == ("Failed", "RestartingDataPlane")
+    after = client.AppsV1Api(world.api).read_namespaced_deployment("ledger", "payments")
+    assert after.metadata.generation == ledger.metadata.generation, "ledger was not restarted against its budget"
+
+    world.kubectl(
+        "patch",
+        "deployment",
+        "ledger",
+        "-n",
+        "payments",
+        "-p",
+        '{"spec":{"strategy":{"rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}}}',
+    )
     resumed = _upgrader(world, env, "resume", "--spec", str(spec))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _checkpoint(tmp_path)["state"] == "Done"

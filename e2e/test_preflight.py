@@ -73,8 +73,7 @@ def test_healthy_install_passes_everything(clean_world: World, helm_env: dict[st
     world.install("stable-2.13.7", ha=True)
     world.kubectl("label", "namespace", "kube-system", f"{EXEMPT}=disabled", "--overwrite")
     _healthy_mesh(world)
-    # The sample's zero-disruption budget is the PDB case below; a healthy run leaves that namespace out.
-    spec = _spec(tmp_path, "dataPlane:\n  excludeNamespaces: [payments]\n")
+    spec = _spec(tmp_path)
     code, report = _preflight(world, helm_env, spec, "--to", "stable-2.14.10")
     assert _failing(report) == {}
     assert (code, report["success"]) == (0, True)
@@ -201,9 +200,12 @@ def test_ha_2_14_without_kube_system_exemption(clean_world: World, helm_env: dic
 
 
 def test_budget_allowing_no_disruption(clean_world: World, helm_env: dict[str, str], tmp_path: Path) -> None:
-    """The sample's payments/ledger PDB (maxUnavailable 0) would stall a wave: disruption error, exit 4."""
+    """payments/ledger's PDB (maxUnavailable 0) would stall a wave once ledger takes pods down: error, exit 4."""
     clean_world.install("stable-2.13.7")
     _healthy_mesh(clean_world)
+    code, report = _preflight(clean_world, helm_env, _spec(tmp_path), "--to", "stable-2.14.10")
+    assert "disruption.pdb-allows-restart" not in _failing(report), "a surge-only rollout is absorbed"
+    clean_world.kubectl("patch", "deployment", "ledger", "-n", "payments", "-p", json.dumps(mesh.ONE_DOWN))
     code, report = _preflight(clean_world, helm_env, _spec(tmp_path), "--to", "stable-2.14.10")
     bad = _failing(report)
     assert code == 4

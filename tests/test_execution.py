@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -12,9 +13,10 @@ import pytest
 from tests.fakes import MemoryStore
 from upgrader.catalog import default_catalog
 from upgrader.checkpoints import Checkpoint
+from upgrader.dataplane import Key
 from upgrader.execution import RESTARTED_BY, Executor, RunStoppedError
 from upgrader.planning import Observed, Plan, build_offering, make_plan
-from upgrader.ports import Container, HelmRelease, Pod, Workload
+from upgrader.ports import Budget, Container, DataPlaneView, HelmRelease, Namespace, Pod, Workload
 from upgrader.preflight import CheckResult, failed
 from upgrader.spec import Spec
 from upgrader.states import RunState
@@ -26,6 +28,7 @@ CHARTS = {
     "stable-2.13.7": ("1.6.1", "1.12.7"),
     "stable-2.14.10": ("1.8.0", "1.16.11"),
 }
+PROXY = "cr.l5d.io/linkerd/proxy"
 VERSION_OF = {cp: v for v, (_, cp) in CHARTS.items()}
 
 
@@ -39,7 +42,14 @@ class FakeCluster:
     preflight_errors: list[CheckResult] = field(default_factory=list)
     fail_upgrade_of: str | None = None
     workload_list: list[Workload] = field(default_factory=list)
-    pod_versions: dict[str, str] = field(default_factory=dict)
+    pod_versions: dict[str, str] = field(default_factory=dict)  # "ns/name" -> proxy of its current pods
+    now: dt.datetime = NOW
+    ticks_per_rollout: int = 1  # wait_for_change calls (1 s each) a rollout takes
+    rolling: dict[Key, int] = field(default_factory=dict)  # workload -> ticks left
+    never_ready: set[str] = field(default_factory=set)  # names whose new pods never become Ready
+    budgets: list[Budget] = field(default_factory=list)
+    timeline: list[tuple[float, str, Key]] = field(default_factory=list)  # (seconds, start|done, workload)
+    changes: int = 0
 
     def __post_init__(self) -> None:
         crds, cp = CHARTS[self.version]
@@ -51,6 +61,14 @@ class FakeCluster:
         }
         self.workload_list = [Workload("Deployment", "shop", "web", 2, 2, 2, 2, 1, 1, pod_labels={"app": "web"})]
         self.pod_versions = {"shop/web": self.version}
+
+    def add(self, kind: str, namespace: str, name: str, replicas: int = 1, **fields: Any) -> None:
+        self.workload_list.append(
+            Workload(
+                kind, namespace, name, replicas, replicas, replicas, replicas, 1, 1, pod_labels={"app": name}, **fields
+            )
+        )
+        self.pod_versions[f"{namespace}/{name}"] = self.version
 
     def release(self, name: str, namespace: str) -> HelmRelease | None:
         return self.releases.get(name)
@@ -120,30 +138,77 @@ class FakeCluster:
         self.actions.append(f"render {chart} {version}")
         return {"servers.policy.linkerd.io": ("v1beta1",)}
 
-    def workloads(self, namespaces: list[str]) -> list[Workload]:
-        return [w for w in self.workload_list if w.namespace in namespaces]
-
-    def meshed_pods(self) -> list[Pod]:
-        return [
-            Pod(
-                k.split("/")[0],
-                k.split("/")[1] + "-1",
-                labels={"linkerd.io/control-plane-ns": "linkerd"},
-                containers=(Container("linkerd-proxy", f"cr.l5d.io/linkerd/proxy:{v}"),),
-            )
-            for k, v in self.pod_versions.items()
-        ]
-
-    def restart(self, workload: Workload, annotations: dict[str, str]) -> None:
-        self.actions.append(f"restart {workload.namespace}/{workload.name}")
-        self.workload_list = [
-            replace(w, pod_annotations={**w.pod_annotations, **annotations}) if w.name == workload.name else w
+    def data_plane(self) -> DataPlaneView:
+        namespaces = {w.namespace for w in self.workload_list}
+        pods = []
+        for w in self.workload_list:
+            rolling = w.key in self.rolling
+            for i in range(w.replicas):
+                new = not rolling or (i == 0 and w.name not in self.never_ready and self.rolling[w.key] == 0)
+                pods.append(
+                    Pod(
+                        w.namespace,
+                        f"{w.name}-{i}",
+                        labels={"linkerd.io/control-plane-ns": "linkerd", "pod-template-hash": "h"},
+                        annotations=dict(w.pod_annotations) if new else {},
+                        containers=(
+                            Container(
+                                "linkerd-proxy",
+                                f"cr.l5d.io/linkerd/proxy:{self.pod_versions[f'{w.namespace}/{w.name}']}",
+                            ),
+                        ),
+                        owner_kind="ReplicaSet" if w.kind == "Deployment" else w.kind,
+                        owner_name=f"{w.name}-h" if w.kind == "Deployment" else w.name,
+                        phase="Running",
+                        ready=True,
+                    )
+                )
+        workloads = tuple(
+            replace(w, updated=0, generation=2, observed_generation=2) if w.key in self.rolling else w
             for w in self.workload_list
-        ]
-        self.pod_versions[f"{workload.namespace}/{workload.name}"] = self.version
+        )
+        return DataPlaneView(
+            tuple(Namespace(n, annotations={"linkerd.io/inject": "enabled"}) for n in sorted(namespaces)),
+            workloads,
+            tuple(pods),
+            tuple(self.budgets),
+            self.changes,
+        )
 
-    def wait_rolled_out(self, workload: Workload, timeout_seconds: int) -> bool:
-        return True
+    def wait_for_change(self, since: int, timeout: float) -> int:
+        """One simulated second: rollouts move on a tick; those whose pods can be Ready complete."""
+        self.now += dt.timedelta(seconds=min(1.0, timeout))
+        for key in list(self.rolling):
+            self.rolling[key] = max(0, self.rolling[key] - 1)
+            if self.rolling[key] == 0 and key[2] not in self.never_ready:
+                del self.rolling[key]
+                self.pod_versions[f"{key[1]}/{key[2]}"] = self.version
+                self.timeline.append(((self.now - NOW).total_seconds(), "done", key))
+        self.changes += 1
+        return self.changes
+
+    def restart(self, workload: Workload, annotations: Mapping[str, str | None]) -> None:
+        self.actions.append(f"restart {workload.namespace}/{workload.name}")
+        merged = {k: v for k, v in {**workload.pod_annotations, **annotations}.items() if v is not None}
+        self.workload_list = [
+            replace(w, pod_annotations=merged) if w.key == workload.key else w for w in self.workload_list
+        ]
+        self.rolling[workload.key] = self.ticks_per_rollout
+        self.timeline.append(((self.now - NOW).total_seconds(), "start", workload.key))
+        self.changes += 1
+
+    def concurrency(self) -> dict[str, int]:
+        """The most workloads of each namespace mid-rollout at once, from the timeline."""
+        live: dict[str, int] = {}
+        peak: dict[str, int] = {}
+        for _, what, key in sorted(self.timeline, key=lambda e: (e[0], e[1] == "start")):
+            live[key[1]] = live.get(key[1], 0) + (1 if what == "start" else -1)
+            peak[key[1]] = max(peak.get(key[1], 0), live[key[1]])
+        return peak
+
+    def sleep(self, seconds: float) -> None:
+        self.actions.append(f"sleep {seconds:g}")
+        self.now += dt.timedelta(seconds=seconds)
 
     def preflight(self, plan: Plan, hop_index: int) -> list[CheckResult]:
         self.actions.append(f"preflight {hop_index}")
@@ -158,9 +223,11 @@ def _plan(current: str, target: str) -> Plan:
     )
 
 
-def _executor(cluster: FakeCluster, plan: Plan, store: MemoryStore, checkpoint: Checkpoint | None = None) -> Executor:
+def _executor(
+    cluster: FakeCluster, plan: Plan, store: MemoryStore, checkpoint: Checkpoint | None = None, spec: Spec | None = None
+) -> Executor:
     cp = checkpoint or Checkpoint.new("run-1", plan.as_json(), NOW)
-    return Executor(plan, Spec(), CAT, cluster, store, cp, clock=lambda: NOW)
+    return Executor(plan, spec or Spec(), CAT, cluster, store, cp, clock=lambda: cluster.now, sleep=cluster.sleep)
 
 
 def test_two_hops_run_crds_before_control_plane_and_restart_between_hops() -> None:
@@ -331,6 +398,6 @@ def test_rollback_of_crds_to_a_checkpoint_checks_the_chart_of_that_checkpoint() 
     done = executor.run()
     hop2 = next(m for m in done.marks if m.hop == 1 and m.state == RunState.PREFLIGHT)
     cluster.actions.clear()
-    with pytest.raises(RunStoppedError, match="linkerd-crds 1.6.1 does not serve"):
+    with pytest.raises(RunStoppedError, match=re.escape("linkerd-crds 1.6.1 does not serve")):
         executor.rollback(include_crds=True, to_checkpoint=hop2.id)
     assert cluster.actions == ["render linkerd/linkerd-crds 1.6.1"]

@@ -373,3 +373,33 @@ def test_plan_properties(current: Version, target: Version) -> None:
             r for r in SYNTH if r.major == middle.major
         ]
         assert middle == max(same, key=lambda r: r.sort_key)
+
+
+def test_wave_selectors_and_spec_selectors_use_namespace_labels() -> None:
+    """A wave's selector takes the namespaces whose labels match; include/exclude selectors filter first."""
+    spec = Spec.model_validate(
+        {
+            "dataPlane": {
+                "waves": [
+                    {"name": "canary", "namespaces": ["a"]},
+                    {"name": "critical", "selector": {"tier": "critical"}},
+                    {"name": "rest", "namespaces": ["*"]},
+                ],
+                "excludeSelector": {"frozen": "yes"},
+            }
+        }
+    )
+    labels = {"a": {}, "b": {"tier": "critical"}, "c": {"tier": "critical", "frozen": "yes"}, "d": {}}
+    offering, _ = build_offering(CAT, None)
+    observed = Observed(
+        CAT.parse("stable-2.13.7"),
+        {ns: {"stable-2.13.7": 1} for ns in labels},
+        "v1.28.0",
+        namespace_labels=labels,
+    )
+    plan = make_plan(observed, CAT.parse("stable-2.14.10"), offering, CAT, spec)
+    assert [(w.name, w.namespaces) for w in plan.hops[0].waves] == [
+        ("canary", ["a"]),
+        ("critical", ["b"]),
+        ("rest", ["d"]),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -83,7 +84,11 @@ def healthy(**changes: Any) -> Snapshot:
             )
             for d in CONTROL_PLANE_DEPLOYMENTS
         ]
-        + [Workload("Deployment", "payments", "ledger", 2, 2, 2, 2, 1, 1, pod_labels={"app": "ledger"})],
+        + [
+            Workload(
+                "Deployment", "payments", "ledger", 2, 2, 2, 2, 1, 1, pod_labels={"app": "ledger"}, max_surge="0"
+            )  # takes one pod down at a time (maxUnavailable 25% of 2 = 0, no surge: the controller makes it 1)
+        ],
         webhooks=[Webhook(kind, name, ("Fail",)) for kind, name in WEBHOOKS],
         budgets=[Budget("payments", "ledger", {"app": "ledger"}, 1, max_unavailable="1")],
         crds=[CustomResourceDefinition("servers.policy.linkerd.io", ("v1alpha1", "v1beta1"), "v1beta1", ("v1beta1",))],
@@ -312,3 +317,10 @@ def test_excluding_the_namespace_clears_the_budget_finding() -> None:
     spec = Spec(data_plane=DataPlane(exclude_namespaces=["payments"]))
     snap = healthy(budgets=[Budget("payments", "ledger", {"app": "ledger"}, 0, max_unavailable="0")])
     assert check(snap, _plan(spec=spec), spec)["disruption.pdb-allows-restart"].result == "passed"
+
+
+def test_a_surge_only_rollout_is_not_stalled_by_a_zero_budget() -> None:
+    """A Deployment that surges (maxUnavailable 0 after rounding) never takes a pod down: the budget absorbs it."""
+    snap = healthy(budgets=[Budget("payments", "ledger", {"app": "ledger"}, 0, max_unavailable="0")])
+    snap = replace(snap, workloads=[replace(w, max_surge=None) if w.name == "ledger" else w for w in snap.workloads])
+    assert check(snap)["disruption.pdb-allows-restart"].result == "passed"

@@ -65,6 +65,7 @@ class Restarted(BaseModel):
     name: str
     hop: int
     previous_restarted_at: str | None = None
+    previous_restarted_by: str | None = None
 
 
 class Mark(BaseModel):
@@ -110,6 +111,8 @@ class Checkpoint(BaseModel):
     errors: list[str] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
     marks: list[Mark] = Field(default_factory=list)
+    waves_done: list[str] = Field(default_factory=list)  # "<hop>/<wave>" passed its gates and bake time
+    reported: list[str] = Field(default_factory=list)  # meshed things the run left alone, and why
 
     def mark(self, now: dt.datetime, state: RunState) -> Mark:
         """Record a step boundary (ids count from 1)."""

@@ -6,6 +6,7 @@ printed as one message and a hint, never as a traceback (``--log-level debug`` a
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import getpass
 import json
@@ -72,6 +73,31 @@ def _main(
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise InputError(f"unknown --log-level {log_level!r}", hint="use debug, info, warning or error")
     logs.configure(log_format.value, log_level)
+    _OUTPUT["bars"] = log_format is LogFormat.console and sys.stderr.isatty()
+
+
+_OUTPUT = {"bars": False}  # progress bars only for people at a terminal; events otherwise
+
+
+class _Bars:
+    """Rich progress bars on stderr, one per wave (and one for a rollback's restarts)."""
+
+    def __init__(self) -> None:
+        from rich.progress import Progress  # noqa: PLC0415
+
+        self._progress = Progress(console=Console(stderr=True), transient=False)
+        self._tasks: dict[str, Any] = {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if what not in self._tasks:
+            if not self._tasks:
+                self._progress.start()
+            self._tasks[what] = self._progress.add_task(what, total=total)
+        self._progress.update(self._tasks[what], completed=done, total=total)
+
+    def close(self) -> None:
+        if self._tasks:
+            self._progress.stop()
 
 
 KubeconfigOpt = Annotated[
@@ -134,6 +160,17 @@ class _Session:
     kube: Any = None
     helm: Any = None
     namespace: str = "linkerd"
+
+
+def _namespace_labels(kube: Any, notes: list[str]) -> dict[str, dict[str, str]]:
+    """Namespace labels for wave and spec selectors (selectors match nothing if they cannot be read)."""
+    try:
+        return {n.name: n.labels for n in kube.list_namespaces()}
+    except UpgraderError as exc:
+        if exc.retryable:
+            raise
+        notes.append(f"namespace labels unreadable ({exc.message}): wave selectors match nothing")
+        return {}
 
 
 def _plan_session(
@@ -199,6 +236,7 @@ def _plan_session(
             kubernetes=inst.kubernetes_version,
             extensions=inst.extensions,
             control_plane_namespace=inst.control_plane_namespace or "linkerd",
+            namespace_labels=_namespace_labels(kube, notes),
         )
         log.info(
             "observed",
@@ -430,8 +468,10 @@ def _executor(session: _Session, checkpoint: Any, store: Any, *, repo: str, min_
         )
 
     ports = ClusterPorts(session.kube, session.helm, preflight=preflight_for)
+    from upgrader.metrics import PrometheusMetrics  # noqa: PLC0415
     from upgrader.spec import parse_duration  # noqa: PLC0415
 
+    url = session.spec.gates.prometheus_url
     return Executor(
         session.plan,
         session.spec,
@@ -443,6 +483,8 @@ def _executor(session: _Session, checkpoint: Any, store: Any, *, repo: str, min_
         namespace=session.namespace,
         repo=repo,
         rollout_timeout=parse_duration(session.spec.gates.rollout_timeout),
+        metrics=PrometheusMetrics(url) if url else None,
+        on_progress=_Bars() if _OUTPUT["bars"] else None,
     )
 
 
@@ -509,6 +551,9 @@ def _run_locked(
             hint=f"upgrader resume {checkpoint.run_id} (or upgrader rollback {checkpoint.run_id})",
         ) from None
     finally:
+        executor.ports.close()
+        if isinstance(executor.on_progress, _Bars):
+            executor.on_progress.close()
         lock.release(me)
     return result
 
@@ -684,7 +729,7 @@ def _resume_session(
             f"run {checkpoint.run_id}: its stored plan does not match its hash",
             hint="the checkpoint was edited; start a new run",
         )
-    data = dict(checkpoint.plan)
+    data = copy.deepcopy(checkpoint.plan)  # the stored plan must stay as hashed: a run resumes more than once
     data["from_"] = data.pop("from", None)
     for hop in data.get("hops", []):
         hop["from_"] = hop.pop("from")

@@ -16,20 +16,24 @@ tests).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
 
 from upgrader.catalog import Catalog
 from upgrader.checkpoints import Checkpoint, CheckpointStore, Event, ReleaseRevisions, Restarted
+from upgrader.dataplane import Inventory, Key, Throttle, Verdict, assess, budget_block, inventory, next_starts
 from upgrader.discovery import proxy_version
 from upgrader.errors import UpgraderError
+from upgrader.metrics import MetricsPort, Sample, describe
+from upgrader.metrics import assess as assess_metrics
 from upgrader.planning import CONTROL_PLANE, CRDS, EXTENSIONS, Hop, Plan
-from upgrader.ports import HelmRelease, Pod, Workload
+from upgrader.ports import DataPlaneView, HelmRelease, Pod, Workload
 from upgrader.preflight import CheckResult
-from upgrader.spec import Spec
+from upgrader.spec import Spec, parse_duration
 from upgrader.states import ACTING, HOP_SEQUENCE, TERMINAL, Machine, RunState
 from upgrader.values import diff, outgoing
 
@@ -80,13 +84,11 @@ class ExecutorPorts(Protocol):
 
     def injector_answers(self, namespace: str) -> bool: ...
 
-    def workloads(self, namespaces: list[str]) -> list[Workload]: ...
+    def data_plane(self) -> DataPlaneView: ...  # namespaces, workloads, pods, budgets: one consistent copy
 
-    def meshed_pods(self) -> list[Pod]: ...
+    def wait_for_change(self, since: int, timeout: float) -> int: ...  # watch-based; returns the new version
 
-    def restart(self, workload: Workload, annotations: dict[str, str]) -> None: ...
-
-    def wait_rolled_out(self, workload: Workload, timeout_seconds: int) -> bool: ...
+    def restart(self, workload: Workload, annotations: Mapping[str, str | None]) -> None: ...  # None removes
 
     def preflight(self, plan: Plan, hop_index: int) -> list[CheckResult]: ...
 
@@ -105,6 +107,9 @@ class Executor:
     namespace: str = "linkerd"
     repo: str = "linkerd"
     rollout_timeout: int = 600
+    metrics: MetricsPort | None = None
+    sleep: Callable[[float], None] = time.sleep
+    on_progress: Callable[[str, int, int], None] | None = None  # (what, done, total)
 
     def __post_init__(self) -> None:
         self.machine = Machine(state=self.checkpoint.state, stopped_in=self.checkpoint.stopped_in)
@@ -216,22 +221,17 @@ class Executor:
         seen: dict[tuple[str, str, str], Restarted] = {}
         for r in self.checkpoint.restarted[mark.restarted if mark else 0 :]:
             seen.setdefault((r.kind, r.namespace, r.name), r)
-        for kind, namespace, name in seen:
-            workload = next((w for w in self.ports.workloads([namespace]) if (w.kind, w.name) == (kind, name)), None)
-            if workload is None:
-                continue
-            self.ports.restart(
-                workload,
-                {
-                    RESTARTED_AT: self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    RESTARTED_BY: f"{self.checkpoint.run_id}/rollback",
-                },
-            )
-            if not self.ports.wait_rolled_out(workload, self.rollout_timeout):
-                raise self._stop(
-                    f"{kind} {namespace}/{name} did not roll out during rollback",
-                    f"check it, then upgrader rollback {self.checkpoint.run_id}",
-                )
+        # Each workload gets its pod template back as it was before (the restart annotations it had):
+        # Deployments return to their old ReplicaSet, whose pods the (rolled back) injector meshes.
+        live = {w.key: w for w in self.ports.data_plane().workloads}
+        items = [
+            (live[key], {RESTARTED_AT: r.previous_restarted_at, RESTARTED_BY: r.previous_restarted_by})
+            for key, r in seen.items()
+            if key in live
+        ]
+        self._roll(
+            "rollback", items, version=None, record_hop=None, resume=f"upgrader rollback {self.checkpoint.run_id}"
+        )
         self._move(S.ROLLED_BACK, f"releases back at {where}; {len(seen)} restarted workload(s) restarted again")
         return self.checkpoint
 
@@ -349,46 +349,227 @@ class Executor:
                 f"kubectl -n {self.namespace} get pods; then {resume} or upgrader rollback {self.checkpoint.run_id}",
             )
 
-    # ---- data plane (minimal: one workload at a time, wave by wave) ------------------------------
+    # ---- data plane: waves, throttled restarts, health gates -------------------------------------
     def _restart_data_plane(self, index: int, hop: Hop, resume: str) -> None:
         marker = f"{self.checkpoint.run_id}/{index}"
-        for wave in hop.waves:
-            for workload in self.ports.workloads(wave.namespaces):
-                if workload.pod_annotations.get(RESTARTED_BY) == marker:
-                    continue  # restarted by this run in this hop already
-                if not _meshed(workload):
-                    continue
+        for number, wave in enumerate(hop.waves):
+            tag = f"{index}/{number}"
+            if tag in self.checkpoint.waves_done or not wave.namespaces:
+                continue
+            inv = self._inventory(wave.namespaces)
+            for item in inv.reported:
+                log.info("not-restarted", wave=wave.name, what=str(item))
+                if str(item) not in self.checkpoint.reported:
+                    self.checkpoint.reported.append(str(item))
+            before = self._metrics(wave.namespaces)
+            stamp = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+            log.info("wave", hop=index + 1, wave=wave.name, namespaces=wave.namespaces, workloads=len(inv.targets))
+            self._roll(
+                f"wave {wave.name}",
+                [(w, {RESTARTED_AT: stamp, RESTARTED_BY: marker}) for w in inv.targets],
+                version=hop.to,
+                record_hop=index,
+                resume=resume,
+            )
+            bake = parse_duration(wave.bake_time)
+            if bake:
+                log.info("bake", wave=wave.name, seconds=bake)
+                self.sleep(bake)
+            self._still_healthy(wave.name, inv.targets, marker, hop.to, resume)
+            self._metric_gate(wave.name, wave.namespaces, before, resume)
+            self.checkpoint.waves_done.append(tag)
+            self._save()
+
+    def _inventory(self, namespaces: list[str]) -> Inventory:
+        dp = self.spec.data_plane
+        return inventory(
+            self.ports.data_plane(),
+            namespaces,
+            exclude_namespaces=dp.exclude_namespaces,
+            include_selector=dp.include_selector or None,
+            exclude_selector=dp.exclude_selector or None,
+        )
+
+    def _roll(
+        self,
+        label: str,
+        items: list[tuple[Workload, dict[str, str | None]]],
+        *,
+        version: str | None,
+        record_hop: int | None,
+        resume: str,
+    ) -> None:
+        """Patch each workload's pod template with its annotations, throttled, and gate every one.
+
+        A workload whose template already carries its ``restarted-by`` value was patched by an
+        earlier (interrupted) attempt: it is gated, never patched twice.
+        """
+        dp = self.spec.data_plane
+        r = _Rollout(
+            label=label,
+            want={w.key: a for w, a in items},
+            pending=[w for w, a in items if w.pod_annotations.get(RESTARTED_BY) != a.get(RESTARTED_BY)],
+            throttle=Throttle(dp.max_concurrent_per_namespace, dp.max_namespaces, dp.max_restarts_per_minute),
+            version=version,
+            record_hop=record_hop,
+            resume=resume,
+        )
+        r.running = {w.key: self.clock() for w, _ in items if w not in r.pending}
+        view = self.ports.data_plane()
+        self._progress(label, 0, len(items))
+        while r.pending or r.running:
+            self._start_allowed(r, view)
+            if not r.running and not r.pending:
+                break
+            seen = self.ports.wait_for_change(view.version, self._wait_seconds(r))
+            view = self.ports.data_plane() if seen != view.version else view
+            self._gate(r, view, len(items))
+
+    def _start_allowed(self, r: _Rollout, view: DataPlaneView) -> None:
+        """Start what the throttle allows and the budgets can absorb (a blocked one waits, bounded)."""
+        now, dp = self.clock(), self.spec.data_plane
+        workloads = {w.key: w for w in view.workloads}
+        in_flight = [workloads[k] for k in r.running if k in workloads]
+        for w in next_starts(r.pending, in_flight, r.throttle, now=now.timestamp(), last_start=r.last_start):
+            block = budget_block(workloads.get(w.key, w), view.budgets)
+            if block:
+                waited = (now - r.blocked.setdefault(w.key, now)).total_seconds()
+                if waited >= parse_duration(dp.pdb_wait_timeout):
+                    raise self._stop(
+                        f"{r.label}: {block}; waited {int(waited)}s (dataPlane.pdbWaitTimeout {dp.pdb_wait_timeout})",
+                        "relax the budget, set the workload's maxUnavailable to 0 (surge only), or annotate it "
+                        f"upgrader.io/skip=true; then {r.resume}",
+                    )
+                if waited == 0:
+                    log.warning("pdb-wait", workload=f"{w.kind} {w.namespace}/{w.name}", reason=block)
+                continue
+            r.blocked.pop(w.key, None)
+            if r.record_hop is not None:
                 self.checkpoint.restarted.append(
                     Restarted(
-                        kind=workload.kind,
-                        namespace=workload.namespace,
-                        name=workload.name,
-                        hop=index,
-                        previous_restarted_at=workload.pod_annotations.get(RESTARTED_AT),
+                        kind=w.kind,
+                        namespace=w.namespace,
+                        name=w.name,
+                        hop=r.record_hop,
+                        previous_restarted_at=w.pod_annotations.get(RESTARTED_AT),
+                        previous_restarted_by=w.pod_annotations.get(RESTARTED_BY),
                     )
                 )
                 self._save()
-                self.ports.restart(
-                    workload, {RESTARTED_AT: self.clock().strftime("%Y-%m-%dT%H:%M:%SZ"), RESTARTED_BY: marker}
-                )
-                if not self.ports.wait_rolled_out(workload, self.rollout_timeout):
-                    raise self._stop(
-                        f"{workload.kind} {workload.namespace}/{workload.name} did not roll out",
-                        f"kubectl -n {workload.namespace} rollout status {workload.kind.lower()}/"
-                        f"{workload.name}; then {resume}",
-                    )
+            self.ports.restart(w, r.want[w.key])
+            log.info("restart", what=r.label, workload=f"{w.kind} {w.namespace}/{w.name}", running=len(r.running) + 1)
+            r.pending.remove(w)
+            r.running[w.key] = now
+            r.last_start = now.timestamp()
+
+    def _gate(self, r: _Rollout, view: DataPlaneView, total: int) -> None:
+        """Assess every running workload; passed ones leave, failures stop the run (nothing more starts)."""
+        current = {w.key: w for w in view.workloads}
+        failures = []
+        for key, started in list(r.running.items()):
+            name = f"{key[0]} {key[1]}/{key[2]}"
+            if key not in current:
+                log.warning("workload-gone", workload=name)
+                del r.running[key]
+                continue
+            elapsed = (self.clock() - started).total_seconds()
+            verdict = assess(
+                current[key],
+                view.pods,
+                marker=r.want[key].get(RESTARTED_BY),
+                version=r.version,
+                elapsed=elapsed,
+                timeout=self.rollout_timeout,
+            )
+            if current[key].pod_annotations.get(RESTARTED_BY) != r.want[key].get(RESTARTED_BY):
+                # The cache has not seen our patch yet: what it shows is the workload before it.
+                verdict = Verdict("failed" if elapsed >= self.rollout_timeout else "rolling", "patch not observed")
+            if verdict.state == "passed":
+                del r.running[key]
+                r.done += 1
+                log.info("workload-passed", what=r.label, workload=name, done=r.done, total=total)
+                self._progress(r.label, r.done, total)
+            elif verdict.state == "failed":
+                failures.append(f"{name}: {verdict.reason}")
+        if failures:
+            raise self._stop(
+                f"{r.label}: health gate failed: {'; '.join(failures)}",
+                f"no further workload was restarted; fix them, then {r.resume} "
+                f"(or upgrader rollback {self.checkpoint.run_id})",
+            )
+
+    def _wait_seconds(self, r: _Rollout) -> float:
+        """How long to wait for the next cluster change before deciding again (timeouts, PDB waits, the rate)."""
+        now = self.clock()
+        pdb = parse_duration(self.spec.data_plane.pdb_wait_timeout)
+        moments = [30.0]
+        moments += [self.rollout_timeout - (now - t).total_seconds() for t in r.running.values()]
+        moments += [min(5.0, pdb - (now - t).total_seconds()) for t in r.blocked.values()]
+        if r.pending:
+            moments.append(r.throttle.next_start_at(r.last_start) - now.timestamp())
+        return max(0.05, min(moments))
+
+    def _progress(self, label: str, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(label, done, total)
+
+    def _still_healthy(self, wave: str, targets: tuple[Workload, ...], marker: str, version: str, resume: str) -> None:
+        """After the bake time, every restarted workload still passes its gate."""
+        view = self.ports.data_plane()
+        current = {w.key: w for w in view.workloads}
+        sick = []
+        for w in targets:
+            now = current.get(w.key)
+            if now is None:
+                continue
+            verdict = assess(now, view.pods, marker=marker, version=version, elapsed=0, timeout=1)
+            if verdict.state != "passed":
+                sick.append(f"{w.kind} {w.namespace}/{w.name}: {verdict.reason}")
+        if sick:
+            raise self._stop(f"wave {wave}: unhealthy after its bake time: {'; '.join(sick)}", resume)
+
+    def _metrics(self, namespaces: list[str]) -> dict[str, Sample]:
+        if self.metrics is None:
+            return {}
+        window = parse_duration(self.spec.gates.metrics_window)
+        return {ns: self.metrics.sample(ns, window) for ns in namespaces}
+
+    def _metric_gate(self, wave: str, namespaces: list[str], before: Mapping[str, Sample], resume: str) -> None:
+        if self.metrics is None:
+            return
+        problems = []
+        for ns, after in self._metrics(namespaces).items():
+            log.info("metrics", wave=wave, summary=describe(before.get(ns), after))
+            problems += assess_metrics(before.get(ns), after, self.spec.gates)
+        if problems:
+            raise self._stop(f"wave {wave}: metric gate failed: {'; '.join(problems)}", f"investigate, then {resume}")
 
     def _verify_data_plane(self, hop: Hop, resume: str) -> None:
-        namespaces = {ns for w in hop.waves for ns in w.namespaces}
+        """Every restarted workload's pods run the hop's proxy (what was reported stays as it was)."""
+        namespaces = [ns for w in hop.waves for ns in w.namespaces]
+        inv = self._inventory(namespaces)
+        targets = {w.key for w in inv.targets}
         behind = sorted(
-            f"{p.namespace}/{p.name} ({proxy_version(p)})"
-            for p in self.ports.meshed_pods()
-            if p.namespace in namespaces and proxy_version(p) not in (hop.to, None, "unknown")
+            f"{ns}/{name} ({', '.join(sorted(v for v in versions if v not in (hop.to, 'unknown')))})"
+            for (kind, ns, name), versions in inv.proxies.items()
+            if (kind, ns, name) in targets and set(versions) - {hop.to, "unknown"}
         )
         if behind:
-            raise self._stop(f"pods not on {hop.to}: {', '.join(behind[:10])}", f"restart them, then {resume}")
+            raise self._stop(f"workloads not on {hop.to}: {', '.join(behind[:10])}", f"restart them, then {resume}")
 
 
-def _meshed(workload: Workload) -> bool:
-    """A workload whose pods the injector meshes (its namespace or template opts in), or already meshed."""
-    return workload.pod_annotations.get("linkerd.io/inject") != "disabled"
+@dataclass
+class _Rollout:
+    """The bookkeeping of one throttled round of restarts (a wave, or the rollback's)."""
+
+    label: str
+    want: dict[Key, dict[str, str | None]]
+    pending: list[Workload]
+    throttle: Throttle
+    version: str | None
+    record_hop: int | None
+    resume: str
+    running: dict[Key, dt.datetime] = field(default_factory=dict)
+    blocked: dict[Key, dt.datetime] = field(default_factory=dict)
+    last_start: float | None = None
+    done: int = 0

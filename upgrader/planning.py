@@ -117,6 +117,7 @@ class Observed:
     kubernetes: str | None = None
     extensions: tuple[str, ...] = ()
     control_plane_namespace: str = "linkerd"
+    namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # for wave/spec selectors
 
 
 Offering = Mapping[Version, Mapping[str, str]]  # release -> chart name -> chart version
@@ -191,11 +192,32 @@ def _newest_in_major(offering: Offering, major: int, channel_of: Version) -> Ver
     return max(pool, key=lambda v: v.sort_key) if pool else None
 
 
-def _resolve_waves(spec: Spec, meshed: list[str], excluded: set[str]) -> list[WavePlan]:
-    remaining = [ns for ns in meshed if ns not in excluded]
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str] | None) -> bool:
+    return labels is not None and all(labels.get(k) == v for k, v in selector.items())
+
+
+def _resolve_waves(
+    spec: Spec, meshed: list[str], excluded: set[str], labels: Mapping[str, Mapping[str, str]] | None = None
+) -> list[WavePlan]:
+    """Each wave's namespaces: those it names, plus those its selector matches, minus earlier waves'."""
+    labels = labels or {}
+    dp = spec.data_plane
+    remaining = [
+        ns
+        for ns in meshed
+        if ns not in excluded
+        and not (dp.include_selector and ns in labels and not _selects(dp.include_selector, labels[ns]))
+        and not (dp.exclude_selector and _selects(dp.exclude_selector, labels.get(ns)))
+    ]
     waves = []
     for wave in spec.data_plane.waves:
-        chosen = list(remaining) if "*" in wave.namespaces else [ns for ns in wave.namespaces if ns in remaining]
+        chosen = [
+            ns
+            for ns in remaining
+            if "*" in wave.namespaces
+            or ns in wave.namespaces
+            or (wave.selector and _selects(wave.selector, labels.get(ns)))
+        ]
         remaining = [ns for ns in remaining if ns not in chosen]
         waves.append(WavePlan(name=wave.name, namespaces=chosen, selector=wave.selector, bake_time=wave.bake_time))
     return waves
@@ -374,7 +396,7 @@ def _plan_hops(
     hops: list[Hop] = []
     if behind - excluded:
         # Proxies a major behind must reach the current major before the control plane moves on.
-        waves = _resolve_waves(spec, sorted(behind - excluded), excluded)
+        waves = _resolve_waves(spec, sorted(behind - excluded), excluded, observed.namespace_labels)
         hops.append(_catch_up(current, waves, spec, pods))
     if target == current:
         if not hops:
@@ -414,7 +436,7 @@ def _plan_hops(
                 rollback=is_rollback,
                 notes=hop_notes,
                 info=info,
-                waves=_resolve_waves(spec, meshed, excluded),
+                waves=_resolve_waves(spec, meshed, excluded, observed.namespace_labels),
                 pods=pods,
             )
         )
@@ -433,7 +455,7 @@ def _check_left_behind(
     notes: list[str],
 ) -> None:
     """Namespaces no wave restarts stay on today's proxies; two majors on, that is unsupported."""
-    covered = {ns for w in _resolve_waves(spec, meshed, excluded) for ns in w.namespaces}
+    covered = {ns for w in _resolve_waves(spec, meshed, excluded, observed.namespace_labels) for ns in w.namespaces}
     extension_ns = {EXTENSION_NAMESPACES[e] for e in observed.extensions if e in EXTENSION_NAMESPACES}
     left = sorted(set(meshed) - covered - extension_ns - {observed.control_plane_namespace})
     if not left:

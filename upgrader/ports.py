@@ -33,7 +33,10 @@ class Pod:
     init_containers: tuple[Container, ...] = ()
     owner_kind: str = ""
     owner_name: str = ""
-    phase: str = ""
+    phase: str = ""  # Pending | Running | Succeeded | Failed | Terminating (deletionTimestamp set)
+    ready: bool = False  # the Ready condition is True
+    restarts: int = 0  # highest restartCount over its containers (init containers included)
+    waiting: tuple[str, ...] = ()  # reasons of containers waiting (CrashLoopBackOff, ImagePullBackOff, ...)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,15 @@ class Workload:
     annotations: dict[str, str] = field(default_factory=dict)
     pod_labels: dict[str, str] = field(default_factory=dict)
     pod_annotations: dict[str, str] = field(default_factory=dict)
+    total: int | None = None  # status.replicas: pods of every revision (Deployment/StatefulSet)
+    revision_settled: bool = True  # StatefulSet: currentRevision == updateRevision
+    strategy: str = "RollingUpdate"  # RollingUpdate | Recreate | OnDelete
+    max_unavailable: str | None = None  # as written in the rolling-update strategy ("25%", "1"); None = default
+    max_surge: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.namespace, self.name)
 
 
 @dataclass(frozen=True)
@@ -192,3 +204,14 @@ class PreflightKubePort(KubePort, Protocol):
     def read_certificate_secret(self, namespace: str, name: str) -> CertificateSecret | None: ...
 
     def review_access(self, wanted: list[Access]) -> list[Access]: ...
+
+
+@dataclass(frozen=True)
+class DataPlaneView:
+    """One consistent copy of the cached data plane; ``version`` counts the changes seen so far."""
+
+    namespaces: tuple[Namespace, ...]
+    workloads: tuple[Workload, ...]
+    pods: tuple[Pod, ...]
+    budgets: tuple[Budget, ...]
+    version: int = 0

@@ -63,6 +63,8 @@ class DataPlane(_Model):
     max_namespaces: int = Field(default=2, ge=1)
     max_restarts_per_minute: float | None = Field(default=None, gt=0)
     exclude_namespaces: list[str] = Field(default_factory=list)
+    include_selector: dict[str, str] = Field(default_factory=dict)  # namespace labels; empty = every namespace
+    exclude_selector: dict[str, str] = Field(default_factory=dict)  # namespace labels to leave alone
     pdb_wait_timeout: str = "10m"
 
     _check_pdb = field_validator("pdb_wait_timeout")(_duration)
@@ -79,9 +81,28 @@ class Gates(_Model):
     prometheus_url: str | None = None
     min_success_rate: float = Field(default=0.99, ge=0, le=1)
     max_p99_latency_ms: int | None = Field(default=None, gt=0)
+    max_success_rate_drop: float = Field(default=0.01, ge=0, le=1)  # versus before the wave
+    max_p99_increase: float = Field(default=1.5, ge=1)  # factor over p99 before the wave
     metrics_window: str = "5m"
 
     _check = field_validator("rollout_timeout", "metrics_window")(_duration)
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # the value is never echoed: it may hold user:pass@
+        if value is not None and not re.match(r"^https?://[^/?#\s]+", value, re.IGNORECASE):
+            raise ValueError(
+                "must be an http:// or https:// URL with a host, like http://prometheus.linkerd-viz.svc:9090"
+            )
+        return value
+
+    @field_validator("metrics_window")
+    @classmethod
+    def _some_window(cls, value: str) -> str:
+        if parse_duration(value) == 0:
+            raise ValueError("must be longer than 0s (Prometheus rates need a window), like 5m")
+        return value
 
 
 class Window(_Model):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import structlog
@@ -15,11 +14,11 @@ from kubernetes.client.exceptions import ApiException
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from upgrader.adapters.helm import HelmAdapter
+from upgrader.adapters.informers import DataPlaneCache
 from upgrader.adapters.kube import KubeAdapter
-from upgrader.discovery import DATA_PLANE_SELECTOR
 from upgrader.errors import HelmError, UpgraderError
 from upgrader.planning import Plan
-from upgrader.ports import HelmRelease, Pod, Workload
+from upgrader.ports import DataPlaneView, HelmRelease, Pod, Workload
 from upgrader.preflight import CheckResult
 
 CONTROL_PLANE_DEPLOYMENTS = ("linkerd-destination", "linkerd-identity", "linkerd-proxy-injector")
@@ -69,6 +68,7 @@ class ClusterPorts:
         self._preflight = preflight
         self._timeout = timeout_seconds
         self._sleep = sleep
+        self._cache: DataPlaneCache | None = None
 
     def release(self, name: str, namespace: str) -> HelmRelease | None:
         try:
@@ -182,24 +182,41 @@ class ClusterPorts:
         names = [c.name for c in created.spec.containers] + [c.name for c in created.spec.init_containers or []]
         return "linkerd-proxy" in names
 
-    def workloads(self, namespaces: list[str]) -> list[Workload]:
-        out: list[Workload] = []
-        for ns in namespaces:
-            out += retrying(functools.partial(self.kube.list_workloads, ns))
-        return out
+    def _started(self) -> DataPlaneCache:
+        if self._cache is None:
+            cache = DataPlaneCache(self._api)
+            cache.start()
+            cache.wait_synced(timeout=120)
+            self._cache = cache
+        return self._cache
 
-    def meshed_pods(self) -> list[Pod]:
-        pods = retrying(lambda: self.kube.list_pods(label_selector=DATA_PLANE_SELECTOR))
-        return [p for p in pods if p.phase != "Succeeded"]
+    def data_plane(self) -> DataPlaneView:
+        """The data plane from one cluster-wide list/watch cache (started on first use)."""
+        return self._started().snapshot()
 
-    def restart(self, workload: Workload, annotations: dict[str, str]) -> None:
-        patch = {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+    def wait_for_change(self, since: int, timeout: float) -> int:
+        return self._started().wait_for_change(since, timeout)
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.stop()
+            self._cache = None
+
+    def restart(self, workload: Workload, annotations: Mapping[str, str | None]) -> None:
+        """What ``kubectl rollout restart`` does (a pod-template annotation), plus ours; None removes one."""
+        patch = {"spec": {"template": {"metadata": {"annotations": dict(annotations)}}}}
         calls = {
             "Deployment": self._apps.patch_namespaced_deployment,
             "StatefulSet": self._apps.patch_namespaced_stateful_set,
             "DaemonSet": self._apps.patch_namespaced_daemon_set,
         }
-        calls[workload.kind](workload.name, workload.namespace, patch)
+        try:
+            retrying(lambda: calls[workload.kind](workload.name, workload.namespace, patch))
+        except ApiException as exc:
+            raise UpgraderError(
+                f"cannot patch {workload.kind} {workload.namespace}/{workload.name}: {exc.status} {exc.reason}",
+                hint="check the permissions of the identity upgrader runs as (patch on apps workloads)",
+            ) from exc
 
     def wait_rolled_out(self, workload: Workload, timeout_seconds: int) -> bool:
         """Watch the workload until its rollout completes (observedGeneration, updated/available counts)."""

@@ -87,26 +87,7 @@ class KubeAdapter:
             ).items
         except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
             raise self._guard("listing pods", exc) from exc
-        pods = []
-        for p in items:
-            owner = (p.metadata.owner_references or [None])[0]
-            pods.append(
-                Pod(
-                    namespace=p.metadata.namespace,
-                    name=p.metadata.name,
-                    uid=p.metadata.uid or "",
-                    labels=dict(p.metadata.labels or {}),
-                    annotations=dict(p.metadata.annotations or {}),
-                    containers=_containers(p.spec.containers),
-                    init_containers=_containers(p.spec.init_containers),
-                    owner_kind=owner.kind if owner else "",
-                    owner_name=owner.name if owner else "",
-                    phase="Terminating"
-                    if p.metadata.deletion_timestamp
-                    else ((p.status.phase if p.status else "") or ""),
-                )
-            )
-        return pods
+        return [pod_record(p) for p in items]
 
     def get_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
@@ -127,9 +108,7 @@ class KubeAdapter:
 
     def list_namespaces(self) -> list[Namespace]:
         items = self._read("listing namespaces", lambda: self._core.list_namespace(_request_timeout=30).items)
-        return [
-            Namespace(n.metadata.name, dict(n.metadata.labels or {}), dict(n.metadata.annotations or {})) for n in items
-        ]
+        return [namespace_record(n) for n in items]
 
     def list_workloads(self, namespace: str | None = None) -> list[Workload]:
         apps = client.AppsV1Api(self._api)
@@ -146,7 +125,7 @@ class KubeAdapter:
                     (o(namespace, _request_timeout=30) if namespace else e(_request_timeout=30)).items
                 ),
             )
-            out += [_workload(kind, w) for w in items]
+            out += [workload_record(kind, w) for w in items]
         return out
 
     def list_webhooks(self) -> list[Webhook]:
@@ -167,17 +146,7 @@ class KubeAdapter:
             "listing PodDisruptionBudgets",
             lambda: policy.list_pod_disruption_budget_for_all_namespaces(_request_timeout=30).items,
         )
-        return [
-            Budget(
-                namespace=b.metadata.namespace,
-                name=b.metadata.name,
-                match_labels=dict((b.spec.selector.match_labels if b.spec.selector else None) or {}),
-                disruptions_allowed=int((b.status.disruptions_allowed if b.status else 0) or 0),
-                max_unavailable=None if b.spec.max_unavailable is None else str(b.spec.max_unavailable),
-                min_available=None if b.spec.min_available is None else str(b.spec.min_available),
-            )
-            for b in items
-        ]
+        return [budget_record(b) for b in items]
 
     def list_crds(self) -> list[CustomResourceDefinition]:
         ext = client.ApiextensionsV1Api(self._api)
@@ -226,27 +195,88 @@ class KubeAdapter:
         return out
 
 
-def _workload(kind: str, w: Any) -> Workload:
-    st = w.status
-    template = w.spec.template.metadata
+def _text(value: Any) -> str | None:
+    """An IntOrString field as written ("25%", "1"), or None when unset."""
+    return None if value is None else str(value)
+
+
+def pod_record(obj: Any) -> Pod:
+    """A V1Pod as a Pod record ("Terminating" as phase once deletion has started)."""
+    meta, status = obj.metadata, obj.status
+    owner = (meta.owner_references or [None])[0]
+    statuses = [*((status.init_container_statuses if status else None) or ())]
+    statuses += (status.container_statuses if status else None) or ()
+    conditions = (status.conditions if status else None) or ()
+    return Pod(
+        namespace=meta.namespace,
+        name=meta.name,
+        uid=meta.uid or "",
+        labels=dict(meta.labels or {}),
+        annotations=dict(meta.annotations or {}),
+        containers=_containers(obj.spec.containers),
+        init_containers=_containers(obj.spec.init_containers),
+        owner_kind=owner.kind if owner else "",
+        owner_name=owner.name if owner else "",
+        phase="Terminating" if meta.deletion_timestamp else ((status.phase if status else "") or ""),
+        ready=any(c.type == "Ready" and c.status == "True" for c in conditions),
+        restarts=max((s.restart_count or 0 for s in statuses), default=0),
+        waiting=tuple(
+            s.state.waiting.reason for s in statuses if s.state and s.state.waiting and s.state.waiting.reason
+        ),
+    )
+
+
+def workload_record(kind: str, obj: Any) -> Workload:
+    """A V1Deployment, V1StatefulSet or V1DaemonSet (named by ``kind``) as a Workload record."""
+    meta, spec, st = obj.metadata, obj.spec, obj.status
+    template = spec.template.metadata if spec.template else None
     if kind == "DaemonSet":
-        replicas, ready = st.desired_number_scheduled or 0, st.number_ready or 0
-        available, updated = st.number_available or 0, st.updated_number_scheduled or 0
+        replicas = (st.desired_number_scheduled if st else 0) or 0
+        ready, available = (st.number_ready if st else 0) or 0, (st.number_available if st else 0) or 0
+        updated, total = (st.updated_number_scheduled if st else 0) or 0, None
     else:
-        replicas = w.spec.replicas if w.spec.replicas is not None else 1
-        ready, available, updated = st.ready_replicas or 0, st.available_replicas or 0, st.updated_replicas or 0
+        replicas = spec.replicas if spec.replicas is not None else 1
+        ready, available = (st.ready_replicas if st else 0) or 0, (st.available_replicas if st else 0) or 0
+        updated, total = (st.updated_replicas if st else 0) or 0, (None if st is None else st.replicas or 0)
+    strategy = spec.strategy if kind == "Deployment" else spec.update_strategy
+    rolling = strategy.rolling_update if strategy else None
     return Workload(
         kind=kind,
-        namespace=w.metadata.namespace,
-        name=w.metadata.name,
+        namespace=meta.namespace,
+        name=meta.name,
         replicas=replicas,
         ready=ready,
         available=available,
         updated=updated,
-        generation=w.metadata.generation or 0,
-        observed_generation=st.observed_generation or 0,
-        labels=dict(w.metadata.labels or {}),
-        annotations=dict(w.metadata.annotations or {}),
+        generation=meta.generation or 0,
+        observed_generation=(st.observed_generation if st else 0) or 0,
+        labels=dict(meta.labels or {}),
+        annotations=dict(meta.annotations or {}),
         pod_labels=dict((template.labels if template else None) or {}),
         pod_annotations=dict((template.annotations if template else None) or {}),
+        total=total,
+        # Both revisions unset (never observed) counts as settled; one unset does not.
+        revision_settled=kind != "StatefulSet" or st is None or st.current_revision == st.update_revision,
+        strategy=(strategy.type if strategy else None) or "RollingUpdate",
+        max_unavailable=_text(rolling.max_unavailable) if rolling else None,
+        max_surge=_text(getattr(rolling, "max_surge", None)) if rolling else None,
     )
+
+
+def budget_record(obj: Any) -> Budget:
+    """A policy/v1 PodDisruptionBudget as a Budget record."""
+    spec, status = obj.spec, obj.status
+    return Budget(
+        namespace=obj.metadata.namespace,
+        name=obj.metadata.name,
+        match_labels=dict((spec.selector.match_labels if spec.selector else None) or {}),
+        disruptions_allowed=int((status.disruptions_allowed if status else 0) or 0),
+        max_unavailable=_text(spec.max_unavailable),
+        min_available=_text(spec.min_available),
+    )
+
+
+def namespace_record(obj: Any) -> Namespace:
+    """A V1Namespace as a Namespace record."""
+    meta = obj.metadata
+    return Namespace(meta.name, dict(meta.labels or {}), dict(meta.annotations or {}))

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from upgrader.catalog import Catalog
+from upgrader.dataplane import budget_block
 from upgrader.discovery import Installation, proxy_version
 from upgrader.errors import InputError
 from upgrader.planning import CONTROL_PLANE, CRDS, KUBERNETES_WAIVER, LEGACY, Plan
@@ -620,39 +621,27 @@ def check_ha(ctx: Context) -> list[CheckResult]:
     return out
 
 
-def _selects(budget: Budget, workload: Workload) -> bool:
-    return (
-        bool(budget.match_labels)
-        and budget.namespace == workload.namespace
-        and all(workload.pod_labels.get(k) == v for k, v in budget.match_labels.items())
-    )
-
-
 def check_disruption(ctx: Context) -> list[CheckResult]:
+    """A budget that cannot absorb a restart (per the workload's own rollout strategy) would stall its wave."""
     snap = ctx.snapshot
     if (blocked := _cannot("disruption.pdb-allows-restart", "disruption", "budgets", ctx)) is not None:
         return [blocked]
     restarted = {ns for hop in ctx.plan.hops[:1] for w in hop.waves for ns in w.namespaces}
-    workloads = [w for w in snap.workloads if w.namespace in restarted]
     stalls = sorted(
-        {
-            f"{b.namespace}/{b.name} (selects {w.kind} {w.name}; allows {b.disruptions_allowed})"
-            for b in snap.budgets
-            if b.disruptions_allowed == 0
-            for w in workloads
-            if _selects(b, w)
-        }
+        reason
+        for w in snap.workloads
+        if w.namespace in restarted and (reason := budget_block(w, snap.budgets)) is not None
     )
     return [
         failed(
             "disruption.pdb-allows-restart",
             "disruption",
-            f"PodDisruptionBudget(s) allowing no disruption "
-            f"on workloads the plan restarts: {', '.join(stalls)}; the wave would stall",
-            "raise maxUnavailable / lower minAvailable, scale up, or exclude the namespace in the spec",
+            f"the wave would stall: {'; '.join(stalls)}",
+            "raise the budget's maxUnavailable / lower minAvailable, set the workload's maxUnavailable to 0 "
+            "(surge only), or exclude it (upgrader.io/skip or the spec)",
         )
         if stalls
-        else passed("disruption.pdb-allows-restart", "disruption", "no budget blocks a restart")
+        else passed("disruption.pdb-allows-restart", "disruption", "every budget can absorb the restarts")
     ]
 
 

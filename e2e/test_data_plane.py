@@ -1,0 +1,282 @@
+"""The data plane on the fixture world: waves, throttles measured from the API, gates, metric gates."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, watch
+
+from e2e.fixtures import mesh
+from e2e.fixtures.prometheus import CannedPrometheus
+from e2e.fixtures.world import World
+from e2e.harness.leaks import run_upgrader
+
+pytestmark = pytest.mark.e2e
+PROXY = "cr.l5d.io/linkerd/proxy:"
+POOL = "upgrader-e2e/pool"
+
+
+@pytest.fixture
+def env(clean_world: World, tmp_path: Path) -> dict[str, str]:
+    return clean_world.helm_env(tmp_path)
+
+
+def _upgrader(world: World, env: dict[str, str], *args: str) -> Any:
+    return run_upgrader(
+        "--log-format", "json", *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), env=env
+    )
+
+
+def _events(out: Any) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
+
+
+def _checkpoint(tmp_path: Path) -> dict[str, Any]:
+    files = sorted((tmp_path / "state").glob("*.json"))
+    assert len(files) == 1, files
+    data: dict[str, Any] = json.loads(files[0].read_text())
+    return data
+
+
+def _pods(world: World, ns: str, selector: str = "") -> list[Any]:
+    items = client.CoreV1Api(world.api).list_namespaced_pod(ns, label_selector=selector).items
+    return [p for p in items if p.metadata.deletion_timestamp is None]
+
+
+def _proxies(world: World, ns: str, selector: str = "") -> set[str]:
+    return {
+        c.image.removeprefix(PROXY)
+        for p in _pods(world, ns, selector)
+        for c in p.spec.containers
+        if c.name == "linkerd-proxy"
+    }
+
+
+class RolloutRecorder:
+    """Watches every Deployment cluster-wide (the API's own events, not our logs) and keeps, per
+    namespace, the most Deployments mid-rollout at once: generation not yet observed, or fewer
+    updated/available replicas than wanted, or old replicas still around."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api, self._stop = api, threading.Event()
+        self.busy: dict[str, set[str]] = defaultdict(set)
+        self.peak: dict[str, int] = defaultdict(int)
+        self.ever: set[str] = set()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._watch: Any = None
+
+    @staticmethod
+    def rolling(d: Any) -> bool:
+        st, want = d.status, d.spec.replicas if d.spec.replicas is not None else 1
+        if st is None or (st.observed_generation or 0) < (d.metadata.generation or 0):
+            return True
+        return (st.updated_replicas or 0) < want or (st.available_replicas or 0) < want or (st.replicas or 0) > want
+
+    def _run(self) -> None:
+        apps = client.AppsV1Api(self._api)
+        rv = apps.list_deployment_for_all_namespaces().metadata.resource_version
+        while not self._stop.is_set():
+            self._watch = watch.Watch()
+            for event in self._watch.stream(
+                apps.list_deployment_for_all_namespaces, resource_version=rv, timeout_seconds=5
+            ):
+                d = event["object"]
+                rv = d.metadata.resource_version
+                ns, name = d.metadata.namespace, d.metadata.name
+                if event["type"] != "DELETED" and self.rolling(d):
+                    self.busy[ns].add(name)
+                    self.ever.add(f"{ns}/{name}")
+                else:
+                    self.busy[ns].discard(name)
+                self.peak[ns] = max(self.peak[ns], len(self.busy[ns]))
+
+    def __enter__(self) -> RolloutRecorder:
+        self._thread.start()
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        self._thread.join(timeout=10)
+
+
+def test_waves_restart_every_meshed_workload_throttled_and_leave_the_rest_alone(
+    clean_world: World, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Demonstrations 1 and 2: a canary wave, then the rest; 2 at a time per namespace (from the API's watch);
+    every meshed pod ends on the target proxy; unmeshed, opted-out, skipped workloads and Job pods keep their pods."""
+    world = clean_world
+    world.install("stable-2.13.7")
+    docs = mesh.sample_mesh(scale_namespaces=2, workloads_per_namespace=6)
+    world.apply(docs)
+    world.wait_ready(mesh.namespaces(docs))
+    world.kubectl("annotate", "deployment", "api", "-n", "shop", "upgrader.io/skip=true")
+    untouched = {
+        f"{ns}/{sel}": {p.metadata.uid for p in _pods(world, ns, sel)}
+        for ns, sel in (("shop", "app=admin"), ("legacy", "app=batch"), ("shop", "app=api"), ("edge", "app=report"))
+    }
+    assert all(untouched.values()), untouched
+    spec = tmp_path / "waves.yaml"
+    spec.write_text(
+        "name: waves\nwaivers: [kubernetes-version]\n"
+        "dataPlane:\n  maxConcurrentPerNamespace: 2\n  maxNamespaces: 2\n"
+        "  waves:\n  - {name: canary, namespaces: [scale-000], bakeTime: 3s}\n  - {name: rest, namespaces: ['*']}\n"
+    )
+    with RolloutRecorder(world.api) as recorder:
+        out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    for ns in ("shop", "edge", "payments", "scale-000", "scale-001"):
+        selector = "app notin (admin, api, report)"
+        assert _proxies(world, ns, selector) == {"stable-2.14.10"}, ns
+    assert _proxies(world, "shop", "app=api") == {"stable-2.13.7"}, "skipped: still on the old proxy"
+    for what, uids in untouched.items():
+        ns, sel = what.split("/")
+        assert {p.metadata.uid for p in _pods(world, ns, sel)} == uids, f"{what} was touched"
+
+    print(f"\nper-namespace peak of Deployments mid-rollout (API watch): {dict(recorder.peak)}")
+    assert all(peak <= 2 for peak in recorder.peak.values()), dict(recorder.peak)
+    assert max(recorder.peak[f"scale-00{i}"] for i in range(2)) == 2, "the throttle allowed 2 at once"
+    assert "shop/admin" not in recorder.ever
+    assert "legacy/batch" not in recorder.ever
+
+    apps = client.AppsV1Api(world.api)
+    created: dict[str, list[float]] = defaultdict(list)
+    for rs in apps.list_replica_set_for_all_namespaces().items:
+        if (rs.spec.template.metadata.annotations or {}).get("upgrader.io/restarted-by", "").startswith("run-"):
+            created[rs.metadata.namespace].append(rs.metadata.creation_timestamp.timestamp())
+    canary_done = max(created["scale-000"])
+    others = [t for ns, ts in created.items() if ns != "scale-000" for t in ts]
+    assert min(others) - canary_done >= 2, "the rest waited for the canary wave and its 3 s bake"
+
+    events = _events(out)
+    skipped = [e["what"] for e in events if e["event"] == "not-restarted"]
+    assert any("shop/api: annotated upgrader.io/skip" in s for s in skipped), skipped
+    assert any(s.startswith("Job edge/report-manual") for s in skipped), skipped
+    assert sum(1 for e in events if e["event"] == "restart") == 12 + 4  # scale-*, shop web/db, node-agent, ledger
+    assert _checkpoint(tmp_path)["waves_done"] == ["0/0", "0/1"]
+
+
+def _fragile(world: World) -> None:
+    """Namespace `fragile`: a meshed Deployment pinned to a node pool; the pool then disappears, so new pods
+    can never schedule (old ones keep running)."""
+    node = "kwok-node-0"
+    world.kubectl("label", "node", node, f"{POOL}=fragile", "--overwrite")
+    ns = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": "fragile",
+            "labels": {"upgrader-e2e/sample": "true"},
+            "annotations": {"linkerd.io/inject": "enabled"},
+        },
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "flaky", "namespace": "fragile"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "flaky"}},
+            "template": {
+                "metadata": {"labels": {"app": "flaky"}},
+                "spec": {
+                    "nodeSelector": {POOL: "fragile"},
+                    "containers": [{"name": "flaky", "image": mesh.IMAGE.format(name="flaky")}],
+                },
+            },
+        },
+    }
+    world.apply([ns, deployment])
+    world.wait_ready(["fragile"])
+    world.kubectl("label", "node", node, f"{POOL}-")
+
+
+@pytest.fixture
+def fragile_world(clean_world: World) -> Iterator[World]:
+    yield clean_world
+    clean_world.kubectl("label", "node", "kwok-node-0", f"{POOL}-")
+
+
+@pytest.mark.parametrize("on_failure", ["pause", "rollback"])
+def test_a_workload_that_never_becomes_ready_stops_the_waves(
+    fragile_world: World, env: dict[str, str], tmp_path: Path, on_failure: str
+) -> None:
+    """Demonstration 3: the canary's new pods never get Ready; its gate fails within the timeout, the next wave
+    never starts, and the run pauses (resumable) or rolls back (control plane and the canary's template)."""
+    world = fragile_world
+    world.install("stable-2.13.7")
+    docs = mesh.sample_mesh()
+    world.apply(docs)
+    world.wait_ready(mesh.namespaces(docs))
+    _fragile(world)
+    apps = client.AppsV1Api(world.api)
+    before = {d.metadata.name: d.metadata.generation for d in apps.list_namespaced_deployment("shop").items}
+    spec = tmp_path / "fragile.yaml"
+    spec.write_text(
+        f"name: fragile\nwaivers: [kubernetes-version]\nonFailure: {on_failure}\ngates:\n  rolloutTimeout: 15s\n"
+        "dataPlane:\n  waves:\n  - {name: canary, namespaces: [fragile]}\n  - {name: rest, namespaces: ['*']}\n"
+    )
+    started = time.monotonic()
+    out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
+    assert time.monotonic() - started < 120
+    assert out.returncode != 0
+    assert "wave canary: health gate failed: Deployment fragile/flaky: not healthy after 15s" in out.stderr
+    after = {d.metadata.name: d.metadata.generation for d in apps.list_namespaced_deployment("shop").items}
+    assert after == before, "the next wave never started"
+    state = _checkpoint(tmp_path)
+    if on_failure == "pause":
+        assert out.returncode == 4
+        assert (state["state"], state["stopped_in"]) == ("Failed", "RestartingDataPlane")
+        assert f"upgrader resume {state['run_id']}" in out.stderr
+        return
+    assert state["state"] == "RolledBack"
+    cm = client.CoreV1Api(world.api).read_namespaced_config_map("linkerd-config", "linkerd")
+    assert "stable-2.13.7" in cm.data["values"]
+    flaky = apps.read_namespaced_deployment("flaky", "fragile")
+    assert "upgrader.io/restarted-by" not in (flaky.spec.template.metadata.annotations or {})
+    pods = _pods(world, "fragile")
+    assert [p.status.phase for p in pods] == ["Running"], "back on its old ReplicaSet; the pending pod is gone"
+
+
+@pytest.mark.parametrize(("success", "passes"), [(0.999, True), (0.95, False)])
+def test_metric_gates_read_a_prometheus_compatible_endpoint(
+    clean_world: World, env: dict[str, str], tmp_path: Path, success: float, passes: bool
+) -> None:
+    """Demonstration 6: the wave's metric gate asks a real HTTP endpoint serving canned Linkerd series."""
+    world = clean_world
+    world.install("stable-2.13.7")
+    docs = mesh.sample_mesh(scale_namespaces=2, workloads_per_namespace=1)
+    world.apply(docs)
+    world.wait_ready(mesh.namespaces(docs))
+    with CannedPrometheus() as prom:
+        prom.set("scale-000", success_rate=success, p99_ms=40.0, rps=25.0)
+        for ns in ("scale-001", "shop", "edge", "payments"):
+            prom.set(ns, success_rate=0.999, p99_ms=40.0, rps=25.0)
+        spec = tmp_path / "metrics.yaml"
+        spec.write_text(
+            "name: metrics\nwaivers: [kubernetes-version]\n"
+            f"gates:\n  prometheusUrl: {prom.url}\n  minSuccessRate: 0.99\n  maxP99LatencyMs: 250\n"
+            "  metricsWindow: 1m\n"
+            "dataPlane:\n  waves:\n  - {name: canary, namespaces: [scale-000]}\n  - {name: rest, namespaces: ['*']}\n"
+        )
+        out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
+        asked = list(prom.queries)
+    assert any('namespace="scale-000"' in q and "[1m]" in q for q in asked), asked
+    summaries = [e["summary"] for e in _events(out) if e["event"] == "metrics"]
+    if passes:
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert any(s.startswith("scale-000: success 99.9%") for s in summaries), summaries
+        return
+    assert out.returncode == 4, out.stderr[-3000:]
+    assert "wave canary: metric gate failed: scale-000: success rate 95.0% < 99.0%" in out.stderr
+    assert _proxies(world, "scale-001") == {"stable-2.13.7"}, "the rest never started"

@@ -1,0 +1,176 @@
+"""The executor's data-plane step on the in-memory cluster: waves, throttles, gates, budgets, resume, rollback."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from tests.fakes import MemoryStore
+from tests.test_execution import CAT, NOW, FakeCluster, _executor
+from upgrader.checkpoints import Checkpoint
+from upgrader.execution import RESTARTED_AT, RESTARTED_BY, RunStoppedError
+from upgrader.metrics import Sample
+from upgrader.planning import Observed, Plan, build_offering, make_plan
+from upgrader.ports import Budget
+from upgrader.spec import Spec
+from upgrader.states import RunState
+
+
+def _spec(**data_plane: object) -> Spec:
+    return Spec.model_validate({"waivers": ["kubernetes-version"], "dataPlane": data_plane})
+
+
+def _plan(spec: Spec, namespaces: list[str], target: str = "stable-2.13.7") -> Plan:
+    offering, _ = build_offering(CAT, None)
+    observed = Observed(CAT.parse("stable-2.12.6"), {ns: {"stable-2.12.6": 1} for ns in namespaces}, "v1.24.0")
+    return make_plan(observed, CAT.parse(target), offering, CAT, spec)
+
+
+def _cluster(**counts: int) -> FakeCluster:
+    cluster = FakeCluster()
+    cluster.workload_list, cluster.pod_versions = [], {}
+    for ns, n in counts.items():
+        for i in range(n):
+            cluster.add("Deployment", ns, f"app-{i}")
+    return cluster
+
+
+def _restarts(cluster: FakeCluster) -> list[str]:
+    return [a.removeprefix("restart ") for a in cluster.actions if a.startswith("restart ")]
+
+
+def test_throttles_hold_per_namespace_and_namespaces_at_once() -> None:
+    """6 + 6 workloads, 2 per namespace, 1 namespace at a time: never more than 2 mid-rollout, one namespace."""
+    spec = _spec(maxConcurrentPerNamespace=2, maxNamespaces=1)
+    cluster = _cluster(a=6, b=6)
+    cluster.ticks_per_rollout = 3
+    result = _executor(cluster, _plan(spec, ["a", "b"]), MemoryStore(), spec=spec).run()
+    assert result.state == RunState.DONE
+    assert sorted(_restarts(cluster)) == sorted(f"{ns}/app-{i}" for ns in "ab" for i in range(6))
+    assert cluster.concurrency() == {"a": 2, "b": 2}
+    starts_b = min(t for t, what, key in cluster.timeline if what == "start" and key[1] == "b")
+    ends_a = max(t for t, what, key in cluster.timeline if what == "done" and key[1] == "a")
+    assert starts_b >= ends_a, "namespace b starts only when namespace a has nothing running"
+    assert set(cluster.pod_versions.values()) == {"stable-2.13.7"}
+
+
+def test_the_global_rate_spaces_starts() -> None:
+    spec = _spec(maxConcurrentPerNamespace=10, maxRestartsPerMinute=20)  # one start every 3 s
+    cluster = _cluster(a=4)
+    _executor(cluster, _plan(spec, ["a"]), MemoryStore(), spec=spec).run()
+    starts = [t for t, what, _ in cluster.timeline if what == "start"]
+    assert len(starts) == 4
+    assert all(b - a >= 3 for a, b in itertools.pairwise(starts)), starts
+
+
+def test_waves_run_in_order_with_their_bake_time() -> None:
+    spec = _spec(
+        waves=[{"name": "canary", "namespaces": ["a"], "bakeTime": "2m"}, {"name": "rest", "namespaces": ["*"]}]
+    )
+    cluster = _cluster(a=1, b=2)
+    result = _executor(cluster, _plan(spec, ["a", "b"]), MemoryStore(), spec=spec).run()
+    assert result.state == RunState.DONE
+    tail = [a for a in cluster.actions if a.startswith(("restart", "sleep"))]
+    assert tail == ["restart a/app-0", "sleep 120", "restart b/app-0", "restart b/app-1"]
+    assert result.waves_done == ["0/0", "0/1"]
+
+
+def test_a_failed_gate_stops_the_run_and_the_next_wave_never_starts() -> None:
+    spec = Spec.model_validate(
+        {
+            "waivers": ["kubernetes-version"],
+            "gates": {"rolloutTimeout": "30s"},
+            "dataPlane": {"waves": [{"name": "canary", "namespaces": ["a"]}, {"name": "rest", "namespaces": ["*"]}]},
+        }
+    )
+    cluster = _cluster(a=2, b=2)
+    cluster.never_ready = {"app-1"}
+    executor = _executor(cluster, _plan(spec, ["a", "b"]), MemoryStore(), spec=spec)
+    executor.rollout_timeout = 30
+    with pytest.raises(RunStoppedError, match="wave canary: health gate failed: Deployment a/app-1") as info:
+        executor.run()
+    assert "not healthy after 30s" in info.value.message
+    assert "no further workload was restarted" in info.value.hint
+    assert not any(r.startswith("b/") for r in _restarts(cluster))
+    assert (executor.checkpoint.state, executor.checkpoint.stopped_in) == (
+        RunState.FAILED,
+        RunState.RESTARTING_DATA_PLANE,
+    )
+    assert (cluster.now - NOW).total_seconds() < 60, "the gate fails within its timeout, no hang"
+
+
+def test_a_budget_that_cannot_absorb_a_restart_waits_bounded_then_stops_clearly() -> None:
+    spec = _spec(pdbWaitTimeout="20s")
+    cluster = _cluster()
+    cluster.add("StatefulSet", "a", "db", 3)
+    cluster.budgets = [Budget("a", "db", {"app": "db"}, 0, max_unavailable="0")]
+    executor = _executor(cluster, _plan(spec, ["a"]), MemoryStore(), spec=spec)
+    with pytest.raises(RunStoppedError) as info:
+        executor.run()
+    message = info.value.message
+    assert "PodDisruptionBudget a/db (maxUnavailable 0) allows 0 disruption(s)" in message
+    assert "StatefulSet a/db takes up to 1 pod(s) down at once" in message
+    assert "waited 20s" in message
+    assert "upgrader.io/skip" in info.value.hint
+    assert _restarts(cluster) == [], "nothing restarted against the budget"
+    assert 20 <= (cluster.now - NOW).total_seconds() < 30
+
+
+def test_a_surge_only_deployment_is_not_blocked_by_a_zero_budget() -> None:
+    spec = _spec()
+    cluster = _cluster(a=1)
+    cluster.budgets = [Budget("a", "app-0", {"app": "app-0"}, 0, max_unavailable="0")]
+    assert _executor(cluster, _plan(spec, ["a"]), MemoryStore(), spec=spec).run().state == RunState.DONE
+
+
+def test_resume_mid_wave_gates_what_was_patched_and_restarts_only_the_rest() -> None:
+    spec = _spec(maxConcurrentPerNamespace=1)
+    plan = _plan(spec, ["a"])
+    cluster = _cluster(a=3)
+    marker = "run-1/0"
+    cluster.workload_list = [
+        replace(w, pod_annotations={RESTARTED_BY: marker}) if w.name == "app-0" else w for w in cluster.workload_list
+    ]
+    cluster.rolling[("Deployment", "a", "app-0")] = 1  # patched by the killed run, still rolling
+    cluster.version = "stable-2.13.7"
+    killed = Checkpoint.new("run-1", plan.as_json(), NOW).model_copy(update={"state": RunState.RESTARTING_DATA_PLANE})
+    result = _executor(cluster, plan, MemoryStore(), killed, spec=spec).run()
+    assert result.state == RunState.DONE
+    assert _restarts(cluster) == ["a/app-1", "a/app-2"], "app-0 was gated, not restarted twice"
+
+
+def test_rollback_gives_each_workload_its_template_annotations_back() -> None:
+    spec = _spec()
+    cluster = _cluster(a=1)
+    cluster.workload_list = [replace(w, pod_annotations={RESTARTED_AT: "yesterday"}) for w in cluster.workload_list]
+    executor = _executor(cluster, _plan(spec, ["a"]), MemoryStore(), spec=spec)
+    executor.run()
+    assert cluster.workload_list[0].pod_annotations[RESTARTED_BY] == "run-1/0"
+    executor.rollback()
+    assert cluster.workload_list[0].pod_annotations == {RESTARTED_AT: "yesterday"}, "ours removed, theirs restored"
+
+
+class _Metrics:
+    def __init__(self, after: float) -> None:
+        self.after, self.calls = after, 0
+
+    def sample(self, namespace: str, window_seconds: int) -> Sample:
+        self.calls += 1
+        rate = 0.999 if self.calls == 1 else self.after
+        return Sample(namespace, rate, 50.0, 10.0)
+
+
+@pytest.mark.parametrize(("after", "passes"), [(0.998, True), (0.90, False)])
+def test_metric_gates_compare_each_wave_with_before(after: float, passes: bool) -> None:
+    spec = _spec(waves=[{"name": "canary", "namespaces": ["a"]}, {"name": "rest", "namespaces": ["*"]}])
+    cluster = _cluster(a=1, b=1)
+    executor = _executor(cluster, _plan(spec, ["a", "b"]), MemoryStore(), spec=spec)
+    executor.metrics = _Metrics(after)
+    if passes:
+        assert executor.run().state == RunState.DONE
+        return
+    with pytest.raises(RunStoppedError, match=r"wave canary: metric gate failed: a: success rate 90\.0%"):
+        executor.run()
+    assert _restarts(cluster) == ["a/app-0"], "wave rest never started"
