@@ -71,6 +71,7 @@ class RolloutRecorder:
         self.ever: set[str] = set()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._watch: Any = None
+        self.error: Exception | None = None  # a watch that broke mid-run would miss events: the test fails
 
     @staticmethod
     def rolling(d: Any) -> bool:
@@ -84,18 +85,23 @@ class RolloutRecorder:
         rv = apps.list_deployment_for_all_namespaces().metadata.resource_version
         while not self._stop.is_set():
             self._watch = watch.Watch()
-            for event in self._watch.stream(
-                apps.list_deployment_for_all_namespaces, resource_version=rv, timeout_seconds=5
-            ):
-                d = event["object"]
-                rv = d.metadata.resource_version
-                ns, name = d.metadata.namespace, d.metadata.name
-                if event["type"] != "DELETED" and self.rolling(d):
-                    self.busy[ns].add(name)
-                    self.ever.add(f"{ns}/{name}")
-                else:
-                    self.busy[ns].discard(name)
-                self.peak[ns] = max(self.peak[ns], len(self.busy[ns]))
+            try:
+                for event in self._watch.stream(
+                    apps.list_deployment_for_all_namespaces, resource_version=rv, timeout_seconds=5
+                ):
+                    d = event["object"]
+                    rv = d.metadata.resource_version
+                    ns, name = d.metadata.namespace, d.metadata.name
+                    if event["type"] != "DELETED" and self.rolling(d):
+                        self.busy[ns].add(name)
+                        self.ever.add(f"{ns}/{name}")
+                    else:
+                        self.busy[ns].discard(name)
+                    self.peak[ns] = max(self.peak[ns], len(self.busy[ns]))
+            except Exception as exc:
+                if not self._stop.is_set():
+                    self.error = exc
+                return
 
     def __enter__(self) -> RolloutRecorder:
         self._thread.start()
@@ -143,8 +149,10 @@ def test_waves_restart_every_meshed_workload_throttled_and_leave_the_rest_alone(
         ns, sel = what.split("/")
         assert {p.metadata.uid for p in _pods(world, ns, sel)} == uids, f"{what} was touched"
 
+    assert recorder.error is None, f"the API watch broke: {recorder.error!r}"
     print(f"\nper-namespace peak of Deployments mid-rollout (API watch): {dict(recorder.peak)}")
-    assert all(peak <= 2 for peak in recorder.peak.values()), dict(recorder.peak)
+    data_plane = {ns: peak for ns, peak in recorder.peak.items() if ns != "linkerd"}  # helm rolls the control plane
+    assert all(peak <= 2 for peak in data_plane.values()), data_plane
     assert max(recorder.peak[f"scale-00{i}"] for i in range(2)) == 2, "the throttle allowed 2 at once"
     assert "shop/admin" not in recorder.ever
     assert "legacy/batch" not in recorder.ever
@@ -161,7 +169,6 @@ def test_waves_restart_every_meshed_workload_throttled_and_leave_the_rest_alone(
     events = _events(out)
     skipped = [e["what"] for e in events if e["event"] == "not-restarted"]
     assert any("shop/api: annotated upgrader.io/skip" in s for s in skipped), skipped
-    assert any(s.startswith("Job edge/report-manual") for s in skipped), skipped
     assert sum(1 for e in events if e["event"] == "restart") == 12 + 4  # scale-*, shop web/db, node-agent, ledger
     assert _checkpoint(tmp_path)["waves_done"] == ["0/0", "0/1"]
 
