@@ -53,6 +53,7 @@ cluster-down: venv
 ## Benchmarks print figures; nothing here is timed inside a test.
 bench: binaries
 	$(BIN)/python -m e2e.bench
+	$(BIN)/python -m e2e.bench --data-plane
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache *.egg-info

@@ -133,3 +133,24 @@ def test_unwritable_out_file_is_bad_input() -> None:
     )
     assert out.returncode == 2
     assert "cannot write /nonexistent/dir/plan.json" in out.stderr
+
+
+def test_progress_bars_show_each_wave_with_its_counts() -> None:
+    """On a terminal, apply draws one bar per wave (and one for a rollback's restarts)."""
+    import io  # noqa: PLC0415
+
+    from rich.console import Console  # noqa: PLC0415
+
+    from upgrader.cli import _Bars  # noqa: PLC0415
+
+    out = io.StringIO()
+    bars = _Bars(Console(file=out, force_terminal=True, width=100))
+    bars("wave canary", 0, 3)
+    bars("wave canary", 3, 3)
+    bars("wave rest", 1, 4)
+    bars.close()
+    text = out.getvalue()
+    assert "wave canary" in text
+    assert "wave rest" in text
+    assert "100%" in text
+    assert "25%" in text

@@ -403,3 +403,13 @@ def test_wave_selectors_and_spec_selectors_use_namespace_labels() -> None:
         ("critical", ["b"]),
         ("rest", ["d"]),
     ]
+
+
+def test_a_prometheus_url_loses_its_credentials_in_the_plan() -> None:
+    spec = Spec.model_validate({"gates": {"prometheusUrl": "https://ops:s3cret@prom.example:9090/prometheus"}})
+    offering, _ = build_offering(CAT, None)
+    observed = Observed(CAT.parse("stable-2.13.7"), {"shop": {"stable-2.13.7": 1}}, "v1.28.0")
+    plan = make_plan(observed, CAT.parse("stable-2.14.10"), offering, CAT, spec)
+    text = json.dumps(plan.as_json())
+    assert "s3cret" not in text
+    assert "https://prom.example:9090/prometheus" in text

@@ -82,10 +82,10 @@ _OUTPUT = {"bars": False}  # progress bars only for people at a terminal; events
 class _Bars:
     """Rich progress bars on stderr, one per wave (and one for a rollback's restarts)."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         from rich.progress import Progress  # noqa: PLC0415
 
-        self._progress = Progress(console=Console(stderr=True), transient=False)
+        self._progress = Progress(console=console or Console(stderr=True), transient=False)
         self._tasks: dict[str, Any] = {}
 
     def __call__(self, what: str, done: int, total: int) -> None:
@@ -625,8 +625,12 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     checkpoint = Checkpoint.new(run_id, plan_now.as_json(), dt.datetime.now(dt.UTC))
     stored_spec = session.spec.model_dump(mode="json", by_alias=True)
     stored_spec["values"]["overrides"] = {}
+    from upgrader.metrics import public_url  # noqa: PLC0415
+
+    url = stored_spec["gates"].get("prometheusUrl") or ""
+    stored_spec["gates"]["prometheusUrl"] = public_url(url) if url else None  # credentials are not stored either
     checkpoint.spec = stored_spec
-    checkpoint.spec_has_values = bool(session.spec.values.overrides)
+    checkpoint.spec_has_values = bool(session.spec.values.overrides) or public_url(url) != url
     log.info("run", run_id=run_id, hops=len(plan_now.hops), to=plan_now.to)
     result = _run_locked(
         session, store, checkpoint, "apply", take_over=take_over_lock, repo=repo, min_cert_days=min_cert_days
@@ -736,7 +740,8 @@ def _resume_session(
     saved = PlanModel.model_validate(data)
     if spec_file is None and checkpoint.spec_has_values and need_values:
         raise InputError(
-            f"run {checkpoint.run_id} was started with value overrides, which checkpoints never store",
+            f"run {checkpoint.run_id} was started with value overrides or URL credentials, which checkpoints "
+            "never store",
             hint=f"pass the same spec again: upgrader resume {checkpoint.run_id} --spec FILE",
         )
     spec = load_spec(spec_file) if spec_file else Spec.model_validate(checkpoint.spec or {})

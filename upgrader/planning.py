@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from upgrader.catalog import Catalog, Major, Note
 from upgrader.errors import InputError
+from upgrader.metrics import public_url
 from upgrader.redaction import redact_values
 from upgrader.spec import Spec, parse_duration
 from upgrader.states import RunState
@@ -192,6 +193,14 @@ def _newest_in_major(offering: Offering, major: int, channel_of: Version) -> Ver
     return max(pool, key=lambda v: v.sort_key) if pool else None
 
 
+def _gates(spec: Spec) -> dict[str, Any]:
+    """The spec's gates for the plan, the Prometheus URL without its credentials (plans get reviewed in PRs)."""
+    gates = spec.gates.model_dump(by_alias=True, exclude_none=True)
+    if "prometheusUrl" in gates:
+        gates["prometheusUrl"] = public_url(gates["prometheusUrl"])
+    return gates
+
+
 def _selects(selector: Mapping[str, str], labels: Mapping[str, str] | None) -> bool:
     return labels is not None and all(labels.get(k) == v for k, v in selector.items())
 
@@ -266,7 +275,7 @@ def make_plan(
         "on_failure": spec.on_failure,
         "dry_run": spec.dry_run,
         "window": spec.window.model_dump(by_alias=True) if spec.window else None,
-        "gates": spec.gates.model_dump(by_alias=True, exclude_none=True),
+        "gates": _gates(spec),
         "values_overrides": redact_values(spec.values.overrides),
     }
     if observed.control_plane is not None and not observed.kubernetes:
