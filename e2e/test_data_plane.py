@@ -111,6 +111,9 @@ def test_waves_restart_every_meshed_workload_throttled_and_leave_the_rest_alone(
     assert min(others) - canary_done >= 2, "the rest waited for the canary wave and its 3 s bake"
 
     events = _events(out)
+    waves = [e for e in events if e["event"] == "wave"]
+    assert [(w["wave"], w["workloads"]) for w in waves] == [("canary", 6), ("rest", 10)]
+    assert waves[0]["proxies"] == {"stable-2.13.7": 6}, "each wave logs the proxies it starts from"
     skipped = [e["what"] for e in events if e["event"] == "not-restarted"]
     assert any("shop/api: annotated upgrader.io/skip" in s for s in skipped), skipped
     assert sum(1 for e in events if e["event"] == "restart") == 12 + 4  # scale-*, shop web/db, node-agent, ledger

@@ -363,7 +363,18 @@ class Executor:
                     self.checkpoint.reported.append(str(item))
             before = self._metrics(wave.namespaces)
             stamp = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-            log.info("wave", hop=index + 1, wave=wave.name, namespaces=wave.namespaces, workloads=len(inv.targets))
+            proxies: dict[str, int] = {}
+            for key in (w.key for w in inv.targets):
+                for version, pods in inv.proxies.get(key, {}).items():
+                    proxies[version] = proxies.get(version, 0) + pods
+            log.info(
+                "wave",
+                hop=index + 1,
+                wave=wave.name,
+                namespaces=wave.namespaces,
+                workloads=len(inv.targets),
+                proxies=proxies,  # proxy version -> pods, before the wave
+            )
             self._roll(
                 f"wave {wave.name}",
                 [(w, {RESTARTED_AT: stamp, RESTARTED_BY: marker}) for w in inv.targets],
