@@ -171,3 +171,20 @@ def test_transient_upgrade_retries_are_bounded() -> None:
     with pytest.raises(TransientHelmError):
         _upgrade(_ports(helm))
     assert helm.upgrades == 5
+
+
+def test_metric_samples_are_retried_on_passing_failures() -> None:
+    from upgrader.adapters.cluster_ports import RetryingMetrics  # noqa: PLC0415
+    from upgrader.metrics import MetricsUnavailableError, Sample  # noqa: PLC0415
+
+    calls: list[str] = []
+
+    class Flaky:
+        def sample(self, namespace: str, window_seconds: int) -> Sample:
+            calls.append(namespace)
+            if len(calls) < 3:
+                raise MetricsUnavailableError("prometheus answered 503")
+            return Sample(namespace, 0.999, 40.0, 10.0)
+
+    assert RetryingMetrics(Flaky(), sleep=lambda _s: None).sample("shop", 60).success_rate == 0.999
+    assert calls == ["shop"] * 3

@@ -445,7 +445,7 @@ class _LockedStore:
 
 
 def _executor(session: _Session, checkpoint: Any, store: Any, *, repo: str, min_cert_days: int) -> Any:
-    from upgrader.adapters.cluster_ports import ClusterPorts  # noqa: PLC0415
+    from upgrader.adapters.cluster_ports import ClusterPorts, RetryingMetrics  # noqa: PLC0415
     from upgrader.execution import Executor  # noqa: PLC0415
     from upgrader.preflight.checks import Context, run_checks  # noqa: PLC0415
     from upgrader.preflight.observe import gather  # noqa: PLC0415
@@ -483,7 +483,7 @@ def _executor(session: _Session, checkpoint: Any, store: Any, *, repo: str, min_
         namespace=session.namespace,
         repo=repo,
         rollout_timeout=parse_duration(session.spec.gates.rollout_timeout),
-        metrics=PrometheusMetrics(url) if url else None,
+        metrics=RetryingMetrics(PrometheusMetrics(url)) if url else None,
         on_progress=_Bars() if _OUTPUT["bars"] else None,
     )
 
@@ -837,6 +837,10 @@ def status(
     for name, rel in cp.releases.items():
         typer.echo(f"  {rel.namespace}/{name}: revision {rel.before} -> {rel.after or 'unchanged'}")
     typer.echo(f"  workloads restarted: {len(cp.restarted)}; values changes: {len(cp.values_diff)}")
+    if cp.waves_done:
+        typer.echo(f"  waves passed: {', '.join(cp.waves_done)}")
+    for item in cp.reported:
+        typer.echo(f"  not restarted: {item}")
     for error in cp.errors:
         typer.echo(f"  error: {error}")
     if cp.marks:

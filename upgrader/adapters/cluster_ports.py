@@ -17,6 +17,7 @@ from upgrader.adapters.helm import HelmAdapter
 from upgrader.adapters.informers import DataPlaneCache
 from upgrader.adapters.kube import KubeAdapter
 from upgrader.errors import HelmError, UpgraderError
+from upgrader.metrics import MetricsPort, Sample
 from upgrader.planning import Plan
 from upgrader.ports import DataPlaneView, HelmRelease, Pod, Workload
 from upgrader.preflight import CheckResult
@@ -264,3 +265,13 @@ def _rolled_out(kind: str, obj: Any) -> bool:
     if kind == "StatefulSet":
         done = done and st.current_revision == st.update_revision
     return bool(done)
+
+
+class RetryingMetrics:
+    """A MetricsPort whose samples are retried on passing failures (Prometheus restarting, 5xx, 429)."""
+
+    def __init__(self, metrics: MetricsPort, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self._metrics, self._sleep = metrics, sleep
+
+    def sample(self, namespace: str, window_seconds: int) -> Sample:
+        return retrying(lambda: self._metrics.sample(namespace, window_seconds), sleep=self._sleep)
