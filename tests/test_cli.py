@@ -141,7 +141,7 @@ def test_progress_bars_show_each_wave_with_its_counts() -> None:
 
     from rich.console import Console  # noqa: PLC0415
 
-    from upgrader.cli import _Bars  # noqa: PLC0415
+    from upgrader.cli.common import _Bars  # noqa: PLC0415
 
     out = io.StringIO()
     bars = _Bars(Console(file=out, force_terminal=True, width=100))

@@ -1,0 +1,207 @@
+"""Commands that only look: `discover`, `plan`, `preflight`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from upgrader.cli.common import (
+    AckOpt,
+    ContextOpt,
+    HelmOpt,
+    KubeconfigOpt,
+    Output,
+    RepoOpt,
+    SpecOpt,
+    ToOpt,
+    _helm_binary,
+    _plan_session,
+    _write,
+    app,
+    log,
+)
+from upgrader.discovery import Installation, observe
+from upgrader.errors import EXIT_PREFLIGHT, EXIT_REFUSED, InputError
+from upgrader.rendering import render, render_checks
+from upgrader.spec import deep_merge
+
+
+@app.command()
+def discover(
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    helm: HelmOpt = "helm",
+    output: Annotated[Output, typer.Option("-o", "--output", help="table or json.")] = Output.table,
+) -> None:
+    """Show the Linkerd installed in the cluster: Helm releases, control plane, proxies."""
+    from upgrader.adapters.helm import HelmAdapter  # noqa: PLC0415 - keep --help fast
+    from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
+
+    if kubeconfig is not None and not kubeconfig.is_file():
+        raise InputError(f"kubeconfig {kubeconfig} does not exist", hint="pass --kubeconfig PATH of a cluster")
+    helm_port = HelmAdapter(executable=_helm_binary(helm), kubeconfig=kubeconfig, context=context)
+    kube = KubeAdapter(kubeconfig=kubeconfig, context=context)
+    found = observe(kube, helm_port)
+    log.info(
+        "discovered",
+        found=found.found,
+        control_plane_version=found.control_plane_version,
+        releases=len(found.releases),
+        meshed_namespaces=len(found.proxies),
+    )
+    if output is Output.json:
+        typer.echo(json.dumps(found.as_dict(), indent=2))
+    else:
+        _print_installation(found)
+
+
+class PlanFormat(StrEnum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+    yaml = "yaml"
+
+
+@app.command()
+def plan(  # noqa: PLR0917 - typer maps each CLI option to a parameter
+    to: ToOpt = None,
+    from_: Annotated[str | None, typer.Option("--from", help="Installed release (with --offline).")] = None,
+    offline: Annotated[bool, typer.Option(help="Plan without a cluster or repository (needs --from).")] = False,
+    spec_file: SpecOpt = None,
+    ack: AckOpt = None,
+    output: Annotated[PlanFormat, typer.Option("-o", "--output", help="table, markdown, json or yaml.")] = (
+        PlanFormat.table
+    ),
+    out: Annotated[Path | None, typer.Option("--out", help="Also write the plan to this file.")] = None,
+    kubernetes: Annotated[
+        str | None, typer.Option("--kubernetes", help="Cluster's Kubernetes version (offline plans).")
+    ] = None,
+    repo: RepoOpt = "linkerd",
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    helm: HelmOpt = "helm",
+) -> None:
+    """Plan an upgrade (or a one-major rollback) from what is installed to --to, hop by hop."""
+    if kubernetes is not None and not offline:
+        raise InputError("--kubernetes is for offline plans", hint="live plans read the version from the cluster")
+    session = _plan_session(
+        kubernetes=kubernetes,
+        to=to,
+        from_=from_,
+        offline=offline,
+        spec_file=spec_file,
+        ack=ack,
+        repo=repo,
+        kubeconfig=kubeconfig,
+        context=context,
+        helm=helm,
+    )
+    result = session.plan
+    text = render(result, output.value)
+    if out is not None:
+        _write(out, render(result, "json" if out.suffix == ".json" else output.value))
+    typer.echo(text, nl=False)
+    log.info(
+        "planned",
+        hops=len(result.hops),
+        refused=result.refused.code if result.refused else None,
+        estimated_minutes=result.estimated_minutes,
+    )
+    if result.refused:
+        raise typer.Exit(EXIT_REFUSED)
+
+
+class CheckFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def preflight(  # noqa: PLR0917 - typer maps each CLI option to a parameter
+    to: ToOpt = None,
+    spec_file: SpecOpt = None,
+    ack: AckOpt = None,
+    min_cert_days: Annotated[int, typer.Option(help="Certificates must stay valid this many days.", min=0)] = 60,
+    output: Annotated[CheckFormat, typer.Option("-o", "--output", help="table or json.")] = CheckFormat.table,
+    impersonate: Annotated[str | None, typer.Option("--as", help="Check as this user (impersonation).")] = None,
+    repo: RepoOpt = "linkerd",
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    helm: HelmOpt = "helm",
+) -> None:
+    """Check that an upgrade to --to can start: cluster, Helm, control plane, certificates, values, CRDs, HA."""
+    from upgrader.preflight.checks import Context, run_checks  # noqa: PLC0415
+    from upgrader.preflight.observe import gather  # noqa: PLC0415
+
+    session = _plan_session(
+        to=to,
+        from_=None,
+        offline=False,
+        spec_file=spec_file,
+        ack=ack,
+        repo=repo,
+        kubeconfig=kubeconfig,
+        context=context,
+        helm=helm,
+        impersonate=impersonate,
+    )
+    overrides = session.spec.values.overrides
+    snapshot = gather(
+        session.kube,
+        session.helm,
+        session.plan,
+        namespace=session.namespace,
+        repo=repo,
+        values_to_send=lambda user: deep_merge(user, overrides),
+    )
+    results = run_checks(
+        Context(
+            snapshot,
+            session.plan,
+            session.catalog,
+            session.spec,
+            now=dt.datetime.now(dt.UTC),
+            min_cert_days=min_cert_days,
+        )
+    )
+    blocking = [r for r in results if r.result == "error" and not r.waived]
+    for r in results:
+        if r.result != "passed":
+            log.warning("check", id=r.id, result=r.result, waived=r.waived, message=r.message)
+    typer.echo(render_checks(results, output.value), nl=False)
+    log.info(
+        "preflight", checks=len(results), errors=len(blocking), warnings=sum(r.result == "warning" for r in results)
+    )
+    if blocking:
+        raise typer.Exit(EXIT_PREFLIGHT)
+
+
+def _print_installation(inst: Installation) -> None:
+    console = Console()
+    console.print(f"Kubernetes {inst.kubernetes_version}")
+    if not inst.found:
+        console.print("No Linkerd installation found (no Linkerd Helm release, linkerd-config or meshed pod).")
+        return
+    cp = inst.control_plane_version or "not found"
+    console.print(
+        f"Control plane: {cp} in namespace {inst.control_plane_namespace or '-'}"
+        f"{' (HA)' if inst.high_availability else ''}"
+    )
+    releases = Table(
+        "release", "namespace", "chart", "version", "app version", "revision", "status", title="Helm releases"
+    )
+    for r in inst.releases:
+        releases.add_row(r.name, r.namespace, r.chart_name, r.chart_version, r.app_version, str(r.revision), r.status)
+    console.print(releases)
+    proxies = Table("namespace", "proxy version", "pods", title="Data plane")
+    for ns, versions in inst.proxies.items():
+        for v, n in versions.items():
+            proxies.add_row(ns, v, str(n))
+    console.print(proxies)
