@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
+from e2e.fixtures import mesh
 from e2e.fixtures.world import World
 from e2e.harness.leaks import OUTPUTS, run_upgrader
 from e2e.harness.waits import wait_for
@@ -57,9 +59,16 @@ def test_dry_run_changes_nothing_and_shows_what_would(clean_world: World, tmp_pa
     """--dry-run runs preflight, prints the redacted values diff and server-side dry runs; no revision, no run."""
     world = clean_world
     world.install("stable-2.13.7")
+    docs = mesh.sample_mesh()
+    world.apply(docs)
+    world.wait_ready(mesh.namespaces(docs))
+    web = client.AppsV1Api(world.api).read_namespaced_deployment("web", "shop").metadata.generation
     env = _env(world, tmp_path, world.helm)
     out = _run(world, env, world.helm, "apply", "--to", "stable-2.14.10", "--spec", _spec(tmp_path), "--dry-run")
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "wave all would restart 5: " in out.stdout, out.stdout
+    assert "Deployment shop/web" in out.stdout
+    assert client.AppsV1Api(world.api).read_namespaced_deployment("web", "shop").metadata.generation == web
     assert "values diff for linkerd-control-plane 1.16.11" in out.stdout
     assert "--dry-run=server: accepted" in out.stdout
     assert "dry run: nothing was changed" in out.stdout

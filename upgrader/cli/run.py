@@ -256,6 +256,36 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     typer.echo(f"run {run_id}: {result.state}")
 
 
+def _dry_run_data_plane(session: _Session, hop: Any) -> None:
+    """What the first hop's waves would restart, in order, and what they would leave alone."""
+    from upgrader.dataplane import inventory  # noqa: PLC0415
+    from upgrader.ports import DataPlaneView  # noqa: PLC0415
+
+    kube = session.kube
+    view = DataPlaneView(
+        tuple(kube.list_namespaces()),
+        tuple(kube.list_workloads()),
+        tuple(kube.list_pods()),
+        tuple(kube.list_budgets()),
+    )
+    dp = session.spec.data_plane
+    typer.echo(
+        f"data plane, hop 1 ({dp.max_concurrent_per_namespace} per namespace, {dp.max_namespaces} namespaces at once):"
+    )
+    for wave in hop.waves:
+        inv = inventory(
+            view,
+            wave.namespaces,
+            exclude_namespaces=dp.exclude_namespaces,
+            include_selector=dp.include_selector or None,
+            exclude_selector=dp.exclude_selector or None,
+        )
+        names = ", ".join(f"{w.kind} {w.namespace}/{w.name}" for w in inv.targets) or "nothing"
+        typer.echo(f"  wave {wave.name} would restart {len(inv.targets)}: {names}")
+        for item in inv.reported:
+            typer.echo(f"    not restarted: {item}")
+
+
 def _dry_run(session: _Session, *, repo: str, min_cert_days: int) -> None:
     from upgrader.preflight.checks import Context, run_checks  # noqa: PLC0415
     from upgrader.preflight.observe import gather  # noqa: PLC0415
@@ -281,7 +311,9 @@ def _dry_run(session: _Session, *, repo: str, min_cert_days: int) -> None:
         )
     )
     typer.echo(render_checks(results, "table"), nl=False)
+    _dry_run_data_plane(session, hop)
     if hop.kind == "data-plane" or "linkerd-control-plane" not in hop.charts:
+        typer.echo("dry run: nothing was changed")
         return
     ns = session.namespace
     user = session.helm.get_values("linkerd-control-plane", ns)
