@@ -25,7 +25,7 @@ demo: binaries
 
 ## Lint, type-check, import contracts, unit tests and the e2e suite on a real local cluster.
 test: lint binaries
-	$(BIN)/pytest tests e2e
+	$(BIN)/pytest --durations=15 tests e2e
 
 lint: venv
 	$(BIN)/ruff check upgrader tests e2e

@@ -72,6 +72,16 @@ def namespace(request: pytest.FixtureRequest, api: client.ApiClient) -> Iterator
     yield name
     core.delete_namespace(name)
 
+    def gone() -> bool:
+        try:
+            core.read_namespace(name)
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    # Wait: what a test left (a Helm release, a linkerd-config) must not be seen by the next test.
+    wait_for(f"namespace {name} deleted", gone, timeout=120)
+
 
 @pytest.fixture(scope="session")
 def world(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:

@@ -70,9 +70,23 @@ def test_waves_restart_every_meshed_workload_throttled_and_leave_the_rest_alone(
     world.apply(docs)
     world.wait_ready(mesh.namespaces(docs))
     world.kubectl("annotate", "deployment", "api", "-n", "shop", "upgrader.io/skip=true")
+    solo = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "solo", "namespace": "shop", "labels": {"app": "solo"}},
+        "spec": {"containers": [{"name": "solo", "image": mesh.IMAGE.format(name="solo")}]},
+    }
+    world.apply([solo])  # a bare pod, meshed by the injector: reported, never restarted
+    world.wait_ready(["shop"])
     untouched = {
         f"{ns}/{sel}": {p.metadata.uid for p in _pods(world, ns, sel)}
-        for ns, sel in (("shop", "app=admin"), ("legacy", "app=batch"), ("shop", "app=api"), ("edge", "app=report"))
+        for ns, sel in (
+            ("shop", "app=admin"),
+            ("legacy", "app=batch"),
+            ("shop", "app=api"),
+            ("edge", "app=report"),
+            ("shop", "app=solo"),
+        )
     }
     assert all(untouched.values()), untouched
     spec = tmp_path / "waves.yaml"
@@ -86,7 +100,7 @@ def test_waves_restart_every_meshed_workload_throttled_and_leave_the_rest_alone(
     assert out.returncode == 0, out.stderr[-3000:]
 
     for ns in ("shop", "edge", "payments", "scale-000", "scale-001"):
-        selector = "app notin (admin, api, report)"
+        selector = "app notin (admin, api, report, solo)"
         assert _proxies(world, ns, selector) == {"stable-2.14.10"}, ns
     assert _proxies(world, "shop", "app=api") == {"stable-2.13.7"}, "skipped: still on the old proxy"
     for what, uids in untouched.items():
@@ -116,6 +130,7 @@ def test_waves_restart_every_meshed_workload_throttled_and_leave_the_rest_alone(
     assert waves[0]["proxies"] == {"stable-2.13.7": 6}, "each wave logs the proxies it starts from"
     skipped = [e["what"] for e in events if e["event"] == "not-restarted"]
     assert any("shop/api: annotated upgrader.io/skip" in s for s in skipped), skipped
+    assert any(s.startswith("Pod shop/solo: bare pod") for s in skipped), skipped
     assert sum(1 for e in events if e["event"] == "restart") == 12 + 4  # scale-*, shop web/db, node-agent, ledger
     assert _checkpoint(tmp_path)["waves_done"] == ["0/0", "0/1"]
 

@@ -113,3 +113,21 @@ def test_observe_defaults_to_the_linkerd_namespace_for_cli_installs() -> None:
     kube = FakeKube(config_maps={("linkerd", "linkerd-config"): {"values": "linkerdVersion: stable-2.12.6\n"}})
     found = observe(kube, FakeHelm())
     assert (found.control_plane_namespace, found.control_plane_version) == ("linkerd", "stable-2.12.6")
+
+
+def test_observe_prefers_the_default_namespace_when_two_control_planes_exist() -> None:
+    """A leftover control-plane release elsewhere (say, in a namespace being deleted) does not win over linkerd."""
+    kube = FakeKube(
+        config_maps={
+            ("leftover", "linkerd-config"): {"values": "linkerdVersion: stable-2.14.10\n"},
+            ("linkerd", "linkerd-config"): {"values": "linkerdVersion: stable-2.13.7\n"},
+        }
+    )
+    helm = FakeHelm(
+        releases=[
+            HelmRelease("linkerd-control-plane", "leftover", 1, "deployed", "linkerd-control-plane", "1.16.11"),
+            HelmRelease("linkerd-control-plane", "linkerd", 1, "deployed", "linkerd-control-plane", "1.12.7"),
+        ]
+    )
+    found = observe(kube, helm)
+    assert (found.control_plane_namespace, found.control_plane_version) == ("linkerd", "stable-2.13.7")

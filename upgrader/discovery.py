@@ -134,7 +134,9 @@ def observe(kube: KubePort, helm: HelmPort, *, default_namespace: str = "linkerd
     """Observe the cluster through the ports and summarise what Linkerd is there."""
     version = kube.server_version()
     releases = helm.list_releases()
-    cp = next((r for r in releases if r.chart_name in ("linkerd-control-plane", "linkerd2")), None)
+    control_planes = [r for r in releases if r.chart_name in ("linkerd-control-plane", "linkerd2")]
+    # More than one (say, a leftover in a namespace being deleted): the default namespace's wins.
+    cp = next((r for r in control_planes if r.namespace == default_namespace), None) or next(iter(control_planes), None)
     namespace = cp.namespace if cp else default_namespace
     config = kube.get_config_map(namespace, "linkerd-config")
     pods = kube.list_pods(label_selector=DATA_PLANE_SELECTOR)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -129,7 +130,10 @@ class LeaseLock:
                     f"lock {self.namespace}/{self.name}: taken at the same moment by {holder}",
                     hint="only one run acts at a time; check it with upgrader status",
                 ) from exc
-            raise
+            raise UpgraderError(
+                f"cannot take the lock {self.namespace}/{self.name}: {exc.status} {_api_reason(exc)}",
+                hint="upgrader needs create/update on leases.coordination.k8s.io in the control-plane namespace",
+            ) from exc
         return decision.reason
 
     def release(self, me: str) -> None:
@@ -141,3 +145,12 @@ class LeaseLock:
                 "spec": {"holderIdentity": None, "leaseDurationSeconds": LEASE_SECONDS},
             }
             self._coord.replace_namespaced_lease(self.name, self.namespace, body)
+
+
+def _api_reason(exc: ApiException) -> str:
+    """The API server's own message (e.g. "namespace ... is being terminated"), else the HTTP reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason)
