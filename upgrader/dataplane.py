@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from upgrader.discovery import DATA_PLANE_SELECTOR, PROXY_CONTAINER, proxy_version
+from upgrader.discovery import DATA_PLANE_SELECTOR, proxy_version
 from upgrader.ports import Budget, DataPlaneView, Namespace, Pod, Workload
 
 SKIP = "upgrader.io/skip"
@@ -83,7 +83,8 @@ def pods_of(workload: Workload, pods: Iterable[Pod]) -> list[Pod]:
     ]
 
 
-def _selected(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+def selects(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    """Whether ``labels`` satisfy a matchLabels ``selector``."""
     return all(labels.get(k) == v for k, v in selector.items())
 
 
@@ -101,9 +102,9 @@ def _scope(
         why = ""
         if ns.annotations.get(SKIP) == "true":
             why = f"namespace annotated {SKIP}"
-        elif include_selector and not _selected(ns.labels, include_selector):
+        elif include_selector and not selects(ns.labels, include_selector):
             why = "namespace not selected by dataPlane.includeSelector"
-        elif exclude_selector and _selected(ns.labels, exclude_selector):
+        elif exclude_selector and selects(ns.labels, exclude_selector):
             why = "namespace selected by dataPlane.excludeSelector"
         if why:
             reported.append(Reported("Namespace", ns.name, ns.name, why))
@@ -185,10 +186,8 @@ def budget_block(workload: Workload, budgets: Iterable[Budget]) -> str | None:
     """Why a PodDisruptionBudget cannot absorb ``workload``'s restart right now (None when it can)."""
     down = down_at_once(workload)
     for b in budgets:
-        selects = (
-            b.namespace == workload.namespace and b.match_labels and _selected(workload.pod_labels, b.match_labels)
-        )
-        if selects and down > b.disruptions_allowed:
+        mine = b.namespace == workload.namespace and b.match_labels and selects(workload.pod_labels, b.match_labels)
+        if mine and down > b.disruptions_allowed:
             rule = f"maxUnavailable {b.max_unavailable}" if b.max_unavailable else f"minAvailable {b.min_available}"
             return (
                 f"PodDisruptionBudget {b.namespace}/{b.name} ({rule}) allows {b.disruptions_allowed} disruption(s) "
@@ -299,21 +298,3 @@ def assess(
     if elapsed >= timeout:
         return Verdict("failed", f"not healthy after {int(timeout)}s: {'; '.join(problems)}")
     return Verdict("rolling", "; ".join(problems))
-
-
-__all__ = [
-    "PROXY_CONTAINER",
-    "Inventory",
-    "Reported",
-    "Throttle",
-    "Verdict",
-    "assess",
-    "budget_block",
-    "down_at_once",
-    "inventory",
-    "meshed",
-    "next_starts",
-    "owner_of",
-    "pods_of",
-    "rolled_out",
-]

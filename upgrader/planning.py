@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from upgrader.catalog import Catalog, Major, Note
+from upgrader.dataplane import selects
 from upgrader.errors import InputError
 from upgrader.metrics import public_url
 from upgrader.redaction import redact_values
@@ -201,10 +202,6 @@ def _gates(spec: Spec) -> dict[str, Any]:
     return gates
 
 
-def _selects(selector: Mapping[str, str], labels: Mapping[str, str] | None) -> bool:
-    return labels is not None and all(labels.get(k) == v for k, v in selector.items())
-
-
 def _resolve_waves(
     spec: Spec, meshed: list[str], excluded: set[str], labels: Mapping[str, Mapping[str, str]] | None = None
 ) -> list[WavePlan]:
@@ -215,8 +212,8 @@ def _resolve_waves(
         ns
         for ns in meshed
         if ns not in excluded
-        and not (dp.include_selector and ns in labels and not _selects(dp.include_selector, labels[ns]))
-        and not (dp.exclude_selector and _selects(dp.exclude_selector, labels.get(ns)))
+        and not (dp.include_selector and ns in labels and not selects(labels[ns], dp.include_selector))
+        and not (dp.exclude_selector and ns in labels and selects(labels[ns], dp.exclude_selector))
     ]
     waves = []
     for wave in spec.data_plane.waves:
@@ -225,7 +222,7 @@ def _resolve_waves(
             for ns in remaining
             if "*" in wave.namespaces
             or ns in wave.namespaces
-            or (wave.selector and _selects(wave.selector, labels.get(ns)))
+            or (wave.selector and ns in labels and selects(labels[ns], wave.selector))
         ]
         remaining = [ns for ns in remaining if ns not in chosen]
         waves.append(WavePlan(name=wave.name, namespaces=chosen, selector=wave.selector, bake_time=wave.bake_time))

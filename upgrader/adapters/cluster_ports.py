@@ -15,7 +15,8 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from upgrader.adapters.helm import HelmAdapter
 from upgrader.adapters.informers import DataPlaneCache
-from upgrader.adapters.kube import KubeAdapter
+from upgrader.adapters.kube import KubeAdapter, workload_record
+from upgrader.dataplane import rolled_out
 from upgrader.errors import HelmError, UpgraderError
 from upgrader.metrics import MetricsPort, Sample
 from upgrader.planning import Plan
@@ -237,7 +238,7 @@ class ClusterPorts:
                     field_selector=f"metadata.name={workload.name}",
                     timeout_seconds=remaining,
                 ):
-                    if _rolled_out(workload.kind, event["object"]):
+                    if rolled_out(workload_record(workload.kind, event["object"])):
                         return True
         except ApiException as exc:
             raise UpgraderError(f"watching {workload.kind} {workload.namespace}/{workload.name}: {exc.reason}") from exc
@@ -251,20 +252,6 @@ class ClusterPorts:
 
     def preflight(self, plan: Plan, hop_index: int) -> list[CheckResult]:
         return self._preflight(plan, hop_index)
-
-
-def _rolled_out(kind: str, obj: Any) -> bool:
-    st, meta = obj.status, obj.metadata
-    if st is None or (st.observed_generation or 0) < (meta.generation or 0):
-        return False
-    if kind == "DaemonSet":
-        want = st.desired_number_scheduled or 0
-        return bool((st.updated_number_scheduled or 0) == want and (st.number_available or 0) == want)
-    want = obj.spec.replicas if obj.spec.replicas is not None else 1
-    done = (st.updated_replicas or 0) == want and (st.available_replicas or 0) == want and (st.replicas or 0) == want
-    if kind == "StatefulSet":
-        done = done and st.current_revision == st.update_revision
-    return bool(done)
 
 
 class RetryingMetrics:
