@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: demo test lint unit e2e binaries cluster-up cluster-down world-up bench clean venv
+.PHONY: demo test lint unit e2e binaries lock cluster-up cluster-down world-up bench clean venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,9 +14,15 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-## Build (or reuse from ~/.cache/upgrader-e2e) etcd, Kubernetes, kwok, helm 4 and helm 3.
+## Build (or reuse from ~/.cache/upgrader-e2e) etcd, Kubernetes, kwok, helm 4 and helm 3, each
+## from its committed lock (e2e/harness/go/<component>/), and check what is cached against it.
 binaries: venv
 	$(BIN)/python -m e2e.harness.binaries
+
+## Regenerate the locks after changing a pin in e2e/harness/binaries.py (COMPONENTS="kubernetes" for one).
+COMPONENTS ?=
+lock: venv
+	$(BIN)/python -m e2e.harness.binaries lock $(COMPONENTS)
 
 ## The main job on the built-in local cluster: world up, upgrader against it, world down.
 demo: binaries

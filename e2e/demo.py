@@ -10,7 +10,6 @@ status; `make demo` tears everything down afterwards.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from e2e.fixtures.world import World
 from e2e.harness import binaries
-from e2e.harness.cluster import DEFAULT_DIR
+from e2e.harness.cluster import default_dir
 
 SPEC = """\
 name: demo
@@ -42,7 +41,7 @@ def _step(*cmd: str, env: dict[str, str]) -> None:
 
 
 def main() -> int:
-    kubeconfig = Path(os.environ.get("UPGRADER_E2E_CLUSTER_DIR", DEFAULT_DIR)) / "kubeconfig"
+    kubeconfig = default_dir() / "kubeconfig"
     if not kubeconfig.exists():
         print(f"error: no world running ({kubeconfig} missing); run `make world-up` first", file=sys.stderr)
         return 2

@@ -45,6 +45,16 @@ POD_CIDR = "10.0.0.1/20"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
+def default_dir() -> Path:
+    """The long-lived cluster's folder: ``$UPGRADER_E2E_CLUSTER_DIR`` or ``DEFAULT_DIR``.
+
+    Every harness entry point (cluster, world, demo, bench) resolves its folder here, so a
+    world started beside a second cluster lands on that cluster.
+    """
+    env = os.environ.get("UPGRADER_E2E_CLUSTER_DIR")
+    return Path(env).expanduser() if env else DEFAULT_DIR
+
+
 class ClusterError(RuntimeError):
     """The cluster did not come up; the message names the component and its log."""
 
@@ -456,7 +466,7 @@ class LocalCluster:
 def _cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.harness.cluster")
     parser.add_argument("action", choices=["up", "down", "status"])
-    parser.add_argument("--dir", type=Path, default=Path(os.environ.get("UPGRADER_E2E_CLUSTER_DIR", DEFAULT_DIR)))
+    parser.add_argument("--dir", type=Path, default=default_dir())
     parser.add_argument("--nodes", type=int, default=3)
     args = parser.parse_args(argv)
     folder: Path = args.dir
