@@ -333,7 +333,12 @@ def embedded_modules(binary: Path) -> dict[str, object]:
         if parts[0] == "path":
             info["path"] = parts[1]
         elif parts[0] == "mod":
+            # The module holding the main package: ours, or the pinned module itself when the
+            # program lives in it (go version -m lists it here, not among the deps).
             info["mod"] = parts[1]
+            if len(parts) > 2 and parts[2] != "(devel)":
+                last = parts[1]
+                deps[last] = (parts[2], parts[3] if len(parts) > 3 else "")
         elif parts[0] == "dep":
             last = parts[1]
             deps[last] = (parts[2], parts[3] if len(parts) > 3 else "")
