@@ -1,7 +1,8 @@
-"""The e2e binary cache: keyed by component and version, complete only with BUILD-INFO.json."""
+"""The e2e binaries: locked per component, keyed by version and lock, checked against the lock."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,54 +12,152 @@ from e2e.harness import binaries
 
 @pytest.fixture
 def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("UPGRADER_E2E_CACHE", str(tmp_path))
-    return tmp_path
+    monkeypatch.setenv("UPGRADER_E2E_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
-def test_cache_folders_are_keyed_by_component_and_version(cache: Path) -> None:
-    """Each component lives in <cache>/<name>-<version>/."""
-    assert binaries.COMPONENTS["kubernetes"].dir == cache / f"kubernetes-{binaries.KUBERNETES_VERSION}"
-    assert binaries.program("helm", "helm3") == cache / f"helm3-{binaries.HELM3_VERSION}" / "helm"
-    assert binaries.program("kubectl").parent.name == f"kubernetes-{binaries.KUBERNETES_VERSION}"
+def _probe(tmp_path: Path, version: str = "v1.0.0") -> binaries.Component:
+    """A component with a lock of its own in tmp_path (go.mod requiring example.com/probe)."""
+    locks = tmp_path / "locks" / "probe"
+    locks.mkdir(parents=True, exist_ok=True)
+    (locks / "go.mod").write_text(
+        "module upgrader.local/build/probe\n\ngo 1.26.0\n\ntool example.com/probe/cmd/probe\n\n"
+        "require example.com/probe v1.0.0\n"
+    )
+    (locks / "go.sum").write_text(
+        "example.com/probe v1.0.0 h1:AAAA=\nexample.com/probe v1.0.0/go.mod h1:BBBB=\nexample.com/dep v0.2.0 h1:CCCC=\n"
+    )
+    return binaries.Component("probe", "example.com/probe", version, {"probe": "example.com/probe/cmd/probe"})
 
 
-def test_a_folder_without_build_info_is_not_built(cache: Path) -> None:
+@pytest.fixture
+def probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path) -> binaries.Component:
+    monkeypatch.setattr(binaries, "LOCKS_DIR", tmp_path / "locks")
+    return _probe(tmp_path)
+
+
+def test_every_component_has_a_committed_lock_of_its_pin() -> None:
+    """Each pin is locked: go.mod requires the pinned version, go.sum has its sum, the programs are tools."""
+    for component in binaries.COMPONENTS.values():
+        binaries.check_lock(component)
+        text = (component.lock_dir / "go.mod").read_text()
+        assert f"{component.module} {component.version}" in text
+
+
+def test_a_pin_changed_without_regenerating_the_lock_names_the_command() -> None:
+    """Bumping a version without `lock` fails before any build, saying which command to run."""
+    bumped = dataclasses.replace(binaries.COMPONENTS["kubernetes"], version="v1.36.4")
+    with pytest.raises(binaries.BuildError) as err:
+        binaries.check_lock(bumped)
+    message = str(err.value)
+    assert "pinned to k8s.io/kubernetes v1.36.4" in message
+    assert "has v1.36.3" in message
+    assert "python -m e2e.harness.binaries lock kubernetes" in message
+
+
+def test_kubernetes_lock_replaces_every_staging_module_at_the_matching_version() -> None:
+    """The staging replaces say v0.36.3 for v1.36.3: the graph cannot float apart (the issue-11 breakage)."""
+    text = (binaries.COMPONENTS["kubernetes"].lock_dir / "go.mod").read_text()
+    replaces = binaries.lock_directives(text, "replace")
+    assert len(replaces) > 20
+    assert all(r.endswith(" v0.36.3") for r in replaces), replaces
+
+
+def test_cache_folders_are_keyed_by_component_version_and_lock(cache: Path) -> None:
+    """Each component lives in <cache>/<name>-<version>-<lock digest>/: a new lock never reuses a build."""
+    kubernetes = binaries.COMPONENTS["kubernetes"]
+    digest = kubernetes.lock_digest()
+    assert kubernetes.dir == cache / f"kubernetes-{binaries.KUBERNETES_VERSION}-{digest}"
+    assert binaries.program("kubectl").parent == kubernetes.dir
+    assert binaries.program("helm", "helm3").parent.name.startswith(f"helm3-{binaries.HELM3_VERSION}-")
+
+
+def test_a_folder_without_build_info_is_not_built(probe: binaries.Component) -> None:
     """An interrupted build (programs but no BUILD-INFO.json) is built again."""
-    kwok = binaries.COMPONENTS["kwok"]
-    kwok.dir.mkdir()
-    (kwok.dir / "kwok").write_text("")
-    assert not kwok.is_built()
-    (kwok.dir / "BUILD-INFO.json").write_text("{}")
-    assert kwok.is_built()
+    probe.dir.mkdir(parents=True)
+    (probe.dir / "probe").write_text("")
+    assert not probe.is_built()
+    (probe.dir / "BUILD-INFO.json").write_text("{}")
+    assert probe.is_built()
 
 
-def test_ensure_skips_a_cached_component(cache: Path) -> None:
-    """A complete cache entry is reused without invoking its builder."""
+def test_a_cached_component_is_checked_not_built(probe: binaries.Component) -> None:
+    """A complete cache entry is reused without building, but always checked against the lock."""
+    probe.dir.mkdir(parents=True)
+    (probe.dir / "probe").write_text("")
+    (probe.dir / "BUILD-INFO.json").write_text("{}")
     calls: list[str] = []
-    component = binaries.Component("probe", "v1", ("probe",), lambda *a: calls.append("built"))
-    component.dir.mkdir()
-    (component.dir / "probe").write_text("")
-    (component.dir / "BUILD-INFO.json").write_text("{}")
-    assert binaries.ensure(component) == 0.0
-    assert calls == []
+    spent = binaries.ensure(
+        probe, build=lambda *a: calls.append("built"), check=lambda c, folder: calls.append(f"checked {folder.name}")
+    )
+    assert spent == 0.0
+    assert calls == [f"checked {probe.dir.name}"]
 
 
-def test_ensure_builds_into_place_and_records_build_info(cache: Path) -> None:
-    """A missing component is built in a scratch folder, moved into place and marked complete."""
+def test_ensure_builds_checks_and_records_build_info(probe: binaries.Component, cache: Path) -> None:
+    """A missing component is built in a scratch folder, checked, moved into place and marked complete."""
+    checked: list[str] = []
 
-    def build(version: str, work: Path, out: Path, log: Path) -> None:
-        (out / "probe").write_text(version)
+    def build(component: binaries.Component, work: Path, out: Path, log: Path) -> None:
+        (out / "probe").write_text(component.version)
 
-    component = binaries.Component("probe", "v2", ("probe",), build)
-    binaries.ensure(component, echo=lambda _m: None)
-    assert (component.dir / "probe").read_text() == "v2"
-    assert component.is_built()
+    binaries.ensure(probe, echo=lambda _m: None, build=build, check=lambda c, f: checked.append(f.name))
+    assert (probe.dir / "probe").read_text() == "v1.0.0"
+    assert checked == ["out"]
+    assert probe.is_built()
     assert [p.name for p in cache.iterdir() if p.name.startswith(".probe-")] == []
 
 
-def test_a_build_that_yields_no_program_fails_and_leaves_no_entry(cache: Path) -> None:
-    """A builder that produced nothing raises BuildError and the component stays unbuilt."""
-    component = binaries.Component("probe", "v3", ("probe",), lambda *a: None)
+def test_a_build_that_yields_no_program_fails_and_leaves_no_entry(probe: binaries.Component) -> None:
+    """A build that produced nothing raises BuildError and the component stays unbuilt."""
     with pytest.raises(binaries.BuildError, match="produced no probe"):
-        binaries.ensure(component, echo=lambda _m: None)
-    assert not component.is_built()
+        binaries.ensure(probe, echo=lambda _m: None, build=lambda *a: None, check=lambda *a: None)
+    assert not probe.is_built()
+
+
+def _embedded(mod: tuple[str, str, str], deps: dict[str, tuple[str, str]]) -> dict[str, object]:
+    return {"path": "example.com/probe/cmd/probe", "mod": mod[0], "deps": {mod[0]: (mod[1], mod[2]), **deps}}
+
+
+def test_verify_accepts_exactly_the_locked_graph(probe: binaries.Component, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        binaries,
+        "embedded_modules",
+        lambda _b: _embedded(("example.com/probe", "v1.0.0", "h1:AAAA="), {"example.com/dep": ("v0.2.0", "h1:CCCC=")}),
+    )
+    binaries.verify(probe, Path("/nowhere"))
+
+
+@pytest.mark.parametrize(
+    ("mod", "deps", "expected"),
+    [
+        (
+            ("example.com/probe", "v1.1.0", "h1:ZZZZ="),
+            {},
+            "embeds example.com/probe v1.1.0, wanted v1.0.0",
+        ),
+        (
+            ("example.com/probe", "v1.0.0", "h1:AAAA="),
+            {"example.com/dep": ("v0.3.0", "h1:DDDD=")},
+            "embeds example.com/dep v0.3.0, wanted v0.2.0",
+        ),
+        (
+            ("example.com/probe", "v1.0.0", "h1:AAAA="),
+            {"example.com/dep": ("v0.2.0", "h1:XXXX=")},
+            "embeds example.com/dep v0.2.0, wanted v0.2.0",
+        ),
+    ],
+    ids=["pinned module moved", "dependency floated", "dependency with another hash"],
+)
+def test_verify_names_the_component_the_wanted_and_the_found_version(
+    probe: binaries.Component,
+    monkeypatch: pytest.MonkeyPatch,
+    mod: tuple[str, str, str],
+    deps: dict[str, tuple[str, str]],
+    expected: str,
+) -> None:
+    monkeypatch.setattr(binaries, "embedded_modules", lambda _b: _embedded(mod, deps))
+    with pytest.raises(binaries.BuildError) as err:
+        binaries.verify(probe, Path("/nowhere"))
+    assert str(err.value).startswith("probe: ")
+    assert expected in str(err.value)
