@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from e2e.fixtures.prometheus import CannedPrometheus
+from upgrader.adapters.prometheus import PrometheusMetrics
 from upgrader.errors import UpgraderError
-from upgrader.metrics import MetricsQueryError, MetricsUnavailableError, PrometheusMetrics, assess, queries
+from upgrader.metrics import MetricsQueryError, MetricsUnavailableError, assess, queries
 from upgrader.spec import Gates
 
 pytestmark = pytest.mark.e2e

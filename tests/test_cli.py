@@ -99,7 +99,7 @@ def test_markdown_plan_written_to_a_file(tmp_path: pathlib.Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     text = target.read_text()
-    assert "## Hop 3: edge-24.2.4 -> edge-24.8.2 (upgrade, Linkerd 2.16" in text
+    assert "## Hop 3: edge-24.8.1 -> edge-24.8.2 (upgrade, Linkerd 2.16" in text
     assert "| linkerd-control-plane | 2024.8.2 |" in text
     assert "proxyInit.resources" in text  # values removed in 2.16 are called out
     assert "stateDiagram-v2" in text
@@ -141,10 +141,10 @@ def test_progress_bars_show_each_wave_with_its_counts() -> None:
 
     from rich.console import Console  # noqa: PLC0415
 
-    from upgrader.cli.common import _Bars  # noqa: PLC0415
+    from upgrader.cli.common import Bars  # noqa: PLC0415
 
     out = io.StringIO()
-    bars = _Bars(Console(file=out, force_terminal=True, width=100))
+    bars = Bars(Console(file=out, force_terminal=True, width=100))
     bars("wave canary", 0, 3)
     bars("wave canary", 3, 3)
     bars("wave rest", 1, 4)

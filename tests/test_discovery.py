@@ -131,3 +131,17 @@ def test_observe_prefers_the_default_namespace_when_two_control_planes_exist() -
     )
     found = observe(kube, helm)
     assert (found.control_plane_namespace, found.control_plane_version) == ("linkerd", "stable-2.13.7")
+
+
+def test_completed_job_pods_are_not_data_plane_proxies() -> None:
+    """A Job's pod that finished on the old proxy is not a proxy to upgrade (no endless catch-up hop)."""
+    proxy = Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy:stable-2.13.7")
+    old = Container("linkerd-proxy", "cr.l5d.io/linkerd/proxy:stable-2.12.6")
+    meshed = {"linkerd.io/control-plane-ns": "linkerd"}
+    pods = [
+        Pod("shop", "web-1", labels=meshed, containers=(APP, proxy), phase="Running"),
+        Pod("shop", "job-1", labels=meshed, containers=(APP, old), phase="Succeeded", owner_kind="Job", owner_name="j"),
+        Pod("shop", "job-2", labels=meshed, containers=(APP, old), phase="Failed", owner_kind="Job", owner_name="j"),
+    ]
+    found = observe(FakeKube(pods=pods), FakeHelm())
+    assert found.proxies == {"shop": {"stable-2.13.7": 1}}

@@ -1,10 +1,12 @@
-"""Pure parts of the helm adapter."""
+"""The helm adapter: its pure parts, and helm's errors as the adapter raises them."""
 
 from __future__ import annotations
 
 import pytest
+from pyhelm3 import errors as helm_errors
 
-from upgrader.adapters.helm import split_chart
+from upgrader.adapters.helm import HelmAdapter, split_chart
+from upgrader.errors import ChartNotFoundError
 
 
 @pytest.mark.parametrize(
@@ -24,3 +26,40 @@ from upgrader.adapters.helm import split_chart
 def test_split_chart(chart: str, expected: tuple[str, str]) -> None:
     """`helm list` joins chart name and version with a dash; we split them apart again."""
     assert split_chart(chart) == expected
+
+
+class _Command:
+    """pyhelm3's runner answering every ``helm ...`` with ``stderr`` and exit code 1."""
+
+    def __init__(self, stderr: str) -> None:
+        self.stderr = stderr.encode()
+        self.runs: list[list[str]] = []
+
+    async def run(self, command: list[str], input: bytes | None = None) -> bytes:
+        self.runs.append(command)
+        raise helm_errors.Error(1, b"", self.stderr)
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        pytest.param("Error: no repositories configured", id="no repositories at all"),
+        pytest.param('Error: no repo named "linkerd" found', id="another repository only"),
+    ],
+)
+def test_searching_a_repository_that_is_not_added_finds_none(stderr: str) -> None:
+    """helm's missing-repository error is ChartNotFoundError at the edge; search_repo answers None."""
+    command = _Command(stderr)
+    assert HelmAdapter(command=command, sleep=lambda _s: None).search_repo("linkerd", "linkerd-control-plane") is None
+    assert len(command.runs) == 1
+
+
+def test_a_chart_version_missing_from_the_index_is_chart_not_found() -> None:
+    """`helm template` of a version the index lacks is ChartNotFoundError (preflight: cannot check the render)."""
+    stderr = (
+        "Error: chart \"linkerd-control-plane\" matching 9.9.9 not found in linkerd index. (try 'helm repo update')"
+    )
+    with pytest.raises(ChartNotFoundError, match=r"9\.9\.9"):
+        HelmAdapter(command=_Command(stderr), sleep=lambda _s: None).template(
+            "linkerd/linkerd-control-plane", "9.9.9", "linkerd", {}
+        )

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from upgrader.adapters.prometheus import PrometheusMetrics
 from upgrader.errors import InputError
-from upgrader.metrics import PrometheusMetrics, Sample, assess, describe, parse_vector, public_url, queries
+from upgrader.metrics import Sample, assess, describe, parse_vector, public_url, queries
 from upgrader.spec import Gates, load_spec
 
 GATES = Gates(min_success_rate=0.99, max_success_rate_drop=0.01, max_p99_latency_ms=200, max_p99_increase=1.5)

@@ -35,7 +35,7 @@ def test_example_specs_validate_and_plan_offline(path: Path) -> None:
         offering_notes=notes,
     )
     assert plan.refused is None, plan.refused
-    assert [h.to for h in plan.hops] == ["stable-2.14.10", "edge-24.2.4", "edge-24.8.2"]
+    assert [h.to for h in plan.hops] == ["stable-2.14.10", "edge-24.8.1", "edge-24.8.2"]
     assert plan.spec == spec.name
     restarted = {ns for w in plan.hops[0].waves for ns in w.namespaces}
     assert restarted == {"shop", "payments"}

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from upgrader.states import (
     ACTING,
     HOP_SEQUENCE,
+    ROUTES,
     TERMINAL,
     TRANSITIONS,
     IllegalTransition,
@@ -18,6 +19,7 @@ from upgrader.states import (
     RunState,
     check,
     mermaid,
+    route_of,
 )
 
 
@@ -72,21 +74,22 @@ def test_illegal_moves_raise(here: RunState, there: RunState) -> None:
         check(here, there)
 
 
-def _next_in_hop(state: RunState) -> set[RunState]:
+def _next_in_hop(state: RunState, route: tuple[RunState, ...]) -> set[RunState]:
     """Where a run may go when it moves on (not pausing, failing or rolling back)."""
     if state == RunState.PLANNED:
         return {RunState.PREFLIGHT}
-    if state == RunState.VERIFYING_DATA_PLANE:
+    if state == route[-1]:
         return {RunState.PREFLIGHT, RunState.DONE}
-    i = HOP_SEQUENCE.index(state)
-    return {HOP_SEQUENCE[i + 1]}
+    return {route[route.index(state) + 1]}
 
 
-@given(st.lists(st.sampled_from(list(RunState)), max_size=60))
-def test_no_sequence_of_moves_skips_a_step_or_resumes_a_rollback_as_an_upgrade(choices: list[RunState]) -> None:
-    """Whatever moves are tried, the upgrade states a run passes through follow the hop order exactly
+@given(st.sampled_from(ROUTES), st.lists(st.sampled_from(list(RunState)), max_size=60))
+def test_no_sequence_of_moves_skips_a_step_or_resumes_a_rollback_as_an_upgrade(
+    route: tuple[RunState, ...], choices: list[RunState]
+) -> None:
+    """Whatever moves are tried, the upgrade states a run passes through follow its hop's route exactly
     (a pause or failure resumes the same step), and after RollingBack no upgrade state is entered."""
-    machine = Machine()
+    machine = Machine(route=route)
     last_progress = RunState.PLANNED  # the last upgrade state entered (or Planned)
     rolling_back = False
     for wanted in choices:
@@ -99,8 +102,21 @@ def test_no_sequence_of_moves_skips_a_step_or_resumes_a_rollback_as_an_upgrade(c
             rolling_back = True
         if state in ACTING or state == RunState.DONE:
             assert not rolling_back, f"entered {state} after rolling back: {machine.history}"
-            assert state == last_progress or state in _next_in_hop(last_progress), [*machine.history, state]
+            assert state == last_progress or state in _next_in_hop(last_progress, route), [*machine.history, state]
             last_progress = state
+
+
+def test_a_catch_up_route_goes_from_preflight_to_the_data_plane_and_a_full_route_does_not() -> None:
+    """The hop's route decides: Preflight -> RestartingDataPlane is legal for a data-plane hop only."""
+    catch_up = Machine(
+        route=route_of([RunState.PREFLIGHT, RunState.RESTARTING_DATA_PLANE, RunState.VERIFYING_DATA_PLANE])
+    )
+    catch_up.move(RunState.PREFLIGHT)
+    catch_up.move(RunState.RESTARTING_DATA_PLANE)
+    full = Machine(route=HOP_SEQUENCE)
+    full.move(RunState.PREFLIGHT)
+    with pytest.raises(IllegalTransition):
+        full.move(RunState.RESTARTING_DATA_PLANE)
 
 
 def test_a_paused_run_resumes_only_where_it_stopped() -> None:

@@ -5,10 +5,20 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version as PackagingVersion
 
 from upgrader.catalog import default_catalog
 from upgrader.errors import InputError
-from upgrader.versions import Channel, ChartKind, Version, edge_from_calendar_chart, parse_chart_version
+from upgrader.versions import (
+    Channel,
+    ChartKind,
+    Version,
+    edge_from_calendar_chart,
+    kubernetes_minors,
+    kubernetes_version,
+    parse_chart_version,
+)
 
 CAT = default_catalog()
 
@@ -133,6 +143,41 @@ def test_chart_versions_order_numerically_with_calendar_charts_last() -> None:
         "2024.8.2",
         "2024.11.8",
     ]
+
+
+@pytest.mark.parametrize(
+    ("older", "newer"),
+    [
+        pytest.param("1.9.3-edge", "1.9.3", id="an edge chart sorts before the stable chart of the same number"),
+        pytest.param("1.9.3", "1.9.4-edge", id="a newer edge chart sorts after an older stable chart"),
+        pytest.param("30.14.10-edge", "30.17.4-edge", id="edge charts compare numerically"),
+        pytest.param("v1.16.10", "1.16.11", id="a v prefix is ignored"),
+    ],
+)
+def test_chart_versions_order_as_semver(older: str, newer: str) -> None:
+    """``-edge`` is a semver pre-release: never equal to the stable chart of the same number."""
+    assert parse_chart_version(older) < parse_chart_version(newer)
+    assert parse_chart_version(older) != parse_chart_version(newer)
+
+
+@pytest.mark.parametrize(
+    ("text", "core"),
+    [
+        pytest.param("v1.28.3", "1.28.3", id="a v-prefixed version"),
+        pytest.param("1.28", "1.28.0", id="a minor version"),
+        pytest.param("v1.28.3+k3s1", "1.28.3", id="k3s build metadata"),
+        pytest.param("v1.29.2-gke.1521000", "1.29.2", id="a vendor suffix"),
+        pytest.param("v1.31.0-rc.1", "1.31.0", id="a release candidate counts as its minor"),
+    ],
+)
+def test_kubernetes_versions_keep_their_numbers(text: str, core: str) -> None:
+    """A cluster's version string compares by its numbers alone."""
+    assert kubernetes_version(text) == PackagingVersion(core)
+
+
+def test_kubernetes_minors_hold_every_patch_of_the_range() -> None:
+    """1.21 to 1.28 is >=1.21,<1.29."""
+    assert kubernetes_minors("1.21", "1.28") == SpecifierSet(">=1.21,<1.29")
 
 
 def test_unparseable_chart_version_is_an_input_error() -> None:

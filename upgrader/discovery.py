@@ -32,6 +32,7 @@ CORE_CHARTS = frozenset({"linkerd2", "linkerd-crds", "linkerd-control-plane"})
 PROXY_CONTAINER = "linkerd-proxy"
 DATA_PLANE_SELECTOR = "linkerd.io/control-plane-ns"
 UNKNOWN = "unknown"
+FINISHED = frozenset({"Succeeded", "Failed"})  # pod phases whose containers have all ended
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ def summarise(
         values = loaded if isinstance(loaded, dict) else {}
     proxies: dict[str, Counter[str]] = {}
     for pod in pods:
+        if pod.phase in FINISHED:
+            continue  # a completed Job's pod runs no proxy any more: it is not part of the data plane
         version = proxy_version(pod)
         if version is not None:
             proxies.setdefault(pod.namespace, Counter())[version] += 1

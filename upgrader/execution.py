@@ -16,6 +16,7 @@ tests).
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,15 +28,31 @@ from upgrader.catalog import Catalog
 from upgrader.checkpoints import Checkpoint, CheckpointStore, Event, ReleaseRevisions, Restarted
 from upgrader.dataplane import Inventory, Key, Throttle, Verdict, assess, budget_block, inventory, next_starts
 from upgrader.discovery import proxy_version
-from upgrader.errors import UpgraderError
+from upgrader.errors import ReleaseLockedError, UpgraderError
+from upgrader.locking import LockLostError
 from upgrader.metrics import MetricsPort, Sample, describe
 from upgrader.metrics import assess as assess_metrics
-from upgrader.planning import CONTROL_PLANE, CRDS, EXTENSIONS, Hop, Plan
-from upgrader.ports import DataPlaneView, HelmRelease, Pod, Workload
+from upgrader.planning import (
+    CONTROL_PLANE,
+    CRDS,
+    EXTENSIONS,
+    AdoptSplitCharts,
+    Hop,
+    KeepRelease,
+    Plan,
+    PreflightStep,
+    RestartWave,
+    Step,
+    UpgradeRelease,
+    VerifyControlPlane,
+    VerifyDataPlane,
+    hop_values,
+)
+from upgrader.ports import DataPlaneView, HelmRelease, Pod, ReleaseObject, Workload
 from upgrader.preflight import CheckResult
 from upgrader.spec import Spec, parse_duration
-from upgrader.states import ACTING, HOP_SEQUENCE, TERMINAL, Machine, RunState
-from upgrader.values import diff, outgoing
+from upgrader.states import ACTING, TERMINAL, Machine, RunState, route_of
+from upgrader.values import diff
 
 log = structlog.get_logger("upgrader.execution")
 S = RunState
@@ -43,8 +60,17 @@ RESTARTED_BY = "upgrader.io/restarted-by"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
 
+PREFLIGHT_OPTIONS = ("min_cert_days", "repo")  # run options the preflight command repeats in hints
+
+
 class RunStoppedError(UpgraderError):
-    """The run stopped (failed step or preflight errors); the checkpoint holds where."""
+    """The run stopped (a failed step); the checkpoint holds where and why. Exit 1: failed."""
+
+    exit_code = 1
+
+
+class PreflightStoppedError(RunStoppedError):
+    """The run stopped before a hop because preflight found errors. Exit 4."""
 
     exit_code = 4
 
@@ -94,6 +120,44 @@ class ExecutorPorts(Protocol):
 
     def rollback(self, name: str, namespace: str, revision: int) -> HelmRelease: ...
 
+    def install(
+        self, name: str, chart: str, namespace: str, values: dict[str, Any], *, version: str
+    ) -> HelmRelease: ...
+
+    def release_objects(self, name: str, namespace: str) -> list[ReleaseObject]: ...  # from its manifest
+
+    def adopt(self, obj: ReleaseObject, release: str, namespace: str) -> None: ...  # re-annotate for a release
+
+    def remove_release_record(self, name: str, namespace: str) -> int: ...  # its Secrets; never its objects
+
+
+class Fence(Protocol):
+    """The installation lock, as the executor sees it: check we still hold it before acting."""
+
+    def fence(self) -> None: ...  # raises when the lock was lost
+
+    def tick(self) -> None: ...  # renew when due (cheap otherwise)
+
+    def due_in(self) -> float: ...  # seconds until the next renewal is due
+
+
+class _NoFence:
+    def fence(self) -> None:
+        return None
+
+    def tick(self) -> None:
+        return None
+
+    def due_in(self) -> float:
+        return math.inf
+
+
+def _resume_step(hop: Hop, state: RunState, recorded: int) -> int:
+    """The step a resumed run re-enters: the recorded one if it runs in ``state``, else the first that does."""
+    if 0 <= recorded < len(hop.steps) and hop.steps[recorded].state == state:
+        return recorded
+    return next((n for n, step in enumerate(hop.steps) if step.state == state), 0)
+
 
 @dataclass
 class Executor:
@@ -110,12 +174,14 @@ class Executor:
     metrics: MetricsPort | None = None
     sleep: Callable[[float], None] = time.sleep
     on_progress: Callable[[str, int, int], None] | None = None  # (what, done, total)
+    lock: Fence = field(default_factory=_NoFence)
 
     def __post_init__(self) -> None:
         self.machine = Machine(state=self.checkpoint.state, stopped_in=self.checkpoint.stopped_in)
 
     # ---- bookkeeping -----------------------------------------------------------------------
     def _save(self) -> None:
+        self.lock.fence()  # a run that lost the lock never writes its checkpoint over the new holder's work
         self.checkpoint.updated_at = self.clock()
         self.store.store(checkpoint=self.checkpoint)
 
@@ -131,67 +197,141 @@ class Executor:
         log.info("state", run_id=self.checkpoint.run_id, hop=self.checkpoint.hop, state=str(state), reason=reason)
         self._save()
 
-    def _stop(self, reason: str, hint: str) -> RunStoppedError:
+    def _stop(self, reason: str, hint: str, kind: type[RunStoppedError] | None = None) -> RunStoppedError:
+        """Record why the run stops and what to do next, move it to Failed; the error to raise."""
         self.checkpoint.errors.append(reason)
-        self._move(S.FAILED, reason)
-        return RunStoppedError(reason, hint=hint)
+        self.checkpoint.next_command = hint
+        if self.machine.state in (*TERMINAL, S.FAILED):
+            self._save()
+        else:
+            self._move(S.FAILED, reason)
+        return (kind or RunStoppedError)(reason, hint=hint)
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> Checkpoint:
         """Run, or resume, every remaining hop; return the final checkpoint.
 
+        Each hop's typed steps run in the plan's order; the machine follows the hop's route.
         A resumed run re-enters the step it was in (or stopped in) and goes on from there;
-        every step first observes whether its work is already done.
+        every step first observes whether its work is already done. Any error inside a step
+        ends the run ``Failed`` with the reason recorded, never in an acting state.
         """
         if self.machine.state in TERMINAL:
             return self.checkpoint
-        resume_from: RunState | None = None
+        first, first_step = self.checkpoint.hop, 0
+        if first < len(self.plan.hops):
+            self.machine.route = route_of(s.state for s in self.plan.hops[first].steps)
         if self.machine.state in (S.PAUSED, S.FAILED):
             target = self.machine.stopped_in or S.PREFLIGHT
             self._move(target, f"resumed in {target}")
-        if self.machine.state in ACTING:
-            resume_from = self.machine.state
-        first = self.checkpoint.hop
+        if self.machine.state in ACTING and first < len(self.plan.hops):
+            first_step = _resume_step(self.plan.hops[first], self.machine.state, self.checkpoint.step)
         for index in range(first, len(self.plan.hops)):
+            hop = self.plan.hops[index]
             self.checkpoint.hop = index
-            self._hop(index, self.plan.hops[index], resume_from if index == first else None)
+            self.machine.route = route_of(s.state for s in hop.steps)
+            for number, step in enumerate(hop.steps):
+                if index == first and number < first_step:
+                    continue
+                self.checkpoint.step = number
+                self._move(step.state, f"hop {index + 1}: {hop.from_} -> {hop.to}: {step.name}")
+                self._step(index, hop, step)
+            self.checkpoint.step = 0
         self._move(S.DONE, "every hop done")
         return self.checkpoint
 
-    def _hop(self, index: int, hop: Hop, resume_from: RunState | None) -> None:
+    def already_at_target(self) -> bool:
+        """The control plane is at the plan's target and every planned workload runs its proxy."""
+        if not self.plan.hops:
+            return False
+        last = self.plan.hops[-1]
+        if self.ports.control_plane_version(self.namespace) != last.to:
+            return False
+        namespaces = [ns for w in last.waves for ns in w.namespaces]
+        inv = self._inventory(namespaces)
+        return all(set(inv.proxies.get(w.key, {})) <= {last.to, "unknown"} for w in inv.targets)
+
+    def finish_elsewhere(self, reason: str) -> Checkpoint:
+        """End a resumed run whose work another run already did: Done, nothing restarted."""
+        log.info("already-done", run_id=self.checkpoint.run_id, reason=reason)
+        if self.machine.state in (S.PAUSED, S.FAILED):
+            self._move(self.machine.stopped_in or S.PREFLIGHT, "resumed")
+        self.machine.route = None
+        self.checkpoint.hop = len(self.plan.hops) - 1
+        state = self.machine.state
+        if state in ACTING and state != S.VERIFYING_DATA_PLANE:
+            self.machine.stopped_in = None
+            self.machine.state = S.VERIFYING_DATA_PLANE  # the observation is the verification
+        self._move(S.DONE, reason)
+        return self.checkpoint
+
+    def _step(self, index: int, hop: Hop, step: Step) -> None:
+        """Run one step; whatever stops it is recorded in the checkpoint as the reason."""
         resume = f"upgrader resume {self.checkpoint.run_id}"
-        start = HOP_SEQUENCE.index(resume_from) if resume_from else 0
+        try:
+            self.lock.fence()
+            self._dispatch(index, hop, step, resume)
+        except (RunStoppedError, LockLostError):
+            raise  # a run that lost its lock writes nothing more: the other run owns the installation
+        except UpgraderError as exc:
+            raise self._stop(
+                f"hop {index + 1}, step {step.name}: {exc.message}",
+                exc.hint or f"fix the cause, then {resume} (or upgrader rollback {self.checkpoint.run_id})",
+            ) from exc
+        except Exception as exc:
+            self._stop(
+                f"hop {index + 1}, step {step.name}: internal error {type(exc).__name__}: {exc}",
+                f"report this; then {resume} (or upgrader rollback {self.checkpoint.run_id})",
+            )
+            raise
 
-        def due(state: RunState) -> bool:
-            if HOP_SEQUENCE.index(state) < start:
-                return False
-            self._move(state, f"hop {index + 1}: {hop.from_} -> {hop.to}")
-            return True
-
-        if due(S.PREFLIGHT):
-            sliced = self.plan.model_copy(update={"hops": self.plan.hops[index:]})
-            blocking = [r for r in self.ports.preflight(sliced, index) if r.result == "error" and not r.waived]
-            if blocking:
-                ids = ", ".join(r.id for r in blocking)
-                raise self._stop(
-                    f"preflight failed before hop {index + 1}: {ids}",
-                    f"fix them (upgrader preflight --to {hop.to}) or waive the ids in the spec; then {resume}",
-                )
-        if hop.kind != "data-plane":
-            if due(S.UPGRADING_CRDS) and hop.kind == "upgrade" and CRDS in hop.charts:
-                self._helm_step(CRDS, CRDS, hop.charts[CRDS], values=None)
-            if due(S.UPGRADING_CONTROL_PLANE):
-                self._helm_step(CONTROL_PLANE, CONTROL_PLANE, hop.charts[CONTROL_PLANE], values=hop)
-            if due(S.VERIFYING_CONTROL_PLANE):
-                self._verify_control_plane(hop, resume)
-            if due(S.UPGRADING_EXTENSIONS):
-                for step in hop.steps:
-                    if step.state == S.UPGRADING_EXTENSIONS and step.chart in EXTENSIONS and step.chart_version:
-                        self._helm_step(step.chart, step.chart, step.chart_version, values=None, namespace=step.chart)
-        if due(S.RESTARTING_DATA_PLANE):
-            self._restart_data_plane(index, hop, resume)
-        if due(S.VERIFYING_DATA_PLANE):
+    def _dispatch(self, index: int, hop: Hop, step: Step, resume: str) -> None:
+        if isinstance(step, PreflightStep):
+            self._preflight(index, hop, resume)
+        elif isinstance(step, UpgradeRelease):
+            if step.chart_version is None:
+                log.info("step-skipped", step=step.name, reason="no chart version offered")
+                return
+            self._helm_step(
+                step.release,
+                step.chart or step.release,
+                step.chart_version,
+                values=hop if step.send_values else None,
+                namespace=step.namespace,
+            )
+        elif isinstance(step, KeepRelease):
+            if self.ports.release(step.release, step.namespace) is None:
+                log.warning("kept-release-missing", release=step.release, namespace=step.namespace)
+            log.info("release-kept", release=step.release, namespace=step.namespace)
+        elif isinstance(step, AdoptSplitCharts):
+            self._adopt(hop, step)
+        elif isinstance(step, VerifyControlPlane):
+            self._verify_control_plane(hop, resume)
+        elif isinstance(step, RestartWave):
+            self._restart_wave(index, hop, step.wave, resume)
+        elif isinstance(step, VerifyDataPlane):
             self._verify_data_plane(hop, resume)
+        else:  # pragma: no cover - the Step union is closed; a new type must be dispatched here
+            raise TypeError(f"no executor for step {type(step).__name__}")
+
+    def _preflight(self, index: int, hop: Hop, resume: str) -> None:
+        sliced = self.plan.model_copy(update={"hops": self.plan.hops[index:]})
+        blocking = [r for r in self.ports.preflight(sliced, index) if r.result == "error" and not r.waived]
+        if blocking:
+            ids = ", ".join(r.id for r in blocking)
+            raise self._stop(
+                f"preflight failed before hop {index + 1}: {ids}",
+                f"fix them ({self.preflight_command(hop)}) or waive the ids in the spec; then {resume}",
+                PreflightStoppedError,
+            )
+
+    def preflight_command(self, hop: Hop) -> str:
+        """The preflight command that repeats this run's checks (with the run's options)."""
+        options = self.checkpoint.options
+        extra = "".join(
+            f" --{key.replace('_', '-')} {value}" for key, value in sorted(options.items()) if key in PREFLIGHT_OPTIONS
+        )
+        return f"upgrader preflight --to {hop.to}{extra}"
 
     # ---- rollback --------------------------------------------------------------------------
     def rollback(self, *, include_crds: bool = False, to_checkpoint: int | None = None) -> Checkpoint:
@@ -199,6 +339,14 @@ class Executor:
         then restart the workloads the run restarted after that point, so their proxies match again.
         """
         mark = self.checkpoint.find_mark(to_checkpoint) if to_checkpoint is not None else None
+        split = next((i for i, h in enumerate(self.plan.hops) if h.kind == "chart-split"), None)
+        if split is not None and (mark is None or mark.hop <= split) and CONTROL_PLANE in self.checkpoint.releases:
+            raise UpgraderError(
+                f"run {self.checkpoint.run_id} went through the 2.12 chart split; rolling back past it would need "
+                "the removed linkerd2 release",
+                hint=f"roll back to a checkpoint after hop {split + 1} (upgrader status {self.checkpoint.run_id}), "
+                "or restore 2.11 from a backup",
+            )
         if self.machine.state in ACTING:  # an interrupted run (killed mid-step) is paused first
             self._move(S.PAUSED, "interrupted run, rollback requested")
         where = f"checkpoint {mark.id} (hop {mark.hop + 1}, {mark.state})" if mark else "the start of the run"
@@ -280,43 +428,25 @@ class Executor:
         sent: dict[str, Any] = {}
         reset, reuse = False, False
         if values is not None:
-            hop = values
-            user = self.ports.user_values(name, ns)
-            changes = [m.values for m in self.catalog.majors if m.major == int(hop.major.split(".")[1])]
-            out = outgoing(
-                self.spec.values.strategy,
-                target_defaults=self.ports.chart_defaults(f"{self.repo}/{chart}", version),
-                user_values=user,
-                overrides=self.spec.values.overrides,
-                changes=changes if hop.kind == "upgrade" else [],
+            sent, reset, reuse = self._values_for(
+                values, name, ns, chart, version, user=self.ports.user_values(name, ns)
             )
-            sent, reset, reuse = out.values, out.reset_values, out.reuse_values
-            old_effective = self.ports.all_values(name, ns)
-            self.checkpoint.values_diff = diff(old_effective, out.effective)
-            log.info(
-                "values",
-                release=name,
-                strategy=self.spec.values.strategy,
-                changed=len(self.checkpoint.values_diff),
-                moved=out.migration.moved,
-                dropped=out.migration.dropped,
-            )
-            self._save()
         log.info("helm-upgrade", release=name, namespace=ns, chart_version=version, revision=current.revision)
+        self.lock.fence()
         try:
             after = self.ports.upgrade(
                 name, f"{self.repo}/{chart}", ns, sent, version=version, reset_values=reset, reuse_values=reuse
             )
+        except ReleaseLockedError as exc:
+            raise self._stop(
+                f"release {ns}/{name} is locked by another helm operation (pending-*)",
+                f"if no helm command is running, roll it back to its last deployed revision (helm history "
+                f"{name} -n {ns}; helm rollback {name} <rev> -n {ns}); then upgrader resume "
+                f"{self.checkpoint.run_id}",
+            ) from exc
         except UpgraderError as exc:
             if exc.retryable:
                 raise
-            if "another operation" in exc.message.lower():
-                raise self._stop(
-                    f"release {ns}/{name} is locked by another helm operation (pending-*)",
-                    f"if no helm command is running, roll it back to its last deployed revision (helm history "
-                    f"{name} -n {ns}; helm rollback {name} <rev> -n {ns}); then upgrader resume "
-                    f"{self.checkpoint.run_id}",
-                ) from exc
             raise self._stop(
                 f"helm upgrade of {ns}/{name} to {version} failed: {exc.message}",
                 f"helm history {name} -n {ns}; then upgrader resume {self.checkpoint.run_id} or "
@@ -332,6 +462,91 @@ class Executor:
         record.after.append(after.revision)
         record.charts_after.append(observed.chart_version)
         self._save()
+
+    def _values_for(
+        self, hop: Hop, name: str, ns: str, chart: str, version: str, *, user: dict[str, Any]
+    ) -> tuple[dict[str, Any], bool, bool]:
+        """The hop's values for the control-plane chart; the redacted diff goes to the checkpoint."""
+        out = hop_values(
+            hop,
+            self.spec,
+            self.catalog,
+            user_values=user,
+            target_defaults=self.ports.chart_defaults(f"{self.repo}/{chart}", version),
+        )
+        self.checkpoint.values_diff = diff(self.ports.all_values(name, ns), out.effective)
+        self.checkpoint.values_diffs[f"{self.checkpoint.hop}/{chart}"] = self.checkpoint.values_diff
+        log.info(
+            "values",
+            release=name,
+            strategy=self.spec.values.strategy,
+            changed=len(self.checkpoint.values_diff),
+            moved=out.migration.moved,
+            dropped=out.migration.dropped,
+        )
+        self._save()
+        return out.values, out.reset_values, out.reuse_values
+
+    # ---- the 2.12 chart split ----------------------------------------------------------------
+    def _adopt(self, hop: Hop, step: AdoptSplitCharts) -> None:
+        """Hand the linkerd2 release's objects to ``step.release`` and install it at the hop's chart.
+
+        Observed first: a release already deployed at the chart version is done. The CRDs part
+        adopts only CustomResourceDefinitions; the control-plane part adopts every other object,
+        installs with the hop's values (the linkerd2 release's user values, migrated), and then
+        removes the linkerd2 release record (its Secrets), never its objects.
+        """
+        ns, legacy, legacy_ns = step.namespace, step.legacy_release, step.legacy_namespace
+        version = step.chart_version
+        if version is None:
+            raise self._stop(f"no {step.release} chart is offered for {hop.to}", "add the chart repository")
+        current = self.ports.release(step.release, ns)
+        if current is not None and current.chart_version == version and current.status == "deployed":
+            log.info("step-done-already", release=step.release, chart_version=version)
+            if step.part == "control-plane":
+                self._remove_legacy(legacy, legacy_ns)
+            return
+        old = self.ports.release(legacy, legacy_ns)
+        if old is not None:  # recorded so status shows where the run started
+            self.checkpoint.releases.setdefault(
+                legacy, ReleaseRevisions(namespace=legacy_ns, before=old.revision, chart_before=old.chart_version)
+            )
+        objects = self.ports.release_objects(legacy, legacy_ns) if old is not None else []
+        wanted = [o for o in objects if (o.kind == "CustomResourceDefinition") == (step.part == "crds")]
+        for obj in wanted:
+            self.lock.fence()
+            self.ports.adopt(obj, step.release, ns)
+        log.info("adopted", release=step.release, objects=len(wanted), from_release=f"{legacy_ns}/{legacy}")
+        values: dict[str, Any] = {}
+        if step.part == "control-plane":
+            user = self.ports.user_values(legacy, legacy_ns) if old is not None else {}
+            values, _, _ = self._values_for(hop, legacy, legacy_ns, step.chart or step.release, version, user=user)
+        self.checkpoint.releases.setdefault(step.release, ReleaseRevisions(namespace=ns, before=None))
+        self._save()
+        self.lock.fence()
+        after = self.ports.install(
+            step.release, f"{self.repo}/{step.chart or step.release}", ns, values, version=version
+        )
+        observed = self.ports.release(step.release, ns)
+        if observed is None or observed.chart_version != version or observed.status != "deployed":
+            raise self._stop(
+                f"release {ns}/{step.release} is not deployed at {version} after the install "
+                f"({observed.status if observed else 'missing'})",
+                f"helm history {step.release} -n {ns}; then upgrader resume {self.checkpoint.run_id}",
+            )
+        mine = self.checkpoint.releases[step.release]
+        mine.after.append(after.revision)
+        mine.charts_after.append(observed.chart_version)
+        self._save()
+        if step.part == "control-plane":
+            self._remove_legacy(legacy, legacy_ns)
+
+    def _remove_legacy(self, legacy: str, legacy_ns: str) -> None:
+        if self.ports.release(legacy, legacy_ns) is None:
+            return
+        self.lock.fence()
+        removed = self.ports.remove_release_record(legacy, legacy_ns)
+        log.info("legacy-release-record-removed", release=f"{legacy_ns}/{legacy}", secrets=removed)
 
     def _verify_control_plane(self, hop: Hop, resume: str) -> None:
         problems = self.ports.control_plane_ready(self.namespace)
@@ -350,46 +565,59 @@ class Executor:
             )
 
     # ---- data plane: waves, throttled restarts, health gates -------------------------------------
-    def _restart_data_plane(self, index: int, hop: Hop, resume: str) -> None:
+    def _restart_wave(self, index: int, hop: Hop, number: int, resume: str) -> None:
+        """One wave: restart its workloads, throttled and gated, bake, then the wave's gates."""
         marker = f"{self.checkpoint.run_id}/{index}"
-        for number, wave in enumerate(hop.waves):
-            tag = f"{index}/{number}"
-            if tag in self.checkpoint.waves_done or not wave.namespaces:
-                continue
-            inv = self._inventory(wave.namespaces)
-            for item in inv.reported:
-                log.info("not-restarted", wave=wave.name, what=str(item))
-                if str(item) not in self.checkpoint.reported:
-                    self.checkpoint.reported.append(str(item))
-            before = self._metrics(wave.namespaces)
-            stamp = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
-            proxies: dict[str, int] = {}
-            for key in (w.key for w in inv.targets):
-                for version, pods in inv.proxies.get(key, {}).items():
-                    proxies[version] = proxies.get(version, 0) + pods
-            log.info(
-                "wave",
-                hop=index + 1,
-                wave=wave.name,
-                namespaces=wave.namespaces,
-                workloads=len(inv.targets),
-                proxies=proxies,  # proxy version -> pods, before the wave
-            )
-            self._roll(
-                f"wave {wave.name}",
-                [(w, {RESTARTED_AT: stamp, RESTARTED_BY: marker}) for w in inv.targets],
-                version=hop.to,
-                record_hop=index,
-                resume=resume,
-            )
-            bake = parse_duration(wave.bake_time)
-            if bake:
-                log.info("bake", wave=wave.name, seconds=bake)
-                self.sleep(bake)
-            self._still_healthy(wave.name, inv.targets, marker, hop.to, resume)
-            self._metric_gate(wave.name, wave.namespaces, before, resume)
-            self.checkpoint.waves_done.append(tag)
-            self._save()
+        wave = hop.waves[number]
+        tag = f"{index}/{number}"
+        if tag in self.checkpoint.waves_done or not wave.namespaces:
+            return
+        inv = self._inventory(wave.namespaces)
+        for item in inv.reported:
+            log.info("not-restarted", wave=wave.name, what=str(item))
+            if str(item) not in self.checkpoint.reported:
+                self.checkpoint.reported.append(str(item))
+        before = self._metrics(wave.namespaces)
+        stamp = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        proxies: dict[str, int] = {}
+        for key in (w.key for w in inv.targets):
+            for version, pods in inv.proxies.get(key, {}).items():
+                proxies[version] = proxies.get(version, 0) + pods
+        log.info(
+            "wave",
+            hop=index + 1,
+            wave=wave.name,
+            namespaces=wave.namespaces,
+            workloads=len(inv.targets),
+            proxies=proxies,  # proxy version -> pods, before the wave
+        )
+        self._roll(
+            f"wave {wave.name}",
+            [(w, {RESTARTED_AT: stamp, RESTARTED_BY: marker}) for w in inv.targets],
+            version=hop.to,
+            record_hop=index,
+            resume=resume,
+        )
+        bake = parse_duration(wave.bake_time)
+        if bake:
+            log.info("bake", wave=wave.name, seconds=bake)
+            self._sleep(bake)
+        self._still_healthy(wave.name, inv.targets, marker, hop.to, resume)
+        self._metric_gate(wave.name, wave.namespaces, before, resume)
+        self.checkpoint.waves_done.append(tag)
+        self._save()
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait (a bake), keeping the lock fresh: each slice ends when a renewal falls due."""
+        left = float(seconds)
+        while True:
+            self.lock.tick()
+            if left <= 0:
+                break
+            step = min(left, self.lock.due_in() or left)
+            self.sleep(step)
+            left -= step
+        self.lock.fence()
 
     def _inventory(self, namespaces: list[str]) -> Inventory:
         dp = self.spec.data_plane

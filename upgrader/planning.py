@@ -14,7 +14,12 @@ offline), the spec and the acknowledgements, and returns a ``Plan``:
   control-plane hop.
 - Refusals carry a code and a reason: ``hop-too-large``, ``unknown-target``,
   ``rollback-too-far``, ``kubernetes-unsupported``, ``unacknowledged-note``,
-  ``data-plane-skew``, ``missing-major``, ``unknown-current``.
+  ``data-plane-skew``, ``missing-major``, ``unknown-current``, ``unsupported-hop`` (a hop the
+  executor cannot run: a rollback across the 2.12 chart split).
+- Each hop's ``steps`` are typed actions (``PreflightStep``, ``UpgradeRelease``,
+  ``KeepRelease``, ``AdoptSplitCharts``, ``VerifyControlPlane``, ``RestartWave``,
+  ``VerifyDataPlane``): the executor runs exactly these, in this order. ``HOP_KINDS`` lists
+  every kind of hop the planner makes.
 
 A refused plan is still a plan (with ``refused`` set and no hops) so reviewers see why.
 """
@@ -24,17 +29,18 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from upgrader.catalog import Catalog, Major, Note
+from upgrader.catalog import Catalog, KubernetesRange, Major, Note
 from upgrader.dataplane import selects
 from upgrader.errors import InputError
 from upgrader.metrics import public_url
 from upgrader.redaction import redact_values
 from upgrader.spec import Spec, parse_duration
 from upgrader.states import RunState
+from upgrader.values import Outgoing, outgoing
 from upgrader.versions import Version, parse_chart_version
 
 CRDS, CONTROL_PLANE, LEGACY = "linkerd-crds", "linkerd-control-plane", "linkerd2"
@@ -59,12 +65,97 @@ class Refusal(_Out):
     reason: str
 
 
-class Step(_Out):
+class _StepBase(_Out):
+    """What every step shows reviewers: the run state it runs in, a name and a detail."""
+
     state: RunState
     name: str
     detail: str = ""
     chart: str | None = None
     chart_version: str | None = None
+
+
+class PreflightStep(_StepBase):
+    """Run the preflight checks for this hop; unwaived errors stop the run before anything changes."""
+
+    action: Literal["preflight"] = "preflight"
+
+
+class UpgradeRelease(_StepBase):
+    """``helm upgrade`` one release to ``chart_version`` (control plane: with the hop's values)."""
+
+    action: Literal["upgrade-release"] = "upgrade-release"
+    release: str
+    namespace: str
+    send_values: bool = False  # the control plane's user values (migrated) and the spec's overrides
+
+
+class KeepRelease(_StepBase):
+    """Leave a release as it is (a rollback keeps the CRDs); the step checks it is still there."""
+
+    action: Literal["keep-release"] = "keep-release"
+    release: str
+    namespace: str
+
+
+class AdoptSplitCharts(_StepBase):
+    """The 2.12 chart split: hand the ``linkerd2`` release's objects to the new release and install it.
+
+    ``part`` ``crds`` re-labels the CRDs for ``linkerd-crds`` and installs it; ``control-plane``
+    re-labels every other object for ``linkerd-control-plane``, installs it with the migrated
+    values, and then removes the ``linkerd2`` release record (never its objects).
+    """
+
+    action: Literal["adopt-split-charts"] = "adopt-split-charts"
+    part: Literal["crds", "control-plane"]
+    release: str
+    namespace: str
+    legacy_release: str
+    legacy_namespace: str
+
+
+class VerifyControlPlane(_StepBase):
+    """Deployments available, pods and ``linkerd-config`` at the hop's version, the injector meshes."""
+
+    action: Literal["verify-control-plane"] = "verify-control-plane"
+
+
+class RestartWave(_StepBase):
+    """Restart one wave's workloads (``wave`` indexes ``Hop.waves``), throttled and gated."""
+
+    action: Literal["restart-wave"] = "restart-wave"
+    wave: int
+
+
+class VerifyDataPlane(_StepBase):
+    """Every restarted workload runs the hop's proxy."""
+
+    action: Literal["verify-data-plane"] = "verify-data-plane"
+
+
+Step = Annotated[
+    PreflightStep
+    | UpgradeRelease
+    | KeepRelease
+    | AdoptSplitCharts
+    | VerifyControlPlane
+    | RestartWave
+    | VerifyDataPlane,
+    Field(discriminator="action"),
+]
+STEP_TYPES: tuple[type[_StepBase], ...] = (
+    PreflightStep,
+    UpgradeRelease,
+    KeepRelease,
+    AdoptSplitCharts,
+    VerifyControlPlane,
+    RestartWave,
+    VerifyDataPlane,
+)
+
+
+HopKind = Literal["upgrade", "rollback", "data-plane", "linkerd2-upgrade", "chart-split"]
+HOP_KINDS: tuple[str, ...] = get_args(HopKind)  # every kind of hop the planner makes; each is run by a test
 
 
 class WavePlan(_Out):
@@ -78,7 +169,7 @@ class Hop(_Out):
     from_: str = Field(serialization_alias="from")
     to: str
     major: str
-    kind: Literal["upgrade", "rollback", "data-plane"]
+    kind: HopKind
     charts: dict[str, str]
     steps: list[Step]
     waves: list[WavePlan]
@@ -109,6 +200,16 @@ class Plan(_Out):
         """The stable JSON contract (see README)."""
         return self.model_dump(mode="json", by_alias=True)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        """A plan from its JSON contract (a checkpoint's stored plan); ``data`` is left as it was."""
+        copy = {k: v for k, v in data.items() if k != "from"}
+        copy["from_"] = data.get("from")
+        copy["hops"] = [
+            {**{k: v for k, v in h.items() if k != "from"}, "from_": h.get("from")} for h in data.get("hops", [])
+        ]
+        return cls.model_validate(copy)
+
 
 @dataclass(frozen=True)
 class Observed:
@@ -120,6 +221,11 @@ class Observed:
     extensions: tuple[str, ...] = ()
     control_plane_namespace: str = "linkerd"
     namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # for wave/spec selectors
+    release_namespaces: Mapping[str, str] = field(default_factory=dict)  # Helm release -> its namespace
+
+    def namespace_of(self, release: str) -> str:
+        """Where a release lives (the control plane's namespace unless discovery found it elsewhere)."""
+        return self.release_namespaces.get(release, self.control_plane_namespace)
 
 
 Offering = Mapping[Version, Mapping[str, str]]  # release -> chart name -> chart version
@@ -168,7 +274,9 @@ def build_offering(
         key=lambda v: v.sort_key,
     )
     if missing:
-        notes.append("known to the catalog but not offered by the repository: " + ", ".join(map(str, missing)))
+        shown = ", ".join(map(str, missing[-5:]))
+        more = f" and {len(missing) - 5} older" if len(missing) > 5 else ""
+        notes.append(f"known to the catalog but not offered by the repository: {shown}{more}")
     return offered, notes
 
 
@@ -352,7 +460,7 @@ def _check_stop(
     stop: Version,
     offering: Offering,
     *,
-    info: Major | None,
+    supported_range: KubernetesRange | None,
     observed: Observed,
     spec: Spec,
     notes: list[str],
@@ -365,9 +473,9 @@ def _check_stop(
         )
     if stop not in offering:
         raise _Refused("unknown-target", f"cannot plan through {stop}: it is not offered")
-    if info is None or not observed.kubernetes or info.kubernetes.contains(observed.kubernetes):
+    if supported_range is None or not observed.kubernetes or supported_range.contains(observed.kubernetes):
         return
-    supported = f"Linkerd 2.{stop.major} supports Kubernetes {info.kubernetes.min}-{info.kubernetes.max}"
+    supported = f"Linkerd {stop} supports Kubernetes {supported_range.min}-{supported_range.max}"
     if KUBERNETES_WAIVER in spec.waivers:
         notes.append(f"waived {KUBERNETES_WAIVER}: {supported}, the cluster runs {observed.kubernetes}")
         return
@@ -421,9 +529,23 @@ def _plan_hops(
     previous = current
     for stop in waypoints:
         info = catalog.major(stop.major)
-        _check_stop(previous, stop, offering, info=info, observed=observed, spec=spec, notes=notes)
+        _check_stop(
+            previous,
+            stop,
+            offering,
+            supported_range=catalog.kubernetes_for(stop),
+            observed=observed,
+            spec=spec,
+            notes=notes,
+        )
         # Changing channel inside a major (enterprise <-> edge) re-applies that release's CRDs: not a rollback.
         is_rollback = stop < previous and not (stop.major == previous.major and stop.channel != previous.channel)
+        if is_rollback and stop.major < 12 <= previous.major:
+            raise _Refused(
+                "unsupported-hop",
+                f"{previous} -> {stop} would undo the 2.12 chart split (linkerd-crds and linkerd-control-plane "
+                f"back into one {LEGACY} release), which upgrader cannot run; restore 2.{stop.major} from a backup",
+            )
         hop_notes = [] if is_rollback or info is None or stop.major == previous.major else info.notes
         missing = [n.id for n in hop_notes if n.blocking and n.id not in acknowledged]
         if missing:
@@ -476,23 +598,28 @@ def _check_left_behind(
     notes.append(f"not restarted by any wave (they keep their proxies, one major behind): {', '.join(left)}")
 
 
-def _catch_up(current: Version, waves: list[WavePlan], spec: Spec, pods: Mapping[str, int]) -> Hop:
-    steps = [Step(state=RunState.PREFLIGHT, name="preflight", detail=f"data plane catch-up to {current}")]
-    steps += [
-        Step(
+def _wave_steps(waves: list[WavePlan]) -> list[Step]:
+    return [
+        RestartWave(
             state=RunState.RESTARTING_DATA_PLANE,
             name=f"wave {w.name}",
-            detail=f"{', '.join(w.namespaces)}; bake {w.bake_time}",
+            detail=f"{', '.join(w.namespaces) or 'no meshed namespace'}; bake {w.bake_time}",
+            wave=number,
         )
-        for w in waves
+        for number, w in enumerate(waves)
     ]
-    steps.append(
-        Step(
+
+
+def _catch_up(current: Version, waves: list[WavePlan], spec: Spec, pods: Mapping[str, int]) -> Hop:
+    steps: list[Step] = [
+        PreflightStep(state=RunState.PREFLIGHT, name="preflight", detail=f"data plane catch-up to {current}"),
+        *_wave_steps(waves),
+        VerifyDataPlane(
             state=RunState.VERIFYING_DATA_PLANE,
             name="verify-data-plane",
             detail=f"every meshed pod runs proxy {current}",
-        )
-    )
+        ),
+    ]
     return Hop(
         from_=str(current),
         to=str(current),
@@ -503,6 +630,80 @@ def _catch_up(current: Version, waves: list[WavePlan], spec: Spec, pods: Mapping
         waves=waves,
         estimated_minutes=_estimate(waves, pods, spec, 0, data_plane_only=True),
     )
+
+
+def _release_steps(
+    previous: Version, stop: Version, charts: dict[str, str], *, spec: Spec, observed: Observed, rollback: bool
+) -> tuple[HopKind, list[Step]]:
+    """The Helm steps of a hop, and the hop's kind (they decide each other)."""
+    ns = observed.control_plane_namespace
+    if LEGACY in charts:  # before 2.12 one chart held CRDs and control plane
+        step = UpgradeRelease(
+            state=RunState.UPGRADING_CONTROL_PLANE,
+            name=LEGACY,
+            chart=LEGACY,
+            chart_version=charts[LEGACY],
+            detail=f"helm upgrade in {observed.namespace_of(LEGACY)}; values: {spec.values.strategy}",
+            release=LEGACY,
+            namespace=observed.namespace_of(LEGACY),
+            send_values=True,
+        )
+        return ("rollback" if rollback else "linkerd2-upgrade"), [step]
+    if previous.major < 12 <= stop.major:  # the 2.12 chart split (a blocking, acknowledged note)
+        legacy = {"legacy_release": LEGACY, "legacy_namespace": observed.namespace_of(LEGACY), "namespace": ns}
+        return "chart-split", [
+            AdoptSplitCharts(
+                state=RunState.UPGRADING_CRDS,
+                name=CRDS,
+                chart=CRDS,
+                chart_version=charts.get(CRDS),
+                detail=f"helm install adopting the CRDs of the {LEGACY} release (re-annotate meta.helm.sh/*)",
+                part="crds",
+                release=CRDS,
+                **legacy,
+            ),
+            AdoptSplitCharts(
+                state=RunState.UPGRADING_CONTROL_PLANE,
+                name=CONTROL_PLANE,
+                chart=CONTROL_PLANE,
+                chart_version=charts.get(CONTROL_PLANE),
+                detail=f"helm install adopting the control plane, then remove the {LEGACY} release record",
+                part="control-plane",
+                release=CONTROL_PLANE,
+                **legacy,
+            ),
+        ]
+    crds: Step
+    if rollback:
+        crds = KeepRelease(
+            state=RunState.UPGRADING_CRDS,
+            name=CRDS,
+            chart=CRDS,
+            detail="kept (CRDs are not rolled back unless --include-crds)",
+            release=CRDS,
+            namespace=ns,
+        )
+    else:
+        crds = UpgradeRelease(
+            state=RunState.UPGRADING_CRDS,
+            name=CRDS,
+            chart=CRDS,
+            chart_version=charts.get(CRDS),
+            detail=f"helm upgrade in {ns}",
+            release=CRDS,
+            namespace=ns,
+        )
+    control_plane = UpgradeRelease(
+        state=RunState.UPGRADING_CONTROL_PLANE,
+        name=CONTROL_PLANE,
+        chart=CONTROL_PLANE,
+        chart_version=charts.get(CONTROL_PLANE),
+        detail=f"values: {spec.values.strategy}",
+        release=CONTROL_PLANE,
+        namespace=ns,
+        send_values=True,
+    )
+    return ("rollback" if rollback else "upgrade"), [crds, control_plane]
 
 
 def _hop(
@@ -518,77 +719,44 @@ def _hop(
     waves: list[WavePlan],
     pods: Mapping[str, int],
 ) -> Hop:
-    ns = observed.control_plane_namespace
-    steps = [Step(state=RunState.PREFLIGHT, name="preflight", detail=f"checks for {previous} -> {stop}")]
-    if LEGACY in charts:  # before 2.12 one chart held CRDs and control plane
-        steps.append(
-            Step(
-                state=RunState.UPGRADING_CONTROL_PLANE,
-                name=LEGACY,
-                chart=LEGACY,
-                chart_version=charts[LEGACY],
-                detail=f"helm upgrade in {ns}; values: {spec.values.strategy}",
-            )
-        )
-    elif previous.major < 12 <= stop.major:  # the 2.12 chart split (a blocking, acknowledged note)
-        steps += [
-            Step(
-                state=RunState.UPGRADING_CRDS,
-                name=CRDS,
-                chart=CRDS,
-                chart_version=charts.get(CRDS),
-                detail=f"helm install adopting the CRDs of the {LEGACY} release (re-annotate meta.helm.sh/*)",
-            ),
-            Step(
-                state=RunState.UPGRADING_CONTROL_PLANE,
-                name=CONTROL_PLANE,
-                chart=CONTROL_PLANE,
-                chart_version=charts.get(CONTROL_PLANE),
-                detail=f"helm install adopting the control plane, then remove the {LEGACY} release record",
-            ),
-        ]
-    else:
-        crds_detail = "kept (CRDs are not rolled back unless --include-crds)" if rollback else f"helm upgrade in {ns}"
-        steps += [
-            Step(
-                state=RunState.UPGRADING_CRDS, name=CRDS, chart=CRDS, chart_version=charts.get(CRDS), detail=crds_detail
-            ),
-            Step(
-                state=RunState.UPGRADING_CONTROL_PLANE,
-                name=CONTROL_PLANE,
-                chart=CONTROL_PLANE,
-                chart_version=charts.get(CONTROL_PLANE),
-                detail=f"values: {spec.values.strategy}",
-            ),
-        ]
-    steps += [
-        Step(
+    kind, helm_steps = _release_steps(previous, stop, charts, spec=spec, observed=observed, rollback=rollback)
+    steps: list[Step] = [
+        PreflightStep(state=RunState.PREFLIGHT, name="preflight", detail=f"checks for {previous} -> {stop}"),
+        *helm_steps,
+        VerifyControlPlane(
             state=RunState.VERIFYING_CONTROL_PLANE,
             name="verify-control-plane",
             detail=f"deployments available, linkerd-config reports {stop}, injector answers",
         ),
     ]
     installed_ext = [e for e in observed.extensions if e in EXTENSIONS]
+    note_dicts = [n.model_dump() for n in notes]
     for ext in installed_ext:
+        if ext not in charts:
+            note_dicts.append(
+                {
+                    "id": f"{ext}-not-offered",
+                    "text": f"no {ext} chart is offered for {stop}: left as is",
+                    "blocking": False,
+                }
+            )
+            continue
         steps.append(
-            Step(
+            UpgradeRelease(
                 state=RunState.UPGRADING_EXTENSIONS,
                 name=ext,
                 chart=ext,
-                chart_version=charts.get(ext),
-                detail="no chart version offered: left as is" if ext not in charts else "helm upgrade",
+                chart_version=charts[ext],
+                detail="helm upgrade",
+                release=ext,
+                namespace=observed.namespace_of(ext)
+                if ext in observed.release_namespaces
+                else EXTENSION_NAMESPACES[ext],
             )
         )
-    for wave in waves:
-        steps.append(
-            Step(
-                state=RunState.RESTARTING_DATA_PLANE,
-                name=f"wave {wave.name}",
-                detail=f"{', '.join(wave.namespaces) or 'no meshed namespace'}; bake {wave.bake_time}",
-            )
-        )
+    steps += _wave_steps(waves)
     steps.append(
-        Step(
+        VerifyDataPlane(
             state=RunState.VERIFYING_DATA_PLANE, name="verify-data-plane", detail=f"every meshed pod runs proxy {stop}"
         )
     )
@@ -599,11 +767,40 @@ def _hop(
         from_=str(previous),
         to=str(stop),
         major=stop.major_name,
-        kind="rollback" if rollback else "upgrade",
+        kind=kind,
         charts=charts,
         steps=steps,
         waves=waves,
         values_changes=changes,
-        notes=[n.model_dump() for n in notes],
+        notes=note_dicts,
         estimated_minutes=_estimate(waves, pods, spec, len(installed_ext)),
     )
+
+
+def hop_values(
+    hop: Hop, spec: Spec, catalog: Catalog, *, user_values: dict[str, Any], target_defaults: dict[str, Any]
+) -> Outgoing:
+    """The values a hop sends with its control-plane chart: one rule for apply, --dry-run and preflight.
+
+    The release's user values, migrated by the catalog's values changes of the hop's major
+    (upgrades only), the spec's overrides, under the spec's strategy (see ``values.outgoing``).
+    """
+    major = int(hop.major.split(".")[1])
+    changes = [m.values for m in catalog.majors if m.major == major]
+    return outgoing(
+        spec.values.strategy,
+        target_defaults=target_defaults,
+        user_values=user_values,
+        overrides=spec.values.overrides,
+        changes=changes if hop.kind != "rollback" else [],
+    )
+
+
+def control_plane_step(hop: Hop) -> UpgradeRelease | AdoptSplitCharts | None:
+    """The step that sends values to the control-plane chart (none in a data-plane hop)."""
+    for step in hop.steps:
+        if isinstance(step, UpgradeRelease) and step.send_values:
+            return step
+        if isinstance(step, AdoptSplitCharts) and step.part == "control-plane":
+            return step
+    return None

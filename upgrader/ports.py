@@ -53,6 +53,20 @@ class HelmRelease:
 
 
 @dataclass(frozen=True)
+class ReleaseObject:
+    """One object of a Helm release's manifest (what the 2.12 chart split hands to a new release)."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind} {where}{self.name}"
+
+
+@dataclass(frozen=True)
 class HelmRevision:
     """One entry of `helm history`."""
 

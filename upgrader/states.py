@@ -9,15 +9,19 @@ A failed, paused or done run may be rolled back (``RollingBack -> RolledBack``).
 ``RolledBack`` is terminal; ``Done`` leads nowhere but to a rollback.
 
 ``TRANSITIONS`` is the table reviewers see (and the only one). It lists every move some run
-can make; ``Machine`` adds the one rule a table cannot hold: ``Paused`` and ``Failed`` lead
-back only to the state the run stopped in (resume, or retry of the failed step), never to
-another step, and once a run is rolling back it can only go on rolling back. The executor
+can make, derived from ``ROUTES``, the shapes of hop the planner makes (each hop's route is
+the run states of its typed steps, in order); ``Machine`` adds the rules a table cannot
+hold: ``Paused`` and ``Failed`` lead back only to the state the run stopped in (resume, or
+retry of the failed step), never to another step; once a run is rolling back it can only go
+on rolling back; and inside a hop the run follows that hop's own route (a catch-up hop goes
+from ``Preflight`` straight to ``RestartingDataPlane``; a full hop may not). The executor
 moves a ``Machine``; nothing else changes run state.
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -52,12 +56,47 @@ ACTING: frozenset[RunState] = frozenset(HOP_SEQUENCE)
 TERMINAL: frozenset[RunState] = frozenset({S.DONE, S.ROLLED_BACK})  # no further forward progress
 
 
+# A hop's route is the run states of its steps, in order. The planner makes these shapes
+# (a test checks every plan's route is one of them): a full cycle; a hop without CRDs step
+# (the linkerd2 chart before 2.12); without extensions or waves; and the data-plane catch-up.
+_OPTIONAL = (S.UPGRADING_CRDS, S.UPGRADING_EXTENSIONS, S.RESTARTING_DATA_PLANE)
+
+
+def _routes() -> tuple[tuple[RunState, ...], ...]:
+    routes = []
+    for skip in itertools.chain.from_iterable(itertools.combinations(_OPTIONAL, n) for n in range(4)):
+        routes.append(tuple(s for s in HOP_SEQUENCE if s not in skip))
+    routes.append((S.PREFLIGHT, S.RESTARTING_DATA_PLANE, S.VERIFYING_DATA_PLANE))
+    routes.append((S.PREFLIGHT, S.VERIFYING_DATA_PLANE))
+    return tuple(routes)
+
+
+ROUTES: tuple[tuple[RunState, ...], ...] = _routes()
+
+
+def route_of(states: Iterable[RunState]) -> tuple[RunState, ...]:
+    """A hop's route from its steps' states (repeats collapse: three waves are one state)."""
+    route: list[RunState] = []
+    for state in states:
+        if not route or route[-1] != state:
+            route.append(state)
+    return tuple(route)
+
+
+def _forward(route: tuple[RunState, ...]) -> dict[RunState, set[RunState]]:
+    moves: dict[RunState, set[RunState]] = {s: set() for s in route}
+    for here, there in itertools.pairwise(route):
+        moves[here].add(there)
+    moves[route[-1]] |= {S.PREFLIGHT, S.DONE}  # next hop, or the end
+    return moves
+
+
 def _transitions() -> dict[RunState, frozenset[RunState]]:
     table: dict[RunState, set[RunState]] = {s: set() for s in RunState}
     table[S.PLANNED] = {S.PREFLIGHT}
-    for here, there in itertools.pairwise(HOP_SEQUENCE):
-        table[here].add(there)
-    table[S.VERIFYING_DATA_PLANE] |= {S.PREFLIGHT, S.DONE}  # next hop, or the end
+    for route in ROUTES:
+        for here, there in _forward(route).items():
+            table[here] |= there
     for acting in ACTING:
         table[acting] |= {S.FAILED, S.PAUSED}
     table[S.PREFLIGHT].add(S.ROLLING_BACK)  # a later hop's preflight may call the run off
@@ -99,16 +138,21 @@ class Machine:
     state: RunState = RunState.PLANNED
     stopped_in: RunState | None = None  # the acting state a Paused/Failed run came from
     history: list[RunState] = field(default_factory=list)
+    route: tuple[RunState, ...] | None = None  # the current hop's route (from its steps); None: the table
 
     def allowed(self) -> frozenset[RunState]:
-        """Where this run may go next."""
+        """Where this run may go next: the table, narrowed to the current hop's route."""
         if self.state in (S.PAUSED, S.FAILED):
             resume = self.stopped_in or S.PREFLIGHT
             options: set[RunState] = {resume} if resume != S.ROLLING_BACK else set()
             options.add(S.ROLLING_BACK)
             options.add(S.FAILED if self.state == S.PAUSED else S.PAUSED)
             return frozenset(options & TRANSITIONS[self.state])
-        return TRANSITIONS[self.state]
+        table = TRANSITIONS[self.state]
+        if self.route is None or self.state not in self.route:
+            return table
+        forward = _forward(self.route)[self.state]
+        return frozenset(t for t in table if t not in ACTING or t in forward)
 
     def move(self, nxt: RunState) -> RunState:
         """Go to ``nxt`` or raise IllegalTransition naming what is allowed."""

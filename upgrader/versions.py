@@ -7,7 +7,9 @@ Accepted forms (canonical spelling in brackets):
                                    an edge belongs to the newest major whose marker is <= it)
 - ``enterprise-2.X.Y[-N]``        (vendor; major X, hotpatch N)
 - chart versions, via ``Catalog.release_for_chart``: semver (``1.16.11``), old edge charts
-  (``1.18.10-edge``) and calendar charts (``2024.8.2`` = ``edge-24.8.2``).
+  (``1.18.10-edge``, a semver pre-release) and calendar charts (``2024.8.2`` = ``edge-24.8.2``).
+- Kubernetes versions (``v1.28.3-eks-1a2b``): compared as ``packaging`` versions of their
+  numbers, ranges of minor versions as ``packaging`` specifier sets.
 
 Order: first by major; within a major every edge release sorts before every stable or
 enterprise release (stable releases are cut from the edge line), edges by date,
@@ -21,6 +23,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version as _Pep440
 
 from upgrader.errors import InputError
 
@@ -124,9 +129,14 @@ class ChartKind(StrEnum):
 
 @dataclass(frozen=True, order=True)
 class ChartVersion:
-    """A Linkerd chart version. Orders by its numbers; calendar charts sort after all 1.x/30.x ones."""
+    """A Linkerd chart version, ordered as Helm orders them (semver), calendar charts after all 1.x/30.x ones.
 
-    sort_key: tuple[int, int, int, int]
+    ``-edge`` is a semver pre-release, so ``1.9.3-edge`` (edge-22.9.2) sorts before ``1.9.3``
+    (stable-2.12.1): the two are different charts, never equal. Not PEP 440 versions, so the
+    key is a plain tuple: (calendar?, major, minor, patch, final?).
+    """
+
+    sort_key: tuple[int, int, int, int, int]
     kind: ChartKind = field(compare=False)
     text: str = field(compare=False)
 
@@ -138,10 +148,11 @@ def parse_chart_version(text: str) -> ChartVersion:
     """Parse ``1.16.11``, ``1.18.10-edge`` or ``2024.8.2``; InputError otherwise."""
     raw = text.strip()
     if m := _CALENDAR_CHART.match(raw):
-        return ChartVersion((1, int(m[1]), int(m[2]), int(m[3])), ChartKind.CALENDAR, raw)
+        return ChartVersion((1, int(m[1]), int(m[2]), int(m[3]), 1), ChartKind.CALENDAR, raw)
     if m := _SEMVER_CHART.match(raw):
         kind = ChartKind.EDGE if m[4] else ChartKind.SEMVER
-        return ChartVersion((0, int(m[1]), int(m[2]), int(m[3])), kind, raw.lstrip("v"))
+        final = 0 if kind is ChartKind.EDGE else 1
+        return ChartVersion((0, int(m[1]), int(m[2]), int(m[3]), final), kind, raw.lstrip("v"))
     raise InputError(f"{text!r} is not a Linkerd chart version", hint="use e.g. 1.16.11, 1.18.10-edge or 2024.8.2")
 
 
@@ -149,6 +160,23 @@ def edge_from_calendar_chart(chart_version: str) -> str | None:
     """``2024.8.2`` -> ``edge-24.8.2`` (charts from edge-24.3.1 on); None for other forms."""
     m = _CALENDAR_CHART.match(chart_version.strip())
     return f"edge-{int(m[1]) - 2000:02d}.{int(m[2])}.{int(m[3])}" if m else None
+
+
+_KUBERNETES = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(?:[-+].*)?$")
+
+
+def kubernetes_version(text: str) -> _Pep440:
+    """``v1.28.3-eks-1a2b`` or ``1.28.3+k3s1`` -> 1.28.3 (vendor suffixes dropped; ``1.28`` = 1.28.0)."""
+    m = _KUBERNETES.match(text.strip())
+    if m is None:
+        raise InputError(f"{text!r} is not a Kubernetes version", hint="use e.g. v1.28.3")
+    return _Pep440(f"{int(m[1])}.{int(m[2])}.{int(m[3] or 0)}")
+
+
+def kubernetes_minors(lowest: str, highest: str) -> SpecifierSet:
+    """Every patch of the minor versions ``lowest`` to ``highest`` (``1.21``, ``1.28``) -> ``>=1.21,<1.29``."""
+    low, high = kubernetes_version(lowest), kubernetes_version(highest)
+    return SpecifierSet(f">={low.major}.{low.minor},<{high.major}.{high.minor + 1}")
 
 
 def major_distance(a: Version, b: Version) -> int:

@@ -4,6 +4,11 @@ pyhelm3's ``Command`` runs helm with values on stdin and JSON output and maps st
 exception classes; we use it as our runner and keep its ``Client`` (which both decides and
 acts) out of the way. ``install`` and ``upgrade`` are separate on purpose: an upgrade never
 passes ``--install``, so a release that is not there is never created by accident.
+
+helm's stderr becomes a typed error in ``upgrader.adapters.errors.classify`` (a locked release,
+a missing release or chart, a refusal, a passing API failure). Reads and ``rollback`` are
+retried on passing failures; ``install`` and ``upgrade`` are not (``ClusterPorts.upgrade``
+retries an upgrade only after looking whether the lost attempt landed).
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,9 +25,10 @@ import pyhelm3
 import yaml
 from pyhelm3 import errors as helm_errors
 
-from upgrader.errors import ClusterUnreachableError, HelmError, TransientHelmError
-from upgrader.ports import HelmRelease, HelmRevision
-from upgrader.redaction import redact_text
+from upgrader.adapters.errors import classify
+from upgrader.adapters.retrying import retried
+from upgrader.errors import ChartNotFoundError
+from upgrader.ports import HelmRelease, HelmRevision, ReleaseObject
 
 T = TypeVar("T")
 
@@ -32,22 +39,6 @@ def split_chart(chart: str) -> tuple[str, str]:
     """``linkerd-control-plane-1.18.10-edge`` -> (``linkerd-control-plane``, ``1.18.10-edge``)."""
     m = _CHART.match(chart)
     return (m["name"], m["version"]) if m else (chart, "")
-
-
-# helm's words for failures that pass on their own: API throttling and 5xx, dropped
-# connections, etcd leader elections. "another operation is in progress" is NOT one of them.
-_TRANSIENT = re.compile(
-    r"too many requests|\b429\b|\b50[234]\b|the server is currently unable to handle the request"
-    r"|etcdserver: (leader changed|request timed out|no leader)|connection reset by peer|connection refused"
-    r"|i/o timeout|tls handshake timeout|http2: client connection lost|unexpected eof"
-    r"|the server was unable to return a response in the time allotted",
-    re.IGNORECASE,
-)
-
-
-def transient_helm_failure(message: str) -> bool:
-    """Whether helm's error text describes a passing API failure worth retrying."""
-    return "another operation" not in message.lower() and bool(_TRANSIENT.search(message))
 
 
 class _Command(pyhelm3.Command):  # type: ignore[misc]  # pyhelm3 ships no types
@@ -74,8 +65,11 @@ class HelmAdapter:
         timeout: str = "5m",
         history_max: int = 10,
         impersonate: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        command: Any = None,
     ) -> None:
-        self._command = _Command(
+        """``command`` replaces pyhelm3's runner (tests); ``sleep`` is what retries wait with."""
+        self._command = command or _Command(
             extra=["--kube-as-user", impersonate] if impersonate else [],
             executable=executable,
             kubeconfig=kubeconfig,
@@ -83,6 +77,7 @@ class HelmAdapter:
             default_timeout=timeout,
             history_max_revisions=history_max,
         )
+        self._sleep = sleep
         self._timeout = timeout
         self._history_max = history_max
         self._major: int | None = None
@@ -90,17 +85,10 @@ class HelmAdapter:
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
         try:
             return asyncio.run(coro)
-        except helm_errors.ConnectionError as exc:
-            raise ClusterUnreachableError(
-                f"helm could not reach the cluster: {redact_text(str(exc)).strip()}",
-                hint="check --kubeconfig/--context and that the API server answers",
-            ) from exc
         except helm_errors.Error as exc:
-            message = redact_text(str(exc)).strip()
-            if transient_helm_failure(message):
-                raise TransientHelmError(message, hint="a passing API failure; trying again may help") from exc
-            raise HelmError(message) from exc
+            raise classify(exc.stderr.decode(errors="replace") or str(exc)) from exc
 
+    @retried
     def version(self) -> str:
         version: str = self._call(self._command.version())
         return version.strip()
@@ -110,6 +98,7 @@ class HelmAdapter:
             self._major = int(self.version().lstrip("v").split(".")[0])
         return self._major
 
+    @retried
     def list_releases(self) -> list[HelmRelease]:
         # helm 3 needs --all to include pending/failed releases; helm 4 lists every state by
         # default and has no --all (and --deployed, pyhelm3's default, would filter).
@@ -119,19 +108,19 @@ class HelmAdapter:
             listing = self._command.list(all=True, all_namespaces=True)
         return [_release(r) for r in self._call(listing)]
 
+    @retried
     def search_repo(self, repo: str, chart: str) -> list[tuple[str, str]] | None:
         """(chart version, app version) of every version of ``repo/chart``; None if the repo is not added."""
         try:
             out = self._call(
                 self._command.run(["search", "repo", f"{repo}/{chart}", "--versions", "--devel", "--output", "json"])
             )
-        except HelmError as exc:
-            if "no repositories" in exc.message.lower() or "no repo named" in exc.message.lower():
-                return None
-            raise
+        except ChartNotFoundError:  # no repositories, or none named ``repo``
+            return None
         rows = json.loads(out or b"[]")
         return [(r["version"], r.get("app_version", "")) for r in rows if r["name"] == f"{repo}/{chart}"]
 
+    @retried
     def template(self, chart: str, version: str, namespace: str, values: dict[str, Any]) -> str:
         """Render ``chart`` (``repo/name`` or a path) at ``version`` offline with ``values`` (on stdin)."""
         args = [
@@ -148,12 +137,14 @@ class HelmAdapter:
         out: bytes = self._call(self._command.run(args, json.dumps(values).encode()))
         return out.decode()
 
+    @retried
     def show_values(self, chart: str, version: str) -> dict[str, Any]:
         """The default values of ``chart`` at ``version``."""
         out: bytes = self._call(self._command.run(["show", "values", chart, "--version", version]))
         loaded = yaml.safe_load(out) or {}
         return loaded if isinstance(loaded, dict) else {}
 
+    @retried
     def history(self, release: str, namespace: str) -> list[HelmRevision]:
         rows = self._call(self._command.history(release, namespace=namespace))
         return [
@@ -167,10 +158,12 @@ class HelmAdapter:
             for r in rows
         ]
 
+    @retried
     def get_values(self, release: str, namespace: str, *, all_values: bool = False) -> dict[str, Any]:
         values: dict[str, Any] = self._call(self._command.get_values(release, computed=all_values, namespace=namespace))
         return values
 
+    @retried
     def status(self, release: str, namespace: str) -> HelmRelease:
         """The current revision. From `helm history`: `helm status -o json` carries no chart."""
         rows = self._call(self._command.history(release, max_revisions=1, namespace=namespace))
@@ -217,8 +210,28 @@ class HelmAdapter:
             args.append("--reuse-values")
         return self._apply(args, values)
 
+    @retried
     def rollback(self, release: str, namespace: str, revision: int, *, wait: bool = True) -> None:
         self._call(self._command.rollback(release, revision, namespace=namespace, wait=wait, timeout=self._timeout))
+
+    @retried
+    def manifest(self, release: str, namespace: str) -> list[ReleaseObject]:
+        """The objects of a release's current manifest (``helm get manifest``)."""
+        out = self._call(self._command.run(["get", "manifest", release, "--namespace", namespace]))
+        objects = []
+        for doc in yaml.safe_load_all(out.decode(errors="replace")):
+            if not isinstance(doc, dict) or not doc.get("kind"):
+                continue
+            meta = doc.get("metadata") or {}
+            objects.append(
+                ReleaseObject(
+                    str(doc.get("apiVersion", "")),
+                    str(doc["kind"]),
+                    str(meta.get("name", "")),
+                    meta.get("namespace") or None,
+                )
+            )
+        return objects
 
     def uninstall(self, release: str, namespace: str, *, wait: bool = True) -> None:
         self._call(self._command.uninstall(release, namespace=namespace, wait=wait, timeout=self._timeout))

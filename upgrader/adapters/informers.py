@@ -25,10 +25,10 @@ from typing import Any, Generic, TypeVar
 
 import structlog
 from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
 
+from upgrader.adapters.errors import classify, outside
 from upgrader.adapters.kube import budget_record, namespace_record, pod_record, workload_record
-from upgrader.errors import ClusterUnreachableError
+from upgrader.errors import AccessDeniedError, ClusterUnreachableError, UpgraderError
 from upgrader.ports import DataPlaneView
 
 _log = structlog.get_logger("upgrader.adapters")
@@ -66,10 +66,11 @@ def _key(obj: Any) -> _Key:
     return (obj.metadata.namespace or "", obj.metadata.name)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ApiException):
-        return f"{exc.status} {exc.reason}".strip()
-    return f"{type(exc).__name__}: {exc}"
+def _failure(exc: BaseException, resource: str) -> UpgraderError:
+    """What stopped a LIST or WATCH, as a typed error (an ERROR event or a bug of ours as a plain one)."""
+    if outside(exc):
+        return classify(exc, doing=f"listing and watching {resource}")
+    return UpgraderError(f"{type(exc).__name__}: {exc}")
 
 
 class _Informer(Generic[_R]):
@@ -80,6 +81,7 @@ class _Informer(Generic[_R]):
         self.items: dict[_Key, _R] = {}  # guarded by ledger.cond
         self.synced = False  # the first LIST has completed (guarded by ledger.cond)
         self.last_error = ""
+        self.last_failure: UpgraderError | None = None
         self._list_fn = list_fn
         self._convert = convert
         self._ledger = ledger
@@ -108,7 +110,8 @@ class _Informer(Generic[_R]):
             except Exception as exc:  # every failure is answered the same way: a fresh LIST
                 if stopping.is_set():
                     break
-                self.last_error = _describe(exc)
+                self.last_failure = _failure(exc, self.resource)
+                self.last_error = self.last_failure.message
                 _log.warning("watch-restart", resource=self.resource, error=self.last_error, backoff_seconds=_BACKOFF)
                 stopping.wait(_BACKOFF)
 
@@ -236,13 +239,21 @@ class DataPlaneCache:
         self.stop()
 
     def wait_synced(self, timeout: float) -> None:
-        """Wait until every resource has been listed once; ClusterUnreachableError after ``timeout`` seconds."""
+        """Wait until every resource has been listed once; ClusterUnreachableError after ``timeout`` seconds.
+
+        AccessDeniedError instead when the API refused every resource still missing (RBAC: no retry helps).
+        """
         with self._ledger.cond:
             self._ledger.cond.wait_for(lambda: all(i.synced for i in self._informers), timeout)
             missing = [i for i in self._informers if not i.synced]
         if not missing:
             return
         names = ", ".join(f"{i.resource} ({i.last_error or 'no answer yet'})" for i in missing)
+        if all(isinstance(i.last_failure, AccessDeniedError) for i in missing):  # a lasting refusal, not a blip
+            raise AccessDeniedError(
+                f"the data-plane cache may not list {names}",
+                hint="allow list and watch on these resources in all namespaces (see upgrader preflight)",
+            )
         raise ClusterUnreachableError(
             f"the data-plane cache could not list {names} within {timeout:.0f}s"
             + ("" if self._started else " (the cache was never started)"),

@@ -1,17 +1,24 @@
-"""KubePort over the official Kubernetes Python client."""
+"""KubePort over the official Kubernetes Python client.
+
+Every call runs under ``mapped`` (outside failures become typed errors in one place,
+``upgrader.adapters.errors``) and every method is a read retried by the one retry policy.
+"""
 
 from __future__ import annotations
 
 import base64
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import urllib3
 import yaml
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
 
-from upgrader.errors import ClusterUnreachableError, InputError, UpgraderError
+from upgrader.adapters.errors import mapped
+from upgrader.adapters.retrying import retried
+from upgrader.errors import InputError, NotFoundError
 from upgrader.ports import (
     Access,
     Budget,
@@ -25,10 +32,7 @@ from upgrader.ports import (
 )
 
 _PUBLIC_CERT_KEYS = ("crt.pem", "tls.crt", "ca.crt")  # never key.pem / tls.key
-
-
-class AccessDeniedError(UpgraderError):
-    """The API refused a read (401/403); the message names what was refused."""
+_REVIEWERS = 8  # SelfSubjectAccessReviews in flight at once
 
 
 def _containers(items: list[Any] | None) -> tuple[Container, ...]:
@@ -42,7 +46,12 @@ class KubeAdapter:
     """Reads the cluster with one client bound to one kubeconfig/context."""
 
     def __init__(
-        self, *, kubeconfig: Path | None = None, context: str | None = None, impersonate: str | None = None
+        self,
+        *,
+        kubeconfig: Path | None = None,
+        context: str | None = None,
+        impersonate: str | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         try:
             self._api = config.new_client_from_config(  # type: ignore[no-untyped-call]
@@ -56,62 +65,45 @@ class KubeAdapter:
         if impersonate:
             self._api.set_default_header("Impersonate-User", impersonate)
         self._core = client.CoreV1Api(self._api)
+        self._sleep = sleep
 
     @property
     def api_client(self) -> Any:
         """The underlying client (for sibling adapters that write, e.g. cluster_ports)."""
         return self._api
 
-    def _guard(self, what: str, exc: Exception) -> UpgraderError:
-        if isinstance(exc, ApiException) and exc.status in (401, 403):
-            return AccessDeniedError(
-                f"the Kubernetes API refused {what} ({exc.status} {exc.reason})",
-                hint="run with credentials that can read the Linkerd installation (see upgrader preflight)",
-            )
-        return ClusterUnreachableError(
-            f"the Kubernetes API did not answer while {what}: {exc}",
-            hint="check that the cluster is up and that --kubeconfig/--context point at it",
-        )
-
+    @retried
     def server_version(self) -> str:
-        try:
+        with mapped("reading its version"):
             info = client.VersionApi(self._api).get_code(_request_timeout=10)
-        except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
-            raise self._guard("reading its version", exc) from exc
         return str(info.git_version)
 
+    @retried
     def list_pods(self, *, label_selector: str = "") -> list[Pod]:
-        try:
+        with mapped("listing pods"):
             items: list[Any] = self._core.list_pod_for_all_namespaces(
                 label_selector=label_selector, _request_timeout=30
             ).items
-        except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
-            raise self._guard("listing pods", exc) from exc
         return [pod_record(p) for p in items]
 
+    @retried
     def get_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
-            cm = self._core.read_namespaced_config_map(name, namespace, _request_timeout=10)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise self._guard(f"reading ConfigMap {namespace}/{name}", exc) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise self._guard(f"reading ConfigMap {namespace}/{name}", exc) from exc
+            with mapped(f"reading ConfigMap {namespace}/{name}"):
+                cm = self._core.read_namespaced_config_map(name, namespace, _request_timeout=10)
+        except NotFoundError:
+            return None
         return dict(cm.data or {})
 
-    def _read(self, what: str, call: Any) -> Any:
-        try:
-            return call()
-        except (urllib3.exceptions.HTTPError, ApiException, OSError) as exc:
-            raise self._guard(what, exc) from exc
-
+    @retried
     def list_namespaces(self) -> list[Namespace]:
-        items = self._read("listing namespaces", lambda: self._core.list_namespace(_request_timeout=30).items)
+        with mapped("listing namespaces"):
+            items = self._core.list_namespace(_request_timeout=30).items
         return [namespace_record(n) for n in items]
 
+    @retried
     def list_workloads(self, namespace: str | None = None) -> list[Workload]:
-        apps = client.AppsV1Api(self._api)
+        apps: Any = client.AppsV1Api(self._api)
         calls = {
             "Deployment": (apps.list_deployment_for_all_namespaces, apps.list_namespaced_deployment),
             "StatefulSet": (apps.list_stateful_set_for_all_namespaces, apps.list_namespaced_stateful_set),
@@ -119,40 +111,36 @@ class KubeAdapter:
         }
         out = []
         for kind, (everywhere, one) in calls.items():
-            items = self._read(
-                f"listing {kind}s",
-                lambda e=everywhere, o=one: (
-                    (o(namespace, _request_timeout=30) if namespace else e(_request_timeout=30)).items
-                ),
-            )
+            with mapped(f"listing {kind}s"):
+                items = (one(namespace, _request_timeout=30) if namespace else everywhere(_request_timeout=30)).items
             out += [workload_record(kind, w) for w in items]
         return out
 
+    @retried
     def list_webhooks(self) -> list[Webhook]:
-        adm = client.AdmissionregistrationV1Api(self._api)
-        mutating = self._read("listing mutating webhooks", lambda: adm.list_mutating_webhook_configuration().items)
-        validating = self._read(
-            "listing validating webhooks", lambda: adm.list_validating_webhook_configuration().items
-        )
+        adm: Any = client.AdmissionregistrationV1Api(self._api)
+        with mapped("listing mutating webhooks"):
+            mutating = adm.list_mutating_webhook_configuration(_request_timeout=30).items
+        with mapped("listing validating webhooks"):
+            validating = adm.list_validating_webhook_configuration(_request_timeout=30).items
         return [
             Webhook(kind, w.metadata.name, tuple(h.failure_policy or "Fail" for h in w.webhooks or []))
             for kind, items in (("mutating", mutating), ("validating", validating))
             for w in items
         ]
 
+    @retried
     def list_budgets(self) -> list[Budget]:
-        policy = client.PolicyV1Api(self._api)
-        items = self._read(
-            "listing PodDisruptionBudgets",
-            lambda: policy.list_pod_disruption_budget_for_all_namespaces(_request_timeout=30).items,
-        )
+        policy: Any = client.PolicyV1Api(self._api)
+        with mapped("listing PodDisruptionBudgets"):
+            items = policy.list_pod_disruption_budget_for_all_namespaces(_request_timeout=30).items
         return [budget_record(b) for b in items]
 
+    @retried
     def list_crds(self) -> list[CustomResourceDefinition]:
-        ext = client.ApiextensionsV1Api(self._api)
-        items = self._read(
-            "listing CustomResourceDefinitions", lambda: ext.list_custom_resource_definition(_request_timeout=30).items
-        )
+        ext: Any = client.ApiextensionsV1Api(self._api)
+        with mapped("listing CustomResourceDefinitions"):
+            items = ext.list_custom_resource_definition(_request_timeout=30).items
         return [
             CustomResourceDefinition(
                 name=c.metadata.name,
@@ -163,36 +151,37 @@ class KubeAdapter:
             for c in items
         ]
 
+    @retried
     def read_certificate_secret(self, namespace: str, name: str) -> CertificateSecret | None:
         try:
-            secret = self._core.read_namespaced_secret(name, namespace, _request_timeout=10)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise self._guard(f"reading Secret {namespace}/{name}", exc) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise self._guard(f"reading Secret {namespace}/{name}", exc) from exc
+            with mapped(f"reading Secret {namespace}/{name}"):
+                secret = self._core.read_namespaced_secret(name, namespace, _request_timeout=10)
+        except NotFoundError:
+            return None
         data = secret.data or {}
         public = {k: base64.b64decode(data[k]).decode(errors="replace") for k in _PUBLIC_CERT_KEYS if k in data}
         return CertificateSecret(type=secret.type or "", certificates=public)
 
     def review_access(self, wanted: list[Access]) -> list[Access]:
-        authz = client.AuthorizationV1Api(self._api)
-        out = []
-        for a in wanted:
-            body = {
-                "spec": {
-                    "resourceAttributes": {
-                        "verb": a.verb,
-                        "group": a.group,
-                        "resource": a.resource,
-                        "namespace": a.namespace or None,
-                    }
-                }
-            }
-            review = self._read(f"reviewing access to {a}", lambda b=body: authz.create_self_subject_access_review(b))
-            out.append(Access(a.verb, a.group, a.resource, a.namespace, bool(review.status.allowed)))
-        return out
+        """Whether the caller may do each of ``wanted``: one SelfSubjectAccessReview each (they change nothing)."""
+        authz: Any = client.AuthorizationV1Api(self._api)
+        with ThreadPoolExecutor(max_workers=_REVIEWERS) as pool:  # a run needs some 160 of them
+            allowed = list(pool.map(lambda a: self._allowed(authz, a), wanted))
+        return [Access(a.verb, a.group, a.resource, a.namespace, ok) for a, ok in zip(wanted, allowed, strict=True)]
+
+    @retried
+    def _allowed(self, authz: Any, access: Access) -> bool:
+        attributes = {
+            "verb": access.verb,
+            "group": access.group,
+            "resource": access.resource,
+            "namespace": access.namespace or None,
+        }
+        with mapped(f"reviewing access to {access}"):
+            review = authz.create_self_subject_access_review(
+                {"spec": {"resourceAttributes": attributes}}, _request_timeout=10
+            )
+        return bool(review.status.allowed)
 
 
 def _text(value: Any) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from enum import StrEnum
 from pathlib import Path
@@ -21,16 +20,16 @@ from upgrader.cli.common import (
     RepoOpt,
     SpecOpt,
     ToOpt,
-    _helm_binary,
-    _plan_session,
-    _write,
     app,
     log,
+    write_file,
 )
 from upgrader.discovery import Installation, observe
 from upgrader.errors import EXIT_PREFLIGHT, EXIT_REFUSED, InputError
 from upgrader.rendering import render, render_checks
-from upgrader.spec import deep_merge
+from upgrader.runs import helm_binary as resolve_helm
+from upgrader.runs import kube_adapter, plan_session
+from upgrader.runs import preflight as run_preflight
 
 
 @app.command()
@@ -42,12 +41,11 @@ def discover(
 ) -> None:
     """Show the Linkerd installed in the cluster: Helm releases, control plane, proxies."""
     from upgrader.adapters.helm import HelmAdapter  # noqa: PLC0415 - keep --help fast
-    from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
 
     if kubeconfig is not None and not kubeconfig.is_file():
         raise InputError(f"kubeconfig {kubeconfig} does not exist", hint="pass --kubeconfig PATH of a cluster")
-    helm_port = HelmAdapter(executable=_helm_binary(helm), kubeconfig=kubeconfig, context=context)
-    kube = KubeAdapter(kubeconfig=kubeconfig, context=context)
+    helm_port = HelmAdapter(executable=resolve_helm(helm), kubeconfig=kubeconfig, context=context)
+    kube = kube_adapter(kubeconfig, context)
     found = observe(kube, helm_port)
     log.info(
         "discovered",
@@ -91,7 +89,7 @@ def plan(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     """Plan an upgrade (or a one-major rollback) from what is installed to --to, hop by hop."""
     if kubernetes is not None and not offline:
         raise InputError("--kubernetes is for offline plans", hint="live plans read the version from the cluster")
-    session = _plan_session(
+    session = plan_session(
         kubernetes=kubernetes,
         to=to,
         from_=from_,
@@ -106,7 +104,7 @@ def plan(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     result = session.plan
     text = render(result, output.value)
     if out is not None:
-        _write(out, render(result, "json" if out.suffix == ".json" else output.value))
+        write_file(out, render(result, "json" if out.suffix == ".json" else output.value))
     typer.echo(text, nl=False)
     log.info(
         "planned",
@@ -137,10 +135,7 @@ def preflight(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     helm: HelmOpt = "helm",
 ) -> None:
     """Check that an upgrade to --to can start: cluster, Helm, control plane, certificates, values, CRDs, HA."""
-    from upgrader.preflight.checks import Context, run_checks  # noqa: PLC0415
-    from upgrader.preflight.observe import gather  # noqa: PLC0415
-
-    session = _plan_session(
+    session = plan_session(
         to=to,
         from_=None,
         offline=False,
@@ -152,25 +147,7 @@ def preflight(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         helm=helm,
         impersonate=impersonate,
     )
-    overrides = session.spec.values.overrides
-    snapshot = gather(
-        session.kube,
-        session.helm,
-        session.plan,
-        namespace=session.namespace,
-        repo=repo,
-        values_to_send=lambda user: deep_merge(user, overrides),
-    )
-    results = run_checks(
-        Context(
-            snapshot,
-            session.plan,
-            session.catalog,
-            session.spec,
-            now=dt.datetime.now(dt.UTC),
-            min_cert_days=min_cert_days,
-        )
-    )
+    results = run_preflight(session, min_cert_days=min_cert_days, repo=repo)
     blocking = [r for r in results if r.result == "error" and not r.waived]
     for r in results:
         if r.result != "passed":

@@ -14,10 +14,9 @@ from upgrader.cli.common import (
     KubeconfigOpt,
     Output,
     StateStoreOpt,
-    _load,
-    _store_for,
     app,
 )
+from upgrader.runs import load_run, store_for
 
 
 @app.command()
@@ -29,8 +28,8 @@ def status(
     context: ContextOpt = None,
 ) -> None:
     """Where a run is: state, hop, what it changed, errors, and what to run next."""
-    store = _store_for(state_store, kubeconfig, context)
-    cp = _load(store, run)
+    store = store_for(state_store, kubeconfig, context)
+    cp = load_run(store, run)
     if output is Output.json:
         typer.echo(cp.model_dump_json(indent=2))
         return
@@ -68,7 +67,7 @@ def history(
     context: ContextOpt = None,
 ) -> None:
     """Every run in the state store, oldest first."""
-    store = _store_for(state_store, kubeconfig, context)
+    store = store_for(state_store, kubeconfig, context)
     runs = store.runs()
     if output is Output.json:
         typer.echo(

@@ -9,7 +9,7 @@ than pass silently.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from upgrader.catalog import Catalog
 from upgrader.dataplane import budget_block
 from upgrader.discovery import Installation, proxy_version
 from upgrader.errors import InputError
+from upgrader.permissions import access
 from upgrader.planning import CONTROL_PLANE, CRDS, KUBERNETES_WAIVER, LEGACY, Plan
 from upgrader.ports import (
     Access,
@@ -45,33 +46,9 @@ EXEMPT_LABEL = "config.linkerd.io/admission-webhooks"
 PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
 
 
-def required_access(namespace: str) -> list[Access]:
-    """The permissions an upgrade run uses (Helm storage, charts' objects, restarts, lock)."""
-    ns = [
-        ("get", "", "secrets"),
-        ("list", "", "secrets"),
-        ("create", "", "secrets"),
-        ("update", "", "secrets"),
-        ("patch", "apps", "deployments"),
-        ("patch", "", "configmaps"),
-        ("patch", "", "services"),
-        ("patch", "", "serviceaccounts"),
-        ("create", "coordination.k8s.io", "leases"),
-        ("update", "coordination.k8s.io", "leases"),
-    ]
-    cluster = [
-        ("patch", "apiextensions.k8s.io", "customresourcedefinitions"),
-        ("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations"),
-        ("patch", "admissionregistration.k8s.io", "validatingwebhookconfigurations"),
-        ("patch", "rbac.authorization.k8s.io", "clusterroles"),
-        ("list", "", "pods"),
-        ("patch", "apps", "deployments"),
-        ("patch", "apps", "statefulsets"),
-        ("patch", "apps", "daemonsets"),
-        ("list", "policy", "poddisruptionbudgets"),
-        ("create", "authorization.k8s.io", "selfsubjectaccessreviews"),
-    ]
-    return [Access(v, g, r, namespace) for v, g, r in ns] + [Access(v, g, r) for v, g, r in cluster]
+def required_access(namespace: str, *, releases: Iterable[str] = ()) -> list[Access]:
+    """The permissions a run uses (upgrader.permissions.REQUIRED) in the control-plane and ``releases`` namespaces."""
+    return access(namespace, releases=releases)
 
 
 @dataclass(frozen=True)
@@ -151,7 +128,7 @@ def check_cluster(ctx: Context) -> list[CheckResult]:
         out.append(
             passed(KUBERNETES_WAIVER, "cluster", f"Kubernetes {snap.kubernetes_version} is supported by every hop")
         )
-    missing = [str(a) for a in snap.access if not a.allowed]
+    missing = _missing(snap.access)
     if "access" in snap.errors:
         out.append(
             failed(
@@ -166,14 +143,27 @@ def check_cluster(ctx: Context) -> list[CheckResult]:
             failed(
                 "cluster.permissions",
                 "cluster",
-                f"the caller lacks {len(missing)} permission(s) the plan needs: {', '.join(missing)}",
-                "run as a cluster admin, or bind a role granting "
-                "these verbs (kubectl auth can-i --list shows what you have)",
+                f"the caller lacks {sum(n for _, n in missing)} permission(s) a run needs: "
+                + "; ".join(text for text, _ in missing),
+                "run as a cluster admin, or bind roles granting these verbs (upgrader.permissions lists each with "
+                "its reason; kubectl auth can-i --list shows what you have)",
             )
         )
     else:
-        out.append(passed("cluster.permissions", "cluster", f"all {len(snap.access)} permissions the plan needs"))
+        out.append(passed("cluster.permissions", "cluster", f"all {len(snap.access)} permissions a run needs"))
     return out
+
+
+def _missing(reviewed: list[Access]) -> list[tuple[str, int]]:
+    """Refused permissions, the verbs of one resource in one place together ("get, patch deployments.apps in x")."""
+    verbs: dict[tuple[str, str, str], list[str]] = {}
+    for a in reviewed:
+        if not a.allowed:
+            verbs.setdefault((a.resource, a.group, a.namespace), []).append(a.verb)
+    return [
+        (str(Access(", ".join(vs), group, resource, namespace)), len(vs))
+        for (resource, group, namespace), vs in verbs.items()
+    ]
 
 
 # ---- install method and Helm releases -------------------------------------------------------------

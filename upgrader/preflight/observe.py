@@ -12,9 +12,9 @@ from typing import Any, Protocol, TypeVar
 
 import yaml
 
-from upgrader.discovery import DATA_PLANE_SELECTOR, summarise
-from upgrader.errors import UpgraderError
-from upgrader.planning import CONTROL_PLANE, CRDS, Plan
+from upgrader.discovery import DATA_PLANE_SELECTOR, LINKERD_CHARTS, summarise
+from upgrader.errors import ChartNotFoundError, UpgraderError
+from upgrader.planning import CONTROL_PLANE, CRDS, Plan, control_plane_step
 from upgrader.ports import CustomResourceDefinition, HelmPort, HelmRelease, Pod, PreflightKubePort
 from upgrader.preflight.checks import ISSUER_SECRET, Snapshot, config_values, required_access
 
@@ -48,7 +48,7 @@ def gather(
     *,
     namespace: str = "linkerd",
     repo: str = "linkerd",
-    values_to_send: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    values_to_send: Callable[[dict[str, Any]], dict[str, Any]] | None = None,  # user values -> what apply sends
 ) -> Snapshot:
     """Observe everything the checks need; failures become ``errors`` entries."""
     errors: dict[str, str] = {}
@@ -66,6 +66,7 @@ def gather(
     releases: list[HelmRelease] = attempt("helm", helm.list_releases, [])
     cp = next((r for r in releases if r.chart_name in (CONTROL_PLANE, "linkerd2")), None)
     namespace = cp.namespace if cp else namespace
+    linkerd_ns = sorted({namespace} | {r.namespace for r in releases if r.chart_name in LINKERD_CHARTS})
     config = attempt("config", lambda: kube.get_config_map(namespace, "linkerd-config"), None)
     pods: list[Pod] = attempt("pods", lambda: kube.list_pods(label_selector=DATA_PLANE_SELECTOR), [])
     raw_values = config.get("values", "") if config is not None else None
@@ -77,14 +78,14 @@ def gather(
     render_error, target_crds = None, None
     if plan.hops and user_values is not None:
         hop = plan.hops[0]
-        values = values_to_send(user_values) if values_to_send else user_values
-        try:
-            helm.template(f"{repo}/{CONTROL_PLANE}", hop.charts[CONTROL_PLANE], namespace, values)
-        except UpgraderError as exc:
-            text = exc.message.lower()
-            if ("repo" in text and "not found" in text) or "no repo" in text:
+        step = control_plane_step(hop)  # none in a data-plane catch-up hop: nothing to render
+        if step is not None and step.chart_version is not None:
+            values = values_to_send(user_values) if values_to_send else user_values
+            try:
+                helm.template(f"{repo}/{step.chart or step.release}", step.chart_version, namespace, values)
+            except ChartNotFoundError as exc:  # the repository or the version is missing: cannot check
                 errors["render"] = exc.message
-            else:
+            except UpgraderError as exc:  # the chart refuses these values
                 render_error = exc.message
         if hop.kind == "rollback" and CRDS in hop.charts:
             rendered = attempt(
@@ -101,7 +102,7 @@ def gather(
         webhooks=attempt("webhooks", kube.list_webhooks, []),
         budgets=attempt("budgets", kube.list_budgets, []),
         crds=attempt("crds", kube.list_crds, []),
-        access=attempt("access", lambda: kube.review_access(required_access(namespace)), []),
+        access=attempt("access", lambda: kube.review_access(required_access(namespace, releases=linkerd_ns)), []),
         issuer=attempt("identity", lambda: kube.read_certificate_secret(namespace, ISSUER_SECRET), None),
         trust_bundle=(roots or {}).get("ca-bundle.crt"),
         user_values=user_values,

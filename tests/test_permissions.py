@@ -1,0 +1,290 @@
+"""The permission table matches the Kubernetes calls the adapters make, and renders as RBAC rules.
+
+The calls are found statically: every attribute of the adapters' source named like a method of the
+Kubernetes client's API classes is one call, mapped to (API group, resource, verb) from the request
+the client builds for it (HTTP method and path). A list method passed along instead of called (to a
+watch or an informer) is a watch too. A new client call without a row in upgrader.permissions fails
+here, whatever variable the API object sits in.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes.client
+import pytest
+
+from tests.test_preflight_checks import check, healthy
+from upgrader.errors import UpgraderError
+from upgrader.permissions import PROBE_NAMESPACE, REQUIRED, Scope, access, rbac_rules
+from upgrader.planning import Plan
+from upgrader.ports import Access, HelmRelease
+from upgrader.preflight.observe import gather
+
+ADAPTERS = Path(__file__).resolve().parent.parent / "upgrader" / "adapters"
+_SERIALIZE = re.compile(
+    r"def _(?P<name>\w+)_serialize\(.*?method='(?P<method>[A-Z]+)',\s*resource_path='(?P<path>[^']+)'", re.DOTALL
+)
+
+Key = tuple[str, str, str]  # (group, resource, verb)
+
+
+def _request(method: str, path: str) -> Key | None:
+    """(group, resource, verb) of one client request; None for paths that are no resource (/version, discovery)."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return None
+    watching = rest[:1] == ["watch"]
+    rest = rest[1:] if watching else rest
+    if rest[:2] == ["namespaces", "{namespace}"] and len(rest) > 2:
+        rest = rest[2:]
+    if not rest:
+        return None
+    resource = f"{rest[0]}/{rest[2]}" if len(rest) > 2 else rest[0]
+    named = len(rest) > 1
+    verb = {
+        "GET": "watch" if watching else ("get" if named else "list"),
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if named else "deletecollection",
+    }.get(method, "get")  # HEAD and OPTIONS (proxy subresources) need get
+    return (group, resource, verb)
+
+
+def _client_methods() -> dict[str, set[Key | None]]:
+    """Every method of the client's API classes -> the (group, resource, verb) it may stand for."""
+    out: dict[str, set[Key | None]] = {}
+    for module in sorted((Path(kubernetes.client.__file__).parent / "api").glob("*_api.py")):
+        for m in _SERIALIZE.finditer(module.read_text()):
+            out.setdefault(m["name"], set()).add(_request(m["method"], m["path"]))
+    return out
+
+
+@dataclass(frozen=True)
+class Call:
+    where: str
+    method: str
+    candidates: frozenset[Key]
+
+
+def _calls(methods: dict[str, set[Key | None]], sources: list[Path]) -> Iterator[Call]:
+    for source in sources:
+        tree = ast.parse(source.read_text(), filename=str(source))
+        called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute) or node.attr not in methods:
+                continue
+            keys = {k for k in methods[node.attr] if k is not None}
+            if not keys:
+                continue  # /version and discovery: open to every authenticated user
+            if id(node) not in called:  # handed to a watch or an informer (or called later)
+                keys |= {(g, r, "watch") for g, r, v in keys if v == "list"}
+            yield Call(f"{source.name}:{node.lineno}", node.attr, frozenset(keys))
+
+
+METHODS = _client_methods()
+CALLS = list(_calls(METHODS, sorted(ADAPTERS.glob("*.py"))))
+OURS = {(p.group, p.resource, p.verb) for p in REQUIRED if "upgrader" in p.by}  # helm's rows cover helm only
+
+
+def test_the_request_of_a_client_method_is_read_from_the_client() -> None:
+    """The scan knows which (group, resource, verb) a client method stands for."""
+    assert METHODS["patch_namespaced_deployment"] == {("apps", "deployments", "patch")}
+    assert METHODS["list_pod_for_all_namespaces"] == {("", "pods", "list")}
+    assert METHODS["read_namespaced_config_map"] == {("", "configmaps", "get")}
+    assert METHODS["replace_namespaced_lease"] == {("coordination.k8s.io", "leases", "update")}
+    assert METHODS["create_self_subject_access_review"] == {
+        ("authorization.k8s.io", "selfsubjectaccessreviews", "create")
+    }
+    assert METHODS["get_code"] == {None}
+
+
+def test_the_scan_finds_the_calls_the_adapters_make() -> None:
+    """The restart patch, the informers' watches, the lock and the dry-run probe are all seen."""
+    found = {k for c in CALLS for k in c.candidates}
+    assert {
+        ("apps", "deployments", "patch"),
+        ("apps", "statefulsets", "patch"),
+        ("", "pods", "watch"),
+        ("policy", "poddisruptionbudgets", "watch"),
+        ("coordination.k8s.io", "leases", "update"),
+        ("", "pods", "create"),
+        ("", "secrets", "delete"),
+    } <= found
+
+
+def test_a_new_call_without_a_row_would_be_caught(tmp_path: Path) -> None:
+    """Whatever the API object is called, a client method names its request; one upgrader's rows lack shows up."""
+    source = tmp_path / "new_adapter.py"
+    source.write_text("def note(api):\n    api.create_namespaced_config_map('linkerd', {})\n")
+    (call,) = _calls(METHODS, [source])
+    assert call.candidates == {("", "configmaps", "create")}
+    assert not call.candidates & OURS, "helm creates ConfigMaps, but that row does not cover upgrader's own calls"
+
+
+def test_every_client_call_of_the_adapters_has_a_row_in_the_table() -> None:
+    """A call the table does not declare fails here: add its row to upgrader.permissions."""
+    missing = [f"{c.where} {c.method} -> {sorted(c.candidates)}" for c in CALLS if not c.candidates & OURS]
+    assert missing == []
+
+
+def test_every_row_upgrader_uses_itself_is_a_call_the_adapters_make() -> None:
+    """A row for upgrader's own calls that no adapter makes any more is stale."""
+    made = {k for c in CALLS for k in c.candidates}
+    stale = [str(p) for p in REQUIRED if "upgrader" in p.by and (p.group, p.resource, p.verb) not in made]
+    assert stale == []
+
+
+def test_rows_are_unique_and_say_why() -> None:
+    """One row per verb, resource and scope; each with a reason and a user."""
+    keys = [(p.group, p.resource, p.verb, p.scope) for p in REQUIRED]
+    assert len(keys) == len(set(keys))
+    assert all(p.why and p.by for p in REQUIRED)
+
+
+def test_a_cluster_wide_row_absorbs_the_same_permission_in_one_namespace() -> None:
+    """Listing Secrets everywhere (helm list -A) covers listing the checkpoint Secrets: one row, both reasons."""
+    (row,) = [p for p in REQUIRED if (p.group, p.resource, p.verb) == ("", "secrets", "list")]
+    assert row.scope is Scope.CLUSTER
+    assert not row.namespaced
+    assert set(row.by) == {"upgrader", "helm"}
+    assert "checkpoints" in row.why
+    assert "helm list" in row.why
+
+
+@pytest.mark.parametrize(
+    ("group", "resource", "verb", "scope"),
+    [
+        pytest.param("coordination.k8s.io", "leases", "update", Scope.CONTROL_PLANE, id="renewing the lock"),
+        pytest.param("apps", "daemonsets", "patch", Scope.CLUSTER, id="restarting a DaemonSet anywhere"),
+        pytest.param("apps", "replicasets", "watch", Scope.RELEASES, id="helm --wait follows ReplicaSets"),
+        pytest.param("", "pods", "create", Scope.PROBE, id="the injector's dry-run probe"),
+        pytest.param("apiextensions.k8s.io", "customresourcedefinitions", "get", Scope.CLUSTER, id="helm reads CRDs"),
+        pytest.param(
+            "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "patch", Scope.CLUSTER, id="the webhook"
+        ),
+        pytest.param("", "secrets", "update", Scope.RELEASES, id="helm's release records"),
+    ],
+)
+def test_the_table_declares_what_a_run_uses(group: str, resource: str, verb: str, scope: Scope) -> None:
+    """Permissions the old preflight did not check are rows now."""
+    assert any((p.group, p.resource, p.verb, p.scope) == (group, resource, verb, scope) for p in REQUIRED)
+
+
+def test_access_places_each_row_in_its_namespaces() -> None:
+    """Cluster rows are asked cluster-wide, release rows in every Linkerd release's namespace, the probe in default."""
+    wanted = access("linkerd", releases=["linkerd", "linkerd-viz"], state="upgrader-state")
+    assert Access("patch", "apps", "deployments", "") in wanted
+    assert Access("update", "coordination.k8s.io", "leases", "linkerd") in wanted
+    assert Access("patch", "apps", "deployments", "linkerd-viz") not in wanted  # covered cluster-wide
+    assert Access("create", "apps", "deployments", "linkerd-viz") in wanted
+    assert Access("create", "", "secrets", "upgrader-state") in wanted
+    assert Access("create", "", "pods", PROBE_NAMESPACE) in wanted
+    assert len(wanted) == len(set(wanted))
+
+
+def test_without_release_namespaces_the_control_plane_namespace_stands_in() -> None:
+    """Preflight before any release is known still asks about the release permissions, in the control plane's."""
+    assert Access("create", "apps", "deployments", "mesh") in access("mesh")
+    assert Access("create", "", "secrets", "mesh") in access("mesh")
+
+
+def test_rbac_rules_render_every_row_once() -> None:
+    """The rules of all scopes, expanded again, are exactly the table (so shipped RBAC can be generated from it)."""
+    rendered = {
+        (group, resource, verb, scope)
+        for scope in Scope
+        for rule in rbac_rules(scope)
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert rendered == {(p.group, p.resource, p.verb, p.scope) for p in REQUIRED}
+
+
+def test_rbac_rules_group_resources_that_need_the_same_verbs() -> None:
+    """The three workload kinds share one rule in the cluster-wide rules."""
+    rules = rbac_rules(Scope.CLUSTER)
+    assert {
+        "apiGroups": ["apps"],
+        "resources": ["daemonsets", "deployments", "statefulsets"],
+        "verbs": [
+            "list",
+            "patch",
+            "watch",
+        ],
+    } in rules
+
+
+class _Kube:
+    """Just enough of the preflight kube port: a cluster that answers and records the access asked about."""
+
+    def __init__(self) -> None:
+        self.asked: list[Access] = []
+
+    def server_version(self) -> str:
+        return "v1.36.3"
+
+    def review_access(self, wanted: list[Access]) -> list[Access]:
+        self.asked = list(wanted)
+        return wanted
+
+    def __getattr__(self, name: str) -> Any:
+        def refused(*_args: object, **_kwargs: object) -> Any:
+            raise UpgraderError(f"{name}: not in this fake")
+
+        return refused
+
+
+class _Helm(_Kube):
+    def list_releases(self) -> list[Any]:
+        return [
+            HelmRelease("linkerd-control-plane", "linkerd", 3, "deployed", "linkerd-control-plane", "1.16.11"),
+            HelmRelease("linkerd-viz", "linkerd-viz", 2, "deployed", "linkerd-viz", "30.12.11"),
+            HelmRelease("shop", "shop", 1, "deployed", "shop", "1.0.0"),
+        ]
+
+
+def test_preflight_asks_about_every_row_in_the_linkerd_namespaces() -> None:
+    """cluster.permissions reviews the whole table, in the control plane's and the extensions' namespaces."""
+    kube = _Kube()
+    snap = gather(kube, _Helm(), Plan(from_=None, to="stable-2.14.10", spec="{}"))  # type: ignore[arg-type]
+    assert kube.asked == access("linkerd", releases=["linkerd", "linkerd-viz"])
+    assert snap.access == kube.asked
+
+
+def test_the_permissions_check_groups_what_is_missing_by_resource() -> None:
+    """Refused verbs of one resource in one namespace are listed together, and counted one by one."""
+    refused = {("get", "leases"), ("update", "leases"), ("patch", "daemonsets")}
+    reviewed = [dataclasses.replace(a, allowed=(a.verb, a.resource) not in refused) for a in access("linkerd")]
+    result = check(dataclasses.replace(healthy(), access=reviewed))["cluster.permissions"]
+    assert result.result == "error"
+    assert "lacks 3 permission(s)" in result.message
+    assert "get, update leases.coordination.k8s.io in linkerd" in result.message
+    assert "patch daemonsets.apps cluster-wide" in result.message
+
+
+def test_preflight_gathers_for_a_data_plane_catch_up_hop_without_rendering() -> None:
+    """A catch-up hop has no control-plane chart: gathering renders nothing and does not crash (KeyError before)."""
+    from tests.test_hop_kinds import SCENARIOS  # noqa: PLC0415
+    from tests.test_hop_kinds import _plan as hop_plan  # noqa: PLC0415
+
+    plan = hop_plan(SCENARIOS["data-plane"])
+    assert [h.kind for h in plan.hops] == ["data-plane"]
+    rendered: list[str] = []
+    helm = _Helm()
+    helm.template = lambda *a, **k: rendered.append("template") or ""  # type: ignore[attr-defined,method-assign]
+    snap = gather(_Kube(), helm, plan)  # type: ignore[arg-type]
+    assert rendered == []
+    assert snap.render_error is None

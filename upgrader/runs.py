@@ -1,0 +1,543 @@
+"""The application layer: sessions, preflight, values, dry runs and runs with their lock.
+
+The CLI parses arguments and renders what this module returns; everything a command
+decides lives here or below:
+
+- ``plan_session`` observes the cluster (or takes ``--from`` offline), builds the offering
+  and plans; ``resume_session`` rebuilds a run's session from its checkpoint.
+- ``preflight`` is the one way checks are gathered and run (the ``preflight`` command, the
+  executor's per-hop gate and ``--dry-run`` use it), with the values ``apply`` will send.
+- ``dry_run`` says what the first hop would change, changing nothing.
+- ``start``, ``resume`` and ``rollback`` run the executor under the installation lock: a
+  heartbeat keeps the Lease fresh through helm waits, bakes and rollouts, every action is
+  fenced (a run that lost the lock stops without acting), and ``onFailure`` is applied.
+  The run's options are stored in its checkpoint and reused on resume.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import secrets
+import shutil
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from upgrader.catalog import Catalog, default_catalog
+from upgrader.checkpoints import Checkpoint, CheckpointStore, FileStore, parse_state_store, plan_hash
+from upgrader.dataplane import Inventory, inventory
+from upgrader.discovery import observe
+from upgrader.errors import InputError, UpgraderError
+from upgrader.execution import Executor, RunStoppedError
+from upgrader.locking import LockLostError
+from upgrader.metrics import public_url
+from upgrader.planning import (
+    Observed,
+    Plan,
+    build_offering,
+    control_plane_step,
+    hop_values,
+    make_plan,
+)
+from upgrader.ports import DataPlaneView
+from upgrader.preflight import CheckResult
+from upgrader.preflight.checks import Context, run_checks
+from upgrader.preflight.observe import gather
+from upgrader.spec import Spec, load_spec, parse_duration
+from upgrader.states import TERMINAL
+from upgrader.values import diff
+
+log = structlog.get_logger("upgrader")
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Session:
+    """What plan, preflight and the runs share: the adapters, the catalog, the spec, the plan."""
+
+    spec: Spec
+    catalog: Catalog
+    plan: Plan
+    kube: Any = None
+    helm: Any = None
+    namespace: str = "linkerd"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """A run's command options: stored in its checkpoint, reused on resume, repeated in hints."""
+
+    min_cert_days: int = 60
+    repo: str = "linkerd"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"min_cert_days": self.min_cert_days, "repo": self.repo}
+
+    @classmethod
+    def stored(cls, checkpoint: Checkpoint, **given: Any) -> RunOptions:
+        """The checkpoint's options, where the command did not give one explicitly."""
+        data = {k: v for k, v in checkpoint.options.items() if k in ("min_cert_days", "repo")}
+        data.update({k: v for k, v in given.items() if v is not None})
+        return cls(**data)
+
+
+# ---- sessions ------------------------------------------------------------------------------
+
+
+def helm_binary(helm: str) -> str:
+    """The helm executable's path, or bad input saying how to get one."""
+    found = shutil.which(helm)
+    if not found:
+        raise InputError(f"helm binary {helm!r} not found", hint="install helm >= 3.14 or pass --helm PATH")
+    return found
+
+
+def helm_adapter(executable: str, kubeconfig: Path | None, context: str | None, spec: Spec, **kw: Any) -> Any:
+    from upgrader.adapters.helm import HelmAdapter  # noqa: PLC0415 - keep --help fast
+
+    return HelmAdapter(
+        executable=executable, kubeconfig=kubeconfig, context=context, timeout=spec.gates.rollout_timeout, **kw
+    )
+
+
+def kube_adapter(kubeconfig: Path | None, context: str | None, impersonate: str | None = None) -> Any:
+    from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
+
+    return KubeAdapter(kubeconfig=kubeconfig, context=context, impersonate=impersonate)
+
+
+def _namespace_labels(kube: Any, notes: list[str]) -> dict[str, dict[str, str]]:
+    """Namespace labels for wave and spec selectors (selectors match nothing if they cannot be read)."""
+    try:
+        return {n.name: n.labels for n in kube.list_namespaces()}
+    except UpgraderError as exc:
+        if exc.retryable:
+            raise
+        notes.append(f"namespace labels unreadable ({exc.message}): wave selectors match nothing")
+        return {}
+
+
+def plan_session(
+    *,
+    to: str | None,
+    from_: str | None,
+    offline: bool,
+    spec_file: Path | None,
+    ack: list[str] | None,
+    repo: str,
+    kubeconfig: Path | None,
+    context: str | None,
+    helm: str | None,
+    impersonate: str | None = None,
+    kubernetes: str | None = None,
+) -> Session:
+    """Observe (or take ``--from`` offline), build what can be installed, and plan."""
+    spec = load_spec(spec_file) if spec_file else Spec()
+    target_text = to or spec.target
+    if not target_text:
+        raise InputError("no target version", hint="pass --to VERSION (or set target: in the spec)")
+    if offline != (from_ is not None):
+        raise InputError("--from and --offline go together", hint="plan offline with --from VERSION --offline")
+    catalog = default_catalog()
+    target = catalog.parse(target_text)
+    if offline:
+        offline_offering, offline_notes = build_offering(catalog, None)
+        result = make_plan(
+            Observed(control_plane=catalog.parse(from_ or ""), kubernetes=kubernetes),
+            target,
+            offline_offering,
+            catalog,
+            spec,
+            acks=frozenset(ack or []),
+            offering_notes=offline_notes,
+        )
+        return Session(spec, catalog, result)
+    if kubeconfig is not None and not kubeconfig.is_file():
+        raise InputError(f"kubeconfig {kubeconfig} does not exist", hint="pass --kubeconfig PATH of a cluster")
+    helm_port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context, spec, impersonate=impersonate)
+    kube = kube_adapter(kubeconfig, context, impersonate)
+    notes: list[str] = []
+    try:
+        inst = observe(kube, helm_port)
+    except UpgraderError as exc:
+        if exc.retryable:
+            raise
+        notes.append(f"discovery failed: {exc.message}")
+        inst = None
+    observed = Observed(control_plane=None)
+    if inst is not None:
+        observed = Observed(
+            control_plane=catalog.parse(inst.control_plane_version) if inst.control_plane_version else None,
+            data_plane=inst.proxies,
+            kubernetes=inst.kubernetes_version,
+            extensions=inst.extensions,
+            control_plane_namespace=inst.control_plane_namespace or "linkerd",
+            namespace_labels=_namespace_labels(kube, notes),
+            release_namespaces={r.name: r.namespace for r in inst.releases},
+        )
+        log.info(
+            "observed",
+            control_plane=str(observed.control_plane),
+            install_method=inst.install_method,
+            meshed_namespaces=len(inst.proxies),
+            kubernetes=inst.kubernetes_version,
+        )
+    charts = ("linkerd-control-plane", "linkerd-crds", "linkerd2", "linkerd-viz")
+    try:
+        found = {c: helm_port.search_repo(repo, c) for c in charts}
+    except UpgraderError as exc:
+        notes.append(f"helm repository {repo!r} could not be searched: {exc.message}")
+        found = {c: None for c in charts}
+    repo_rows = None if found["linkerd-control-plane"] is None else {c: r or [] for c, r in found.items()}
+    offering, offering_notes = build_offering(catalog, repo_rows)
+    if repo_rows is None:
+        notes.append(f"helm repository {repo!r} is not added; chart versions come from the bundled catalog")
+    result = make_plan(
+        observed, target, offering, catalog, spec, acks=frozenset(ack or []), offering_notes=notes + offering_notes
+    )
+    return Session(spec, catalog, result, kube, helm_port, observed.control_plane_namespace)
+
+
+def load_plan_file(path: Path) -> dict[str, Any]:
+    """A plan written by ``plan -o json`` (only what apply compares: from, to, hops' targets)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read plan {path}: {exc}", hint="write one with upgrader plan -o json") from exc
+    if not isinstance(saved, dict) or not isinstance(saved.get("to"), str):
+        raise InputError(f"{path} is not a plan (no 'to')", hint="write one with upgrader plan -o json")
+    return saved
+
+
+def check_plan_file(saved: dict[str, Any], plan: Plan, path: Path) -> None:
+    """A reviewed plan is applied only while the cluster still gives the same plan."""
+    raw = saved.get("hops")
+    hops: list[Any] = raw if isinstance(raw, list) else []
+    if saved.get("from") != plan.from_ or [h.get("to") if isinstance(h, dict) else None for h in hops] != [
+        h.to for h in plan.hops
+    ]:
+        raise InputError(
+            f"plan {path} no longer matches the cluster (it starts at {saved.get('from')}, the "
+            f"cluster runs {plan.from_})",
+            hint="plan again and review the new plan",
+        )
+
+
+def resume_session(
+    checkpoint: Checkpoint,
+    *,
+    spec_file: Path | None,
+    kubeconfig: Path | None,
+    context: str | None,
+    helm: str | None,
+    need_values: bool = True,
+) -> Session:
+    """A run's session again: its stored plan (checked against its hash) and spec."""
+    if plan_hash(checkpoint.plan) != checkpoint.plan_hash:
+        raise InputError(
+            f"run {checkpoint.run_id}: its stored plan does not match its hash",
+            hint="the checkpoint was edited; start a new run",
+        )
+    saved = Plan.from_json(checkpoint.plan)
+    if spec_file is None and checkpoint.spec_has_values and need_values:
+        raise InputError(
+            f"run {checkpoint.run_id} was started with value overrides or URL credentials, which checkpoints "
+            "never store",
+            hint=f"pass the same spec again: upgrader resume {checkpoint.run_id} --spec FILE",
+        )
+    spec = load_spec(spec_file) if spec_file else Spec.model_validate(checkpoint.spec or {})
+    kube = kube_adapter(kubeconfig, context)
+    helm_port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context, spec)
+    namespace = next((r.namespace for r in checkpoint.releases.values()), "linkerd")
+    return Session(spec, default_catalog(), saved, kube, helm_port, namespace)
+
+
+# ---- state stores --------------------------------------------------------------------------
+
+
+def default_store() -> str:
+    base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return f"file:{base / 'upgrader' / 'runs'}"
+
+
+def open_store(state_store: str | None, kube: Any | None) -> CheckpointStore:
+    kind, arg = parse_state_store(state_store or default_store())
+    if kind == "file":
+        return FileStore(Path(arg).expanduser())
+    if kube is None:
+        raise InputError("kubernetes: state stores need a cluster", hint="pass --kubeconfig, or use file:DIR")
+    from upgrader.adapters.kube_state import SecretCheckpointStore  # noqa: PLC0415
+
+    return SecretCheckpointStore(kube.api_client, arg)
+
+
+def store_for(state_store: str | None, kubeconfig: Path | None, context: str | None) -> CheckpointStore:
+    """The state store of a command that has no session: a cluster client only for kubernetes: stores."""
+    needs_cluster = (state_store or default_store()).startswith("kubernetes:")
+    return open_store(state_store, kube_adapter(kubeconfig, context) if needs_cluster else None)
+
+
+def load_run(store: CheckpointStore, run: str | None, *, unfinished: bool = False) -> Checkpoint:
+    if run:
+        found = store.fetch(run_id=run)
+        if found is None:
+            raise InputError(f"no run {run} in the state store", hint="upgrader history lists the runs")
+        return found
+    runs = [c for c in store.runs() if not unfinished or c.state not in TERMINAL]
+    if not runs:
+        raise InputError("no run to act on in the state store", hint="upgrader history lists the runs")
+    return runs[-1]
+
+
+# ---- preflight and values ------------------------------------------------------------------
+
+
+def values_sender(session: Session, plan: Plan, repo: str) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+    """What preflight renders: the values the first hop's control-plane step will send."""
+    hop = plan.hops[0] if plan.hops else None
+    step = control_plane_step(hop) if hop is not None else None
+    if hop is None or step is None:
+        return None
+    chart, version = step.chart or step.release, step.chart_version
+
+    def send(user: dict[str, Any]) -> dict[str, Any]:
+        defaults = session.helm.show_values(f"{repo}/{chart}", version) if version else {}
+        out = hop_values(hop, session.spec, session.catalog, user_values=user, target_defaults=defaults)
+        return out.effective
+
+    return send
+
+
+def preflight(
+    session: Session, plan: Plan | None = None, *, min_cert_days: int, repo: str, now: dt.datetime | None = None
+) -> list[CheckResult]:
+    """Gather once and run every check for ``plan``'s first hop (the session's plan by default)."""
+    plan = plan or session.plan
+    snapshot = gather(
+        session.kube,
+        session.helm,
+        plan,
+        namespace=session.namespace,
+        repo=repo,
+        values_to_send=values_sender(session, plan, repo),
+    )
+    return run_checks(
+        Context(snapshot, plan, session.catalog, session.spec, now=now or utc_now(), min_cert_days=min_cert_days)
+    )
+
+
+# ---- dry run -------------------------------------------------------------------------------
+
+
+@dataclass
+class DryRun:
+    """What the first hop would do, with nothing changed."""
+
+    checks: list[CheckResult]
+    waves: list[tuple[str, Inventory]] = field(default_factory=list)
+    chart: str | None = None
+    chart_version: str | None = None
+    values_diff: list[dict[str, Any]] = field(default_factory=list)
+    server_accepted: list[tuple[str, str]] = field(default_factory=list)  # (chart, version)
+
+
+def dry_run(session: Session, options: RunOptions) -> DryRun:
+    hop = session.plan.hops[0]
+    report = DryRun(checks=preflight(session, min_cert_days=options.min_cert_days, repo=options.repo))
+    kube, dp = session.kube, session.spec.data_plane
+    view = DataPlaneView(
+        tuple(kube.list_namespaces()), tuple(kube.list_workloads()), tuple(kube.list_pods()), tuple(kube.list_budgets())
+    )
+    for wave in hop.waves:
+        inv = inventory(
+            view,
+            wave.namespaces,
+            exclude_namespaces=dp.exclude_namespaces,
+            include_selector=dp.include_selector or None,
+            exclude_selector=dp.exclude_selector or None,
+        )
+        report.waves.append((wave.name, inv))
+    step = control_plane_step(hop)
+    if step is None or step.chart_version is None:
+        return report
+    release = step.release if step.action == "upgrade-release" else step.legacy_release
+    release_ns = step.namespace if step.action == "upgrade-release" else step.legacy_namespace
+    chart = step.chart or step.release
+    out = hop_values(
+        hop,
+        session.spec,
+        session.catalog,
+        user_values=session.helm.get_values(release, release_ns),
+        target_defaults=session.helm.show_values(f"{options.repo}/{chart}", step.chart_version),
+    )
+    report.chart, report.chart_version = chart, step.chart_version
+    report.values_diff = diff(session.helm.get_values(release, release_ns, all_values=True), out.effective)
+    if hop.kind == "chart-split":
+        return report  # the split installs new releases: helm cannot dry-run an adoption
+    for s in hop.steps:
+        if s.action != "upgrade-release" or s.chart_version is None or s.state == "UpgradingExtensions":
+            continue
+        values = out.values if s.send_values else {}
+        session.helm.upgrade(
+            s.release,
+            f"{options.repo}/{s.chart}",
+            s.namespace,
+            values,
+            version=s.chart_version,
+            reset_values=out.reset_values if values else False,
+            reuse_values=out.reuse_values if values else False,
+            dry_run=True,
+        )
+        report.server_accepted.append((s.chart or "", s.chart_version))
+    return report
+
+
+# ---- runs under the lock -------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _other_pid_alive(pid: int) -> bool:
+    """A live process other than this one (a run restarted in the same container may reuse a pid)."""
+    return pid != os.getpid() and _pid_alive(pid)
+
+
+def holder_id(run_id: str) -> str:
+    return f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}/{run_id}"
+
+
+def new_checkpoint(session: Session, options: RunOptions, clock: Clock = utc_now) -> Checkpoint:
+    """A new run of the session's plan: its spec (without values or URL credentials) and options stored."""
+    now = clock()
+    run_id = f"run-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    checkpoint = Checkpoint.new(run_id, session.plan.as_json(), now)
+    stored_spec = session.spec.model_dump(mode="json", by_alias=True)
+    stored_spec["values"]["overrides"] = {}
+    url = stored_spec["gates"].get("prometheusUrl") or ""
+    stored_spec["gates"]["prometheusUrl"] = public_url(url) if url else None  # credentials are not stored either
+    checkpoint.spec = stored_spec
+    checkpoint.spec_has_values = bool(session.spec.values.overrides) or public_url(url) != url
+    checkpoint.options = options.as_dict()
+    return checkpoint
+
+
+@dataclass
+class RunHooks:
+    """What the CLI hands in: progress display (or None) and a closer for it."""
+
+    on_progress: Callable[[str, int, int], None] | None = None
+    close: Callable[[], None] = lambda: None
+
+
+def execute(
+    session: Session,
+    store: CheckpointStore,
+    checkpoint: Checkpoint,
+    action: str,
+    *,
+    options: RunOptions,
+    take_over: bool = False,
+    include_crds: bool = False,
+    to_checkpoint: int | None = None,
+    hooks: RunHooks | None = None,
+    clock: Clock = utc_now,
+) -> Checkpoint:
+    """Run (``apply``), resume or roll back under the lock, with the heartbeat and onFailure."""
+    from upgrader.adapters.cluster_ports import ClusterPorts, RetryingMetrics  # noqa: PLC0415
+    from upgrader.adapters.kube_state import LeaseLock  # noqa: PLC0415
+    from upgrader.adapters.prometheus import PrometheusMetrics  # noqa: PLC0415
+    from upgrader.locking import Heartbeat, holder_alive_here, holder_gone_here  # noqa: PLC0415
+
+    hooks = hooks or RunHooks()
+    checkpoint.options = options.as_dict()
+    lock = LeaseLock(session.kube.api_client, session.namespace, session.namespace)
+    me = holder_id(checkpoint.run_id)
+    lock.acquire(
+        me,
+        clock(),
+        take_over=take_over,
+        holder_gone=lambda holder: holder_gone_here(holder, socket.gethostname(), _pid_alive),
+        holder_alive=lambda holder: holder_alive_here(holder, socket.gethostname(), _other_pid_alive),
+    )
+    log.info("lock", holder=me, lease=f"{session.namespace}/{lock.name}")
+    heartbeat = Heartbeat(lock, clock, interval=lock.duration_seconds / 3, lease_seconds=lock.duration_seconds)
+    heartbeat.start()
+
+    def preflight_for(plan: Plan, _index: int) -> list[CheckResult]:
+        return preflight(session, plan, min_cert_days=options.min_cert_days, repo=options.repo, now=clock())
+
+    ports = ClusterPorts(session.kube, session.helm, preflight=preflight_for)
+    url = session.spec.gates.prometheus_url
+    executor = Executor(
+        session.plan,
+        session.spec,
+        session.catalog,
+        ports,
+        store,
+        checkpoint,
+        clock=clock,
+        namespace=session.namespace,
+        repo=options.repo,
+        rollout_timeout=parse_duration(session.spec.gates.rollout_timeout),
+        metrics=RetryingMetrics(PrometheusMetrics(url)) if url else None,
+        on_progress=hooks.on_progress,
+        lock=heartbeat,
+    )
+    try:
+        store.store(checkpoint=checkpoint)
+        if action == "rollback":
+            return executor.rollback(include_crds=include_crds, to_checkpoint=to_checkpoint)
+        if action == "resume" and _already_done(session, checkpoint, executor):
+            return checkpoint
+        return executor.run()
+    except LockLostError:
+        raise  # another run owns the installation now: no rollback, no checkpoint write
+    except RunStoppedError as exc:
+        if session.spec.on_failure == "rollback" and action != "rollback":
+            log.warning("on-failure-rollback", run_id=checkpoint.run_id, reason=exc.message)
+            executor.rollback(include_crds=False)
+            raise UpgraderError(
+                f"{exc.message}; rolled back (on_failure: rollback)", hint=f"upgrader status {checkpoint.run_id}"
+            ) from exc
+        raise
+    except KeyboardInterrupt:
+        log.warning("interrupted", run_id=checkpoint.run_id, state=str(checkpoint.state))
+        raise UpgraderError(
+            f"interrupted in {checkpoint.state}; the checkpoint is saved",
+            hint=f"upgrader resume {checkpoint.run_id} (or upgrader rollback {checkpoint.run_id})",
+        ) from None
+    finally:
+        heartbeat.stop()
+        ports.close()
+        hooks.close()
+        try:
+            lock.release(me)
+        except UpgraderError as exc:  # never hide why the run ended; the lease expires by itself
+            log.warning("lock-release-failed", reason=exc.message)
+
+
+def _already_done(session: Session, checkpoint: Checkpoint, executor: Executor) -> bool:
+    """A resumed run whose target another run already reached says so and restarts nothing."""
+    if checkpoint.state in TERMINAL or not executor.already_at_target():
+        return False
+    executor.finish_elsewhere(f"the cluster is already at {session.plan.to}: control plane and proxies")
+    return True
