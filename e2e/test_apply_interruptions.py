@@ -140,7 +140,7 @@ def test_sigkill_then_resume_reaches_the_same_end_without_repeating_steps(
 def test_failed_control_plane_with_pause_leaves_a_resumable_checkpoint_in_the_cluster(
     clean_world: World, env: dict[str, str], tmp_path: Path
 ) -> None:
-    """on_failure: pause stops in UpgradingControlPlane (exit 4) with resume/rollback hints; the checkpoint is a
+    """on_failure: pause stops in UpgradingControlPlane (exit 1: a failed step) with resume/rollback hints; the checkpoint is a
     Secret (kubernetes: store) without key material; rollback then restores the starting revision."""
     world = clean_world
     world.install("stable-2.13.7")
@@ -155,7 +155,7 @@ def test_failed_control_plane_with_pause_leaves_a_resumable_checkpoint_in_the_cl
     out = run_upgrader(
         *_args(world, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes"), env=env, timeout=300
     )
-    assert out.returncode == 4, out.stderr[-2000:]
+    assert out.returncode == 1, out.stderr[-2000:]
     assert "upgrader resume run-" in out.stderr
     secrets = core.list_namespaced_secret("upgrader-state", label_selector="upgrader.io/run=true").items
     assert len(secrets) == 1
