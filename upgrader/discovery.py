@@ -142,5 +142,10 @@ def observe(kube: KubePort, helm: HelmPort, *, default_namespace: str = "linkerd
     cp = next((r for r in control_planes if r.namespace == default_namespace), None) or next(iter(control_planes), None)
     namespace = cp.namespace if cp else default_namespace
     config = kube.get_config_map(namespace, "linkerd-config")
+    if config is None and namespace != default_namespace:
+        # The 2.10/2.11 docs installed the linkerd2 chart without --namespace: its release record
+        # lives in `default` while the chart fills the `linkerd` namespace.
+        namespace = default_namespace
+        config = kube.get_config_map(namespace, "linkerd-config")
     pods = kube.list_pods(label_selector=DATA_PLANE_SELECTOR)
     return summarise(version, releases, config.get("values", "") if config is not None else None, pods, namespace)

@@ -259,8 +259,10 @@ def resume_session(
     spec = load_spec(spec_file) if spec_file else Spec.model_validate(checkpoint.spec or {})
     kube = kube_adapter(kubeconfig, context)
     helm_port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context, spec)
-    namespace = next((r.namespace for r in checkpoint.releases.values()), "linkerd")
-    return Session(spec, default_catalog(), saved, kube, helm_port, namespace)
+    namespace = checkpoint.options.get("namespace") or next(
+        (r.namespace for name, r in checkpoint.releases.items() if name != "linkerd2"), "linkerd"
+    )
+    return Session(spec, default_catalog(), saved, kube, helm_port, str(namespace))
 
 
 # ---- state stores --------------------------------------------------------------------------
@@ -436,7 +438,7 @@ def new_checkpoint(session: Session, options: RunOptions, clock: Clock = utc_now
     stored_spec["gates"]["prometheusUrl"] = public_url(url) if url else None  # credentials are not stored either
     checkpoint.spec = stored_spec
     checkpoint.spec_has_values = bool(session.spec.values.overrides) or public_url(url) != url
-    checkpoint.options = options.as_dict()
+    checkpoint.options = {**options.as_dict(), "namespace": session.namespace}
     return checkpoint
 
 
@@ -468,7 +470,7 @@ def execute(
     from upgrader.locking import Heartbeat, holder_alive_here, holder_gone_here  # noqa: PLC0415
 
     hooks = hooks or RunHooks()
-    checkpoint.options = options.as_dict()
+    checkpoint.options = {**options.as_dict(), "namespace": session.namespace}
     lock = LeaseLock(session.kube.api_client, session.namespace, session.namespace)
     me = holder_id(checkpoint.run_id)
     lock.acquire(

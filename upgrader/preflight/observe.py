@@ -65,9 +65,13 @@ def gather(
         return Snapshot(control_plane_namespace=namespace, errors=errors)
     releases: list[HelmRelease] = attempt("helm", helm.list_releases, [])
     cp = next((r for r in releases if r.chart_name in (CONTROL_PLANE, "linkerd2")), None)
+    default_namespace = namespace
     namespace = cp.namespace if cp else namespace
-    linkerd_ns = sorted({namespace} | {r.namespace for r in releases if r.chart_name in LINKERD_CHARTS})
     config = attempt("config", lambda: kube.get_config_map(namespace, "linkerd-config"), None)
+    if config is None and namespace != default_namespace:  # a linkerd2 release recorded in `default`
+        namespace = default_namespace
+        config = attempt("config", lambda: kube.get_config_map(namespace, "linkerd-config"), None)
+    linkerd_ns = sorted({namespace} | {r.namespace for r in releases if r.chart_name in LINKERD_CHARTS})
     pods: list[Pod] = attempt("pods", lambda: kube.list_pods(label_selector=DATA_PLANE_SELECTOR), [])
     raw_values = config.get("values", "") if config is not None else None
     installation = summarise(version, releases, raw_values, pods, namespace)
