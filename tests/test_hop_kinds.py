@@ -322,6 +322,9 @@ def test_a_resume_of_a_run_another_run_finished_restarts_nothing() -> None:
     executor.finish_elsewhere("already there")
     assert checkpoint.state == RunState.DONE
     assert cluster.actions == []
+    passed = [e.state for e in checkpoint.events]
+    assert passed[-1] == RunState.DONE
+    assert RunState.VERIFYING_DATA_PLANE in passed, "every state of the route passed (observed done), legally"
 
 
 def test_never_at_target_while_proxies_lag() -> None:

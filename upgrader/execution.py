@@ -252,16 +252,20 @@ class Executor:
         return all(set(inv.proxies.get(w.key, {})) <= {last.to, "unknown"} for w in inv.targets)
 
     def finish_elsewhere(self, reason: str) -> Checkpoint:
-        """End a resumed run whose work another run already did: Done, nothing restarted."""
+        """End a resumed run whose work is already done: every remaining state is passed as observed
+        done (each move legal on its hop's route), to Done, with nothing acted on."""
         log.info("already-done", run_id=self.checkpoint.run_id, reason=reason)
         if self.machine.state in (S.PAUSED, S.FAILED):
-            self._move(self.machine.stopped_in or S.PREFLIGHT, "resumed")
-        self.machine.route = None
-        self.checkpoint.hop = len(self.plan.hops) - 1
-        state = self.machine.state
-        if state in ACTING and state != S.VERIFYING_DATA_PLANE:
-            self.machine.stopped_in = None
-            self.machine.state = S.VERIFYING_DATA_PLANE  # the observation is the verification
+            self._move(self.machine.stopped_in or S.PREFLIGHT, f"resumed: {reason}")
+        first = self.checkpoint.hop
+        for index in range(first, len(self.plan.hops)):
+            self.checkpoint.hop = index
+            route = route_of(s.state for s in self.plan.hops[index].steps)
+            self.machine.route = route
+            here = self.machine.state
+            start = route.index(here) + 1 if here in route and index == first else 0
+            for state in route[start:]:
+                self._move(state, f"observed done: {reason}")
         self._move(S.DONE, reason)
         return self.checkpoint
 

@@ -543,3 +543,17 @@ def _already_done(session: Session, checkpoint: Checkpoint, executor: Executor) 
         return False
     executor.finish_elsewhere(f"the cluster is already at {session.plan.to}: control plane and proxies")
     return True
+
+
+def lock_status(checkpoint: Checkpoint, kubeconfig: Path | None, context: str | None, clock: Clock = utc_now) -> str:
+    """Who holds the installation's lock and when it was last renewed (best effort: status works offline)."""
+    from upgrader.adapters.kube_state import LeaseLock  # noqa: PLC0415
+    from upgrader.locking import lock_summary  # noqa: PLC0415
+
+    namespace = str(checkpoint.options.get("namespace") or "linkerd")
+    try:
+        kube = kube_adapter(kubeconfig, context)
+        lock = LeaseLock(kube.api_client, namespace, namespace)
+        return f"{namespace}/{lock.name}: {lock_summary(lock.describe(), clock())}"
+    except UpgraderError as exc:
+        return f"unknown ({exc.message})"

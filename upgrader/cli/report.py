@@ -16,7 +16,7 @@ from upgrader.cli.common import (
     StateStoreOpt,
     app,
 )
-from upgrader.runs import load_run, store_for
+from upgrader.runs import load_run, lock_status, store_for
 
 
 @app.command()
@@ -55,8 +55,9 @@ def status(
             f"    {mark.id:>3}  {mark.at:%Y-%m-%d %H:%M:%S}  hop {mark.hop + 1} {mark.state}: {revisions}; "
             f"{mark.restarted} restarted"
         )
-    if cp.state in ("Failed", "Paused") or cp.state not in ("Done", "RolledBack"):
-        typer.echo(f"next: upgrader resume {cp.run_id}  or  upgrader rollback {cp.run_id}")
+    if cp.state not in ("Done", "RolledBack"):
+        typer.echo(f"  lock: {lock_status(cp, kubeconfig, context)}")
+        typer.echo(f"next: {cp.next_command or f'upgrader resume {cp.run_id}'}  (or upgrader rollback {cp.run_id})")
 
 
 @app.command()
