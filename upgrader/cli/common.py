@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import structlog
 import typer
 from rich.console import Console
+from rich.progress import Progress, TaskID
 
 from upgrader import __version__, logs
 from upgrader.errors import InputError
@@ -63,10 +64,8 @@ class Bars:
     """Rich progress bars on stderr, one per wave (and one for a rollback's restarts)."""
 
     def __init__(self, console: Console | None = None) -> None:
-        from rich.progress import Progress  # noqa: PLC0415
-
         self._progress = Progress(console=console or Console(stderr=True), transient=False)
-        self._tasks: dict[str, Any] = {}
+        self._tasks: dict[str, TaskID] = {}
 
     def __call__(self, what: str, done: int, total: int) -> None:
         if what not in self._tasks:
