@@ -117,14 +117,16 @@ def test_a_data_plane_one_major_behind_is_caught_up_first(
     _with_mesh(world, "stable-2.12.6")
     helm = world.helm_adapter()
     helm.upgrade("linkerd-crds", "linkerd-crds", "linkerd", {}, version="1.6.1", repo=world.repo_url)
+    values = helm.get_values("linkerd-control-plane", "linkerd")
+    values.pop("linkerdVersion", None)  # as an operator upgrading by hand must (else helm keeps 2.12.6)
     helm.upgrade(
         "linkerd-control-plane",
         "linkerd-control-plane",
         "linkerd",
-        {},
+        values,
         version="1.12.7",
         repo=world.repo_url,
-        reuse_values=True,
+        reset_values=True,
     )
     wait_for("linkerd-config at 2.13.7", lambda: _config_version(world) == "stable-2.13.7", timeout=120)
     world.wait_control_plane("linkerd")
@@ -137,7 +139,7 @@ def test_a_data_plane_one_major_behind_is_caught_up_first(
     assert out.returncode == 0, out.stderr[-3000:]
     assert _checkpoint(tmp_path)["state"] == "Done"
     assert _proxies(world, "shop") == {"stable-2.13.7"}
-    assert [r.chart_version for r in helm.history("linkerd-control-plane", "linkerd")][-1] == "1.12.7"
+    assert [r.chart for r in helm.history("linkerd-control-plane", "linkerd")][-1] == "linkerd-control-plane-1.12.7"
     again = _upgrader(world, env, "plan", "--to", "stable-2.13.7", "--spec", str(spec))
     assert "nothing to do" in again.stdout, again.stdout[-2000:]
 

@@ -258,8 +258,15 @@ class LeaseLock:
         body = self._body(token.holder, token.acquired_at, now, self._ours[-1])
         for _ in range(2):
             try:
-                lease = self._coord.replace_namespaced_lease(
-                    self.name, self.namespace, body, _request_timeout=self.REQUEST_TIMEOUT
+                # A merge patch carrying our resourceVersion: 409 when someone else wrote the Lease,
+                # 404 when it is gone. Never a PUT: the API server creates a missing Lease on update,
+                # which would let a run that lost the lock hold it again.
+                lease = self._coord.patch_namespaced_lease(
+                    self.name,
+                    self.namespace,
+                    body,
+                    _request_timeout=self.REQUEST_TIMEOUT,
+                    _content_type="application/merge-patch+json",
                 )
             except ApiException as exc:
                 if exc.status not in (404, 409):
@@ -330,7 +337,14 @@ class LeaseLock:
 
     @staticmethod
     def _stamp(moment: dt.datetime) -> str:
-        """A Lease MicroTime (UTC, microseconds)."""
+        """A Lease MicroTime (UTC, microseconds).
+
+        Never on a whole second: the kubernetes client turns a create's or replace's body into a
+        model and re-serialises its times with ``isoformat()``, which drops ``.000000``, and the
+        API server refuses that MicroTime. One microsecond later is the same moment for a lease.
+        """
+        if moment.microsecond == 0:
+            moment += dt.timedelta(microseconds=1)
         return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def _failure(self, what: str, exc: Exception) -> UpgraderError:
