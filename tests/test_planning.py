@@ -312,7 +312,10 @@ def test_repository_offering_wins_over_the_catalog() -> None:
     }
     offering, notes = build_offering(CAT, repo)
     assert set(map(str, offering)) == {"stable-2.13.7", "stable-2.14.10"}
-    missing = sum("linkerd-control-plane" in r.charts for r in CAT.releases_by_version().values()) - 2
+    missing = sum(
+        bool({"linkerd-control-plane", "linkerd2"} & set(r.charts)) for r in CAT.releases_by_version().values()
+    )
+    missing -= 2
     assert any("not offered by the repository" in n and f"and {missing - 5} older" in n for n in notes), notes
     plan = plan_for("stable-2.13.7", "stable-2.14.9", offering=offering)
     assert plan.refused is not None
@@ -414,3 +417,18 @@ def test_a_prometheus_url_loses_its_credentials_in_the_plan() -> None:
     text = json.dumps(plan.as_json())
     assert "s3cret" not in text
     assert "https://prom.example:9090/prometheus" in text
+
+
+def test_the_repository_offers_linkerd2_chart_releases_before_the_split() -> None:
+    """helm search repo lists the linkerd2 chart for 2.10/2.11: those releases are offered with it."""
+    repo = {
+        "linkerd2": [("2.10.2", "stable-2.10.2"), ("2.11.5", "stable-2.11.5"), ("2.11.4", "stable-2.11.4")],
+        "linkerd-control-plane": [("1.9.8", "stable-2.12.6")],
+        "linkerd-crds": [("1.4.0", "")],
+    }
+    offering, _ = build_offering(CAT, repo)
+    assert offering[CAT.parse("stable-2.11.5")] == {"linkerd2": "2.11.5"}
+    assert offering[CAT.parse("stable-2.12.6")]["linkerd-crds"] == "1.4.0"
+    plan = plan_for("stable-2.10.2", "stable-2.12.6", offering=offering, acks=frozenset({"chart-split-2.12"}))
+    assert plan.refused is None, plan.refused
+    assert [h.kind for h in plan.hops] == ["linkerd2-upgrade", "chart-split"]

@@ -261,6 +261,15 @@ def build_offering(
             continue
         charts[CRDS] = crds
         offered[version] = charts
+    for chart_version, app_version in repo.get(LEGACY, []):  # releases before the 2.12 split: one chart
+        try:
+            version = catalog.parse(app_version)
+        except InputError:
+            continue
+        if version.major < 12 and (
+            version not in offered or _chart_order(offered[version][LEGACY]) < _chart_order(chart_version)
+        ):
+            offered[version] = {LEGACY: chart_version}
     for ext in EXTENSIONS:
         for chart_version, app_version in repo.get(ext, []):
             try:
@@ -270,7 +279,11 @@ def build_offering(
             if version in offered:
                 offered[version].setdefault(ext, chart_version)
     missing = sorted(
-        (v for v in catalog_releases if v not in offered and CONTROL_PLANE in catalog_releases[v]),
+        (
+            v
+            for v in catalog_releases
+            if v not in offered and (CONTROL_PLANE in catalog_releases[v] or LEGACY in catalog_releases[v])
+        ),
         key=lambda v: v.sort_key,
     )
     if missing:
