@@ -140,8 +140,8 @@ def test_sigkill_then_resume_reaches_the_same_end_without_repeating_steps(
 def test_failed_control_plane_with_pause_leaves_a_resumable_checkpoint_in_the_cluster(
     clean_world: World, env: dict[str, str], tmp_path: Path
 ) -> None:
-    """on_failure: pause stops in UpgradingControlPlane (exit 1: a failed step) with resume/rollback hints; the checkpoint is a
-    Secret (kubernetes: store) without key material; rollback then restores the starting revision."""
+    """on_failure: pause stops in UpgradingControlPlane (exit 1: a failed step) with resume/rollback hints;
+    the checkpoint is a Secret (kubernetes: store) without key material; rollback then restores the start."""
     world = clean_world
     world.install("stable-2.13.7")
     core = client.CoreV1Api(world.api)
