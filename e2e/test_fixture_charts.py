@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.fixtures.charts import PROXY_INIT_VERSION, build_charts, chart_source
+from e2e.fixtures.charts import PROXY_INIT_VERSION, build_charts, chart_source, kube_version
 from e2e.fixtures.identity import Identity, make_identity
-from e2e.fixtures.releases import RELEASES, FixtureRelease, release
+from e2e.fixtures.releases import LINKERD2_RELEASES, RELEASES, SPLIT_RELEASES, FixtureRelease, release
+from e2e.fixtures.world import issuer_expiry
 from e2e.harness import binaries
 
 try:  # libyaml's safe loader parses a rendered control plane ten times faster
@@ -26,6 +27,7 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 CP = "linkerd-control-plane"
 CRDS = "linkerd-crds"
 VIZ = "linkerd-viz"
+L2 = "linkerd2"
 DEPLOYMENTS = {
     "linkerd-destination": "destination",
     "linkerd-identity": "identity",
@@ -38,7 +40,10 @@ WEBHOOKS = {
 }
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"}
 PDBS = {"linkerd-dst", "linkerd-identity", "linkerd-proxy-injector"}
-BY_RELEASE = pytest.mark.parametrize("rel", RELEASES, ids=[r.version for r in RELEASES])
+# The split charts (2.12 on) and the linkerd2 chart (2.10, 2.11) are tested apart.
+BY_RELEASE = pytest.mark.parametrize("rel", SPLIT_RELEASES, ids=[r.version for r in SPLIT_RELEASES])
+BY_LINKERD2 = pytest.mark.parametrize("rel", LINKERD2_RELEASES, ids=[r.version for r in LINKERD2_RELEASES])
+ALL_RELEASES = pytest.mark.parametrize("rel", RELEASES, ids=[r.version for r in RELEASES])
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,13 @@ class Built:
     packages: list[Path]
     identity: Identity
     certs: Path
+    certs_with_expiry: Path  # plus identity.issuer.crtExpiry, which 2.10 requires
 
     def src(self, rel: FixtureRelease, chart: str = CP) -> Path:
         return chart_source(rel, chart, self.out)
+
+    def certs_for(self, rel: FixtureRelease) -> Path:
+        return self.certs_with_expiry if rel.major <= 10 else self.certs
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,11 @@ def built(tmp_path_factory: pytest.TempPathFactory, helm4: Path) -> Built:
     identity = make_identity()
     certs = out / "certs.yaml"
     certs.write_text(yaml.safe_dump(identity.values()))
-    return Built(out, packages, identity, certs)
+    with_expiry = identity.values()
+    with_expiry["identity"]["issuer"]["crtExpiry"] = issuer_expiry(identity.issuer_crt_pem)
+    certs_with_expiry = out / "certs-with-expiry.yaml"
+    certs_with_expiry.write_text(yaml.safe_dump(with_expiry))
+    return Built(out, packages, identity, certs, certs_with_expiry)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +126,7 @@ def render(built: Built, helm4: Path) -> Render:
     ) -> Rendered:
         key = (rel.version, chart, args, helm, namespace, certs)
         if key not in cache:
-            extra = ["-f", str(built.certs)] if certs and chart == CP else []
+            extra = ["-f", str(built.certs_for(rel))] if certs and chart in (CP, L2) else []
             proc = _helm(helm or helm4, "template", chart, str(built.src(rel, chart)), "-n", namespace, *extra, *args)
             assert proc.returncode == 0, proc.stderr
             cache[key] = Rendered(proc.stdout, _load_all(proc.stdout))
@@ -155,14 +168,18 @@ def _anchors_only(built: Built) -> str:
 
 def test_build_charts_packages_each_distinct_chart_version_once(built: Built) -> None:
     """build_charts returns one sorted .tgz per distinct (chart, version), named as the real packages."""
-    expected = {f"{CP}-{r.control_plane_chart}.tgz" for r in RELEASES}
-    expected |= {f"{CRDS}-{r.crds_chart}.tgz" for r in RELEASES}
-    expected |= {f"{VIZ}-{r.viz_chart}.tgz" for r in RELEASES}
+    expected = {f"{chart}-{version}.tgz" for r in RELEASES for chart, version in r.charts.items()}
     names = [p.name for p in built.packages]
     assert names == sorted(names)
     assert set(names) == expected
-    assert len(names) == len(expected) == 19  # crds 1.6.1 and 1.8.0 are shared
-    for name in ("linkerd-control-plane-1.16.11.tgz", "linkerd-crds-2024.8.2.tgz", "linkerd-viz-30.12.11.tgz"):
+    assert len(names) == len(expected) == 21  # crds 1.6.1 and 1.8.0 are shared
+    for name in (
+        "linkerd-control-plane-1.16.11.tgz",
+        "linkerd-crds-2024.8.2.tgz",
+        "linkerd-viz-30.12.11.tgz",
+        "linkerd2-2.10.2.tgz",
+        "linkerd2-2.11.5.tgz",
+    ):
         assert (built.out / name).is_file()
 
 
@@ -195,18 +212,26 @@ def test_shared_crds_chart_is_built_from_its_first_release(built: Built) -> None
     assert "stable-2.14.9" in (built.src(b, CRDS) / "templates" / "_fixture.tpl").read_text()
 
 
-@BY_RELEASE
+@ALL_RELEASES
 def test_helm_show_chart_reports_release_versions(built: Built, helm_binary: Path, rel: FixtureRelease) -> None:
-    """`helm show chart` on each package reports the version and appVersion from RELEASES (crds: none)."""
-    expected_kube = ">=1.21.0-0" if rel.major <= 14 else ">=1.22.0-0"
-    for chart, version in ((CP, rel.control_plane_chart), (CRDS, rel.crds_chart), (VIZ, rel.viz_chart)):
+    """`helm show chart` on each package reports the version and appVersion from RELEASES (crds: none);
+    linkerd2 is a v1 chart, stable-2.11.5's published deprecated."""
+    expected_kube = {10: ">=1.16.0-0", 11: ">=1.17.0-0"}.get(
+        rel.major, ">=1.21.0-0" if rel.major <= 14 else ">=1.22.0-0"
+    )
+    assert kube_version(rel.major) == expected_kube
+    expected_charts = {L2} if rel.major <= 11 else {CP, CRDS, VIZ}
+    assert set(rel.charts) == expected_charts
+    for chart, version in rel.charts.items():
         proc = _helm(helm_binary, "show", "chart", str(built.out / f"{chart}-{version}.tgz"))
         assert proc.returncode == 0, proc.stderr
         meta = yaml.safe_load(proc.stdout)
-        assert (meta["apiVersion"], meta["name"], meta["version"]) == ("v2", chart, version)
+        api_version = "v1" if chart == L2 else "v2"
+        assert (meta["apiVersion"], meta["name"], meta["version"]) == (api_version, chart, version)
         assert meta["kubeVersion"] == expected_kube
         assert meta["home"] == "https://linkerd.io"
-        assert meta["type"] == "application"
+        assert meta.get("type") == (None if chart == L2 else "application")
+        assert meta.get("deprecated", False) == (rel.version == "stable-2.11.5")
         if chart == CRDS:
             assert "appVersion" not in meta
         else:
@@ -376,7 +401,7 @@ def test_webhooks_reference_services_by_default(render: Render, rel: FixtureRele
     [
         ("nothing", "Please provide the identity trust anchors"),
         ("anchors", "Please provide the identity issuer certificate"),
-        ("anchors+crt", "Please provide the identity issuer private key"),
+        ("anchors+crt", "Please provide the identity issue private key"),  # sic, Linkerd's message
     ],
 )
 def test_missing_certificates_fail_with_linkerd_messages(
@@ -636,3 +661,341 @@ def test_helm_lint_passes_for_every_chart_of_the_release(built: Built, helm_bina
     proc = _helm(helm_binary, "lint", "--strict", *dirs, "-f", str(built.certs))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 chart(s) linted, 0 chart(s) failed" in proc.stdout
+
+
+# --- linkerd2 (the single chart before 2.12) --------------------------------------------------
+
+LINKERD2_ONLY_DEPLOYMENTS_2_10 = {"linkerd-controller": "controller", "linkerd-sp-validator": "sp-validator"}
+
+
+def _linkerd2_deployments(rel: FixtureRelease) -> dict[str, str]:
+    return DEPLOYMENTS | (LINKERD2_ONLY_DEPLOYMENTS_2_10 if rel.major <= 10 else {})
+
+
+@BY_LINKERD2
+def test_linkerd2_renders_namespace_crds_and_control_plane_in_one_chart(
+    render: Render, built: Built, helm_binary: Path, rel: FixtureRelease
+) -> None:
+    """One chart holds the namespace, the CRDs and the control plane; rendered for release namespace
+    `default` (helm install without --namespace), every object still goes to the `namespace` value."""
+    out = render(rel, chart=L2, namespace="default", helm=helm_binary)
+    tag = rel.version
+    ns = out.get("Namespace", "linkerd")
+    assert ns["metadata"]["labels"] == {
+        "linkerd.io/is-control-plane": "true",
+        "config.linkerd.io/admission-webhooks": "disabled",
+        "linkerd.io/control-plane-ns": "linkerd",
+    }
+    assert ns["metadata"]["annotations"] == {"linkerd.io/inject": "disabled"}
+    for doc in out.docs:
+        meta = doc["metadata"]
+        if doc["kind"] not in {*CLUSTER_SCOPED, "Namespace", "CustomResourceDefinition"}:
+            assert meta["namespace"] == "linkerd", (doc["kind"], meta["name"])
+        if doc["kind"] != "Namespace":
+            assert meta["annotations"]["linkerd.io/created-by"] == f"linkerd/helm {tag}", (doc["kind"], meta["name"])
+    assert "namespace: default" not in out.text
+    # The CRDs of the release, in the same chart: names, served and storage versions.
+    crds = out.all("CustomResourceDefinition")
+    rendered = {
+        (name, tuple(v["name"] for v in crd["spec"]["versions"] if v["served"]), storage)
+        for name, crd in crds.items()
+        for storage in [v["name"] for v in crd["spec"]["versions"] if v["storage"]]
+    }
+    assert rendered == {(c.name, c.versions, c.storage) for c in rel.crds}
+    expected_crds = {"serviceprofiles.linkerd.io": "v1alpha2", "trafficsplits.split.smi-spec.io": "v1alpha1"}
+    if rel.major >= 11:
+        expected_crds |= {"servers.policy.linkerd.io": "v1beta1", "serverauthorizations.policy.linkerd.io": "v1beta1"}
+    assert {c.name: c.storage for c in rel.crds} == expected_crds
+    for name, crd in crds.items():
+        labels = crd["metadata"]["labels"]
+        assert labels["linkerd.io/control-plane-ns"] == "linkerd"
+        # Only the policy CRDs carried helm.sh/chart in Linkerd's linkerd2 chart.
+        assert labels.get("helm.sh/chart") == (f"linkerd2-{rel.linkerd2_chart}" if "policy" in name else None)
+    assert crds["trafficsplits.split.smi-spec.io"]["spec"]["names"]["shortNames"] == ["ts"]
+    if rel.major >= 11:
+        assert crds["serverauthorizations.policy.linkerd.io"]["spec"]["names"]["shortNames"] == ["saz"]
+    # The control plane, meshed, tagged with the release.
+    deployments = out.all("Deployment")
+    assert {n: d["metadata"]["labels"]["linkerd.io/control-plane-component"] for n, d in deployments.items()} == (
+        _linkerd2_deployments(rel)
+    )
+    for name, dep in deployments.items():
+        assert dep["metadata"]["labels"]["app.kubernetes.io/version"] == tag
+        assert dep["metadata"]["labels"]["linkerd.io/control-plane-ns"] == "linkerd"
+        pod = dep["spec"]["template"]["metadata"]
+        assert pod["labels"]["linkerd.io/proxy-deployment"] == name
+        assert pod["annotations"]["linkerd.io/proxy-version"] == tag
+        assert pod["annotations"]["linkerd.io/trust-root-sha256"] == built.identity.trust_root_sha256
+        assert dep["spec"]["selector"]["matchLabels"].items() <= pod["labels"].items()
+        assert _containers(dep)["linkerd-proxy"]["image"] == f"cr.l5d.io/linkerd/proxy:{tag}"
+        init = _containers(dep, "initContainers")["linkerd-init"]
+        assert init["image"] == f"cr.l5d.io/linkerd/proxy-init:{PROXY_INIT_VERSION[rel.major]}"
+        assert init["resources"] == {
+            "limits": {"cpu": "100m", "memory": "50Mi"},
+            "requests": {"cpu": "10m", "memory": "10Mi"},
+        }
+        assert _pod_spec(dep)["nodeSelector"] == (
+            {"beta.kubernetes.io/os": "linux"} if rel.major <= 10 else {"kubernetes.io/os": "linux"}
+        )
+        assert "strategy" not in dep["spec"]
+    destination = {n: c["image"] for n, c in _containers(deployments["linkerd-destination"]).items()}
+    controller = f"cr.l5d.io/linkerd/controller:{tag}"
+    if rel.major >= 11:
+        # 2.11 moved the SP validator into the destination pod and added the policy controller.
+        assert destination == {
+            "linkerd-proxy": f"cr.l5d.io/linkerd/proxy:{tag}",
+            "destination": controller,
+            "sp-validator": controller,
+            "policy": f"cr.l5d.io/linkerd/policy-controller:{tag}",
+        }
+    else:
+        assert destination == {"linkerd-proxy": f"cr.l5d.io/linkerd/proxy:{tag}", "destination": controller}
+        assert _containers(deployments["linkerd-controller"])["public-api"]["image"] == controller
+        assert _containers(deployments["linkerd-sp-validator"])["sp-validator"]["image"] == controller
+    services = set(out.all("Service"))
+    assert {"linkerd-dst", "linkerd-dst-headless", "linkerd-identity", "linkerd-sp-validator"} <= services
+    assert ({"linkerd-policy", "linkerd-policy-validator"} <= services) == (rel.major >= 11)
+    assert ("linkerd-controller-api" in services) == (rel.major <= 10)
+    assert ("linkerd-identity-trust-roots" in out.all("ConfigMap")) == (rel.major >= 11)
+    assert "linkerd-identity-issuer" in out.all("Secret")
+    assert "CronJob" in {d["kind"] for d in out.docs}
+
+
+@BY_LINKERD2
+def test_linkerd2_values_have_the_keys_2_12_removed_or_renamed(built: Built, rel: FixtureRelease) -> None:
+    """namespace, installNamespace and policyController.defaultAllowPolicy (2.11) exist; 2.12's
+    proxy.defaultInboundPolicy, enablePodDisruptionBudget, highAvailability and deploymentStrategy do not."""
+    values = yaml.safe_load((built.src(rel, L2) / "values.yaml").read_text())
+    assert values["linkerdVersion"] == rel.version
+    assert (values["namespace"], values["installNamespace"]) == ("linkerd", True)
+    assert values["proxyInit"]["image"]["version"] == PROXY_INIT_VERSION[rel.major]
+    assert values["webhookFailurePolicy"] == "Ignore"
+    for absent in ("enablePodDisruptionBudget", "highAvailability", "deploymentStrategy", "enablePodAntiAffinity"):
+        assert absent not in values, absent
+    assert "defaultInboundPolicy" not in values["proxy"]
+    assert "objectSelector" not in values["proxyInjector"]
+    if rel.major >= 11:
+        assert values["policyController"]["defaultAllowPolicy"] == "all-unauthenticated"
+        assert values["identity"]["externalCA"] is False
+        assert "crtExpiry" not in values["identity"]["issuer"]
+        assert values["proxy"]["opaquePorts"] == "25,587,3306,4444,5432,6379,9300,11211"
+    else:
+        assert "policyController" not in values
+        assert "policyValidator" not in values
+        assert "crtExpiry" in values["identity"]["issuer"]
+        assert values["identity"]["issuer"]["crtExpiry"] is None
+        assert values["omitWebhookSideEffects"] is False
+        assert values["proxy"]["opaquePorts"] == "25,443,587,3306,5432,11211"
+
+
+@BY_LINKERD2
+def test_linkerd2_config_holds_values_with_the_issuer_certificate_but_no_key(
+    render: Render, built: Built, rel: FixtureRelease
+) -> None:
+    """linkerd-config (in the `namespace` value) has linkerdVersion, namespace, installNamespace; as in
+    Linkerd's linkerd2 chart the issuer key is removed and the issuer certificate kept."""
+    out = render(rel, chart=L2, namespace="default")
+    cm = out.get("ConfigMap", "linkerd-config")
+    assert cm["metadata"]["namespace"] == "linkerd"
+    values = yaml.safe_load(cm["data"]["values"])
+    assert values["linkerdVersion"] == rel.version
+    assert (values["namespace"], values["installNamespace"]) == ("linkerd", True)
+    assert values["identity"]["issuer"]["tls"] == {"crtPEM": built.identity.issuer_crt_pem}
+    assert "keyPEM" not in cm["data"]["values"]
+    assert "e2e" not in values
+    assert "highAvailability" not in values
+    assert "PRIVATE KEY" not in out.text
+    secret = out.get("Secret", "linkerd-identity-issuer")
+    assert base64.b64decode(secret["data"]["key.pem"]).decode() == built.identity.issuer_key_pem.strip()
+    expiry = secret["metadata"]["annotations"].get("linkerd.io/identity-issuer-expiry")
+    assert expiry == (issuer_expiry(built.identity.issuer_crt_pem) if rel.major <= 10 else None)
+
+
+@BY_LINKERD2
+def test_linkerd2_proxies_read_trust_anchors_and_policy_as_the_release_did(
+    render: Render, built: Built, rel: FixtureRelease
+) -> None:
+    """2.11 proxies read the anchors from linkerd-identity-trust-roots and the default policy from
+    policyController.defaultAllowPolicy; 2.10 proxies carry the anchors inline and have no policy."""
+    out = render(rel, "--set", "policyController.defaultAllowPolicy=cluster-authenticated", chart=L2)
+    dep = out.get("Deployment", "linkerd-identity")
+    env = {e["name"]: e for e in _containers(dep)["linkerd-proxy"]["env"]}
+    anchors = env["LINKERD2_PROXY_IDENTITY_TRUST_ANCHORS"]
+    annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    if rel.major >= 11:
+        assert anchors["valueFrom"]["configMapKeyRef"] == {
+            "name": "linkerd-identity-trust-roots",
+            "key": "ca-bundle.crt",
+        }
+        assert env["LINKERD2_PROXY_INBOUND_DEFAULT_POLICY"]["value"] == "cluster-authenticated"
+        assert annotations["config.linkerd.io/default-inbound-policy"] == "cluster-authenticated"
+        assert env["LINKERD2_PROXY_POLICY_SVC_ADDR"]["value"] == "linkerd-policy.linkerd.svc.cluster.local.:8090"
+        policy = _containers(out.get("Deployment", "linkerd-destination"))["policy"]
+        assert "--default-policy=cluster-authenticated" in policy["args"]
+    else:
+        assert anchors["value"].strip() == built.identity.trust_anchor_pem.strip()
+        assert "LINKERD2_PROXY_INBOUND_DEFAULT_POLICY" not in env
+        assert "LINKERD2_PROXY_POLICY_SVC_ADDR" not in env
+        assert "config.linkerd.io/default-inbound-policy" not in annotations
+
+
+@BY_LINKERD2
+def test_linkerd2_webhooks_skip_only_labelled_namespaces(render: Render, rel: FixtureRelease) -> None:
+    """Up to 2.11 the webhooks' namespaceSelector skips only config.linkerd.io/admission-webhooks=disabled
+    (kube-system is not skipped by name) and the injector has no objectSelector; the policy validator
+    exists from 2.11 and validates servers and serverauthorizations."""
+    out = render(rel, chart=L2)
+    hooks = out.all("MutatingWebhookConfiguration") | out.all("ValidatingWebhookConfiguration")
+    expected = set(WEBHOOKS) if rel.major >= 11 else set(WEBHOOKS) - {"linkerd-policy-validator-webhook-config"}
+    assert set(hooks) == expected
+    for name in expected:
+        (hook,) = hooks[name]["webhooks"]
+        service, _path = WEBHOOKS[name]
+        assert hook["clientConfig"] == {"service": {"name": service, "namespace": "linkerd", "path": "/"}}
+        assert hook["namespaceSelector"] == {
+            "matchExpressions": [
+                {"key": "config.linkerd.io/admission-webhooks", "operator": "NotIn", "values": ["disabled"]}
+            ]
+        }
+        assert hook["failurePolicy"] == "Ignore"
+    (injector,) = hooks["linkerd-proxy-injector-webhook-config"]["webhooks"]
+    assert "objectSelector" not in injector
+    if rel.major >= 11:
+        (policy,) = hooks["linkerd-policy-validator-webhook-config"]["webhooks"]
+        assert policy["rules"][0]["resources"] == ["serverauthorizations", "servers"]
+
+
+@BY_LINKERD2
+def test_linkerd2_e2e_webhook_url_and_cli_install_method(render: Render, rel: FixtureRelease) -> None:
+    """The fixture-only switches work on linkerd2 too: webhooks by URL, created-by linkerd/cli."""
+    bundle = base64.b64encode(b"-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n").decode()
+    out = render(
+        rel,
+        "--set",
+        "e2e.webhookURL=https://127.0.0.1:8443",
+        "--set",
+        f"e2e.webhookCABundle={bundle}",
+        "--set",
+        "installMethod=cli",
+        chart=L2,
+    )
+    hooks = out.all("MutatingWebhookConfiguration") | out.all("ValidatingWebhookConfiguration")
+    for name, hook in hooks.items():
+        assert hook["webhooks"][0]["clientConfig"] == {
+            "url": f"https://127.0.0.1:8443{WEBHOOKS[name][1]}",
+            "caBundle": bundle,
+        }
+    for doc in out.docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["annotations"]["linkerd.io/created-by"] == f"linkerd/cli {rel.version}"
+    assert "127.0.0.1:8443" not in out.get("ConfigMap", "linkerd-config")["data"]["values"]
+
+
+@BY_LINKERD2
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("nothing", "Please provide the identity trust anchors"),
+        ("anchors", "Please provide the identity issuer certificate expiry date"),
+        ("anchors+expiry", "Please provide the identity issuer certificate"),
+        ("anchors+expiry+crt", "Please provide the identity issue private key"),  # sic, Linkerd's message
+    ],
+)
+def test_linkerd2_missing_certificates_fail_with_linkerd_messages(
+    built: Built, helm4: Path, rel: FixtureRelease, given: str, message: str
+) -> None:
+    """Without certificates the linkerd2 chart fails with Linkerd's messages; only 2.10 asks for crtExpiry."""
+    if rel.major >= 11 and "expiry date" in message:
+        message = "Please provide the identity issuer certificate"
+    args: list[str] = []
+    if given != "nothing":
+        args += ["-f", _anchors_only(built)]
+    if "expiry" in given:
+        args += ["--set-string", "identity.issuer.crtExpiry=2030-01-01T00:00:00Z"]
+    if given.endswith("+crt"):
+        args += ["--set-string", f"identity.issuer.tls.crtPEM={built.identity.issuer_crt_pem}"]
+    proc = _helm(helm4, "template", L2, str(built.src(rel, L2)), *args)
+    assert proc.returncode != 0, f"rendering unexpectedly succeeded with {args}"
+    assert message in proc.stderr
+    if message.endswith("certificate"):
+        assert "expiry date" not in proc.stderr
+
+
+@BY_LINKERD2
+def test_linkerd2_values_ha_spreads_replicas_and_adds_pdbs_through_anti_affinity(
+    render: Render, built: Built, helm_binary: Path, rel: FixtureRelease
+) -> None:
+    """The linkerd2 values-ha.yaml has no enablePodDisruptionBudget nor highAvailability: enablePodAntiAffinity
+    brings the PDBs (2.10 also for the controller and the SP validator) and a one-pod-at-a-time rollout."""
+    ha_file = built.src(rel, L2) / "values-ha.yaml"
+    ha = yaml.safe_load(ha_file.read_text())
+    assert (ha["controllerReplicas"], ha["enablePodAntiAffinity"], ha["webhookFailurePolicy"]) == (3, True, "Fail")
+    assert "enablePodDisruptionBudget" not in ha
+    assert "highAvailability" not in ha
+    assert ("publicAPIResources" in ha) == (rel.major <= 10)
+    out = render(rel, "-f", str(ha_file), chart=L2, helm=helm_binary)
+    for name, component in _linkerd2_deployments(rel).items():
+        dep = out.get("Deployment", name)
+        assert dep["spec"]["replicas"] == 3
+        assert dep["spec"]["strategy"] == {"rollingUpdate": {"maxUnavailable": 1}}
+        (required,) = _pod_spec(dep)["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert required["topologyKey"] == "kubernetes.io/hostname"
+        assert required["labelSelector"]["matchExpressions"][0]["values"] == [component]
+    pdbs = out.all("PodDisruptionBudget")
+    expected = PDBS | ({"linkerd-controller-api", "linkerd-sp-validator"} if rel.major <= 10 else set())
+    assert set(pdbs) == expected
+    assert {p["spec"]["maxUnavailable"] for p in pdbs.values()} == {1}
+    hooks = out.all("MutatingWebhookConfiguration") | out.all("ValidatingWebhookConfiguration")
+    assert {h["webhooks"][0]["failurePolicy"] for h in hooks.values()} == {"Fail"}
+    assert "highAvailability" not in _config_values(out)
+    assert "PodDisruptionBudget" not in {d["kind"] for d in render(rel, chart=L2).docs}
+
+
+@BY_LINKERD2
+def test_linkerd2_custom_namespace_and_no_namespace_object(render: Render, rel: FixtureRelease) -> None:
+    """namespace=mesh moves everything there; installNamespace=false leaves the namespace to someone else."""
+    out = render(rel, "--set", "namespace=mesh", "--set", "installNamespace=false", chart=L2)
+    assert out.all("Namespace") == {}
+    for doc in out.docs:
+        if doc["kind"] not in {*CLUSTER_SCOPED, "CustomResourceDefinition"}:
+            assert doc["metadata"]["namespace"] == "mesh", (doc["kind"], doc["metadata"]["name"])
+    assert "linkerd-mesh-destination" in out.all("ClusterRole")
+    assert {
+        c["metadata"]["labels"]["linkerd.io/control-plane-ns"] for c in out.all("CustomResourceDefinition").values()
+    } == {"mesh"}
+
+
+def test_split_charts_of_2_12_can_adopt_every_2_11_object_but_the_namespace_and_trafficsplits(render: Render) -> None:
+    """What a 2.11 -> 2.12 migration adopts: every object of the linkerd2 release reappears, same kind, name
+    and namespace, in linkerd-crds 1.4.0 or linkerd-control-plane 1.9.8, with the same Deployment selectors
+    (immutable) and the CRDs' storage versions kept; only the Namespace (no 2.12 chart makes it) and the SMI
+    TrafficSplit CRD (moved to linkerd-smi) are left to no release."""
+    old, new = release("stable-2.11.5"), release("stable-2.12.6")
+    legacy = render(old, chart=L2, namespace="default")
+    crds, cp = render(new, chart=CRDS), render(new)
+
+    def keys(out: Rendered) -> set[tuple[str, str, str]]:
+        return {(d["kind"], d["metadata"]["name"], d["metadata"].get("namespace", "")) for d in out.docs}
+
+    left = keys(legacy) - keys(crds) - keys(cp)
+    assert left == {
+        ("Namespace", "linkerd", ""),
+        ("CustomResourceDefinition", "trafficsplits.split.smi-spec.io", ""),
+    }
+    for name, dep in legacy.all("Deployment").items():
+        assert dep["spec"]["selector"] == cp.get("Deployment", name)["spec"]["selector"], name
+    for name, crd in legacy.all("CustomResourceDefinition").items():
+        if name in crds.all("CustomResourceDefinition"):
+            target = crds.get("CustomResourceDefinition", name)
+            served = [v["name"] for v in target["spec"]["versions"] if v["served"]]
+            storage = [v["name"] for v in crd["spec"]["versions"] if v["storage"]]
+            assert storage == [v["name"] for v in target["spec"]["versions"] if v["storage"]], name
+            assert set(v["name"] for v in crd["spec"]["versions"]) <= set(served), name
+
+
+@BY_LINKERD2
+def test_helm_lint_passes_for_the_linkerd2_chart(built: Built, helm_binary: Path, rel: FixtureRelease) -> None:
+    """`helm lint --strict` passes for the linkerd2 chart with the certificates from a values file."""
+    proc = _helm(helm_binary, "lint", "--strict", str(built.src(rel, L2)), "-f", str(built.certs_for(rel)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
