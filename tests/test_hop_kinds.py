@@ -33,6 +33,8 @@ LEGACY_OBJECTS = [
     ReleaseObject("apiextensions.k8s.io/v1", "CustomResourceDefinition", "servers.policy.linkerd.io"),
     ReleaseObject("apps/v1", "Deployment", "linkerd-destination", "linkerd"),
     ReleaseObject("v1", "ConfigMap", "linkerd-config", "linkerd"),
+    ReleaseObject("apiextensions.k8s.io/v1", "CustomResourceDefinition", "trafficsplits.split.smi-spec.io"),
+    ReleaseObject("v1", "Namespace", "linkerd"),
 ]
 
 
@@ -111,6 +113,12 @@ class HopCluster(FakeCluster):
         self._moved(name, version, values)
         self.releases[name] = HelmRelease(name, namespace, 1, "deployed", name, version, self.version)
         return self.releases[name]
+
+    def chart_objects(self, chart: str, version: str, namespace: str, values: dict[str, Any]) -> list[ReleaseObject]:
+        """What each 2.12 chart renders: the Linkerd CRDs, or the control plane (never TrafficSplit)."""
+        if chart.endswith("linkerd-crds"):
+            return [o for o in LEGACY_OBJECTS if o.kind == "CustomResourceDefinition" and "linkerd.io" in o.name]
+        return [o for o in LEGACY_OBJECTS if o.kind in ("Deployment", "ConfigMap")]
 
     def release_objects(self, name: str, namespace: str) -> list[ReleaseObject]:
         return list(LEGACY_OBJECTS) if name in self.releases else []
@@ -200,7 +208,10 @@ def test_the_chart_split_adopts_the_linkerd2_objects_and_removes_only_its_record
         "CustomResourceDefinition servers.policy.linkerd.io": "linkerd-crds",
         "Deployment linkerd/linkerd-destination": "linkerd-control-plane",
         "ConfigMap linkerd/linkerd-config": "linkerd-control-plane",
+        "CustomResourceDefinition trafficsplits.split.smi-spec.io": "linkerd2",  # in no 2.12 chart: left alone
+        "Namespace linkerd": "linkerd2",
     }
+    assert any("trafficsplits.split.smi-spec.io" in r and "Namespace linkerd" in r for r in result.reported)
     assert cluster.removed_records == ["linkerd2"]
     assert set(cluster.releases) == {"linkerd-crds", "linkerd-control-plane"}
     assert result.releases["linkerd2"].before == 1
@@ -333,5 +344,86 @@ def test_never_at_target_while_proxies_lag() -> None:
     checkpoint = Checkpoint.new("run-1", _plan(scenario).as_json(), NOW)
     executor = Executor(
         _plan(scenario), Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
+    )
+    assert not executor.already_at_target()
+
+
+def test_a_step_in_a_state_its_type_never_runs_in_is_refused() -> None:
+    """A stored plan cannot smuggle in a wrong route: a restart in UpgradingCRDs does not validate."""
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from upgrader.planning import RestartWave  # noqa: PLC0415
+
+    with pytest.raises(ValidationError, match="RestartWave step runs in RestartingDataPlane"):
+        RestartWave(state=RunState.UPGRADING_CRDS, name="wave all", wave=0)
+
+
+def test_rollback_returns_the_linkerd2_release_too() -> None:
+    """After a linkerd2-chart hop, rollback takes linkerd2 back to its revision before the run."""
+    scenario = SCENARIOS["linkerd2-upgrade"]
+    plan = _plan(scenario)
+    cluster = HopCluster(start=scenario.start)
+    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
+    executor = Executor(
+        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
+    )
+    assert executor.run().state == RunState.DONE
+    executor.rollback()
+    assert checkpoint.state == RunState.ROLLED_BACK
+    assert "rollback linkerd2 1" in cluster.actions
+
+
+def test_a_rollback_after_the_split_started_is_refused_and_changes_nothing() -> None:
+    scenario = SCENARIOS["chart-split"]
+    plan = _plan(scenario)
+    cluster = HopCluster(start=scenario.start)
+    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
+    executor = Executor(
+        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
+    )
+    assert executor.run().state == RunState.DONE
+    before = list(cluster.actions)
+    from upgrader.errors import InputError  # noqa: PLC0415
+
+    with pytest.raises(InputError, match=r"2\.12 chart split"):
+        executor.rollback()
+    assert cluster.actions == before
+    assert checkpoint.state == RunState.DONE
+
+
+def test_a_failing_rollback_ends_failed_with_its_reason() -> None:
+    scenario = SCENARIOS["upgrade"]
+    plan = _plan(scenario)
+    cluster = HopCluster(start=scenario.start)
+    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
+    executor = Executor(
+        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
+    )
+    executor.run()
+
+    def broken(*_a: Any, **_k: Any) -> HelmRelease:
+        from upgrader.errors import HelmError  # noqa: PLC0415
+
+        raise HelmError("Error: release has no 1 version")
+
+    cluster.rollback = broken  # type: ignore[method-assign]
+    with pytest.raises(RunStoppedError):
+        executor.rollback()
+    assert checkpoint.state == RunState.FAILED
+    assert checkpoint.stopped_in == RunState.ROLLING_BACK
+    assert "release has no 1 version" in checkpoint.errors[-1]
+    assert checkpoint.next_command is not None
+
+
+def test_not_at_target_while_an_extension_or_the_control_plane_chart_lags() -> None:
+    """Control plane version alone is not enough: every release step of the last hop must be observed done."""
+    scenario = SCENARIOS["upgrade"]
+    plan = _plan(scenario)
+    cluster = HopCluster(start=scenario.target)
+    old = cluster.releases["linkerd-crds"]
+    cluster.releases["linkerd-crds"] = replace(old, chart_version="1.6.1")
+    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
+    executor = Executor(
+        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
     )
     assert not executor.already_at_target()

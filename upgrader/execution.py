@@ -20,15 +20,15 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, assert_never
 
 import structlog
 
 from upgrader.catalog import Catalog
-from upgrader.checkpoints import Checkpoint, CheckpointStore, Event, ReleaseRevisions, Restarted
+from upgrader.checkpoints import Checkpoint, CheckpointStore, Event, Mark, ReleaseRevisions, Restarted
 from upgrader.dataplane import Inventory, Key, Throttle, Verdict, assess, budget_block, inventory, next_starts
 from upgrader.discovery import proxy_version
-from upgrader.errors import ReleaseLockedError, UpgraderError
+from upgrader.errors import InputError, ReleaseLockedError, UpgraderError
 from upgrader.locking import LockLostError
 from upgrader.metrics import MetricsPort, Sample, describe
 from upgrader.metrics import assess as assess_metrics
@@ -125,6 +125,10 @@ class ExecutorPorts(Protocol):
     ) -> HelmRelease: ...
 
     def release_objects(self, name: str, namespace: str) -> list[ReleaseObject]: ...  # from its manifest
+
+    def chart_objects(
+        self, chart: str, version: str, namespace: str, values: dict[str, Any]
+    ) -> list[ReleaseObject]: ...  # what a chart renders (helm template)
 
     def adopt(self, obj: ReleaseObject, release: str, namespace: str) -> None: ...  # re-annotate for a release
 
@@ -247,6 +251,13 @@ class Executor:
         last = self.plan.hops[-1]
         if self.ports.control_plane_version(self.namespace) != last.to:
             return False
+        for step in last.steps:
+            if isinstance(step, UpgradeRelease | AdoptSplitCharts) and step.chart_version is not None:
+                release = self.ports.release(step.release, step.namespace)
+                if release is None or release.chart_version != step.chart_version or release.status != "deployed":
+                    return False
+            if isinstance(step, AdoptSplitCharts) and self.ports.release(step.legacy_release, step.legacy_namespace):
+                return False  # the linkerd2 record must be gone too
         namespaces = [ns for w in last.waves for ns in w.namespaces]
         inv = self._inventory(namespaces)
         return all(set(inv.proxies.get(w.key, {})) <= {last.to, "unknown"} for w in inv.targets)
@@ -315,8 +326,8 @@ class Executor:
             self._restart_wave(index, hop, step.wave, resume)
         elif isinstance(step, VerifyDataPlane):
             self._verify_data_plane(hop, resume)
-        else:  # pragma: no cover - the Step union is closed; a new type must be dispatched here
-            raise TypeError(f"no executor for step {type(step).__name__}")
+        else:  # the Step union is closed: mypy refuses a new step type until it is dispatched here
+            assert_never(step)
 
     def _preflight(self, index: int, hop: Hop, resume: str) -> None:
         sliced = self.plan.model_copy(update={"hops": self.plan.hops[index:]})
@@ -341,21 +352,49 @@ class Executor:
     def rollback(self, *, include_crds: bool = False, to_checkpoint: int | None = None) -> Checkpoint:
         """Return releases to their revisions before the run (or at checkpoint ``to_checkpoint``),
         then restart the workloads the run restarted after that point, so their proxies match again.
+
+        Refused (bad input, nothing changed) for a run already rolled back and past the 2.12 chart
+        split; any error while rolling back ends ``Failed`` with its reason, resumable by rollback.
         """
-        mark = self.checkpoint.find_mark(to_checkpoint) if to_checkpoint is not None else None
-        split = next((i for i, h in enumerate(self.plan.hops) if h.kind == "chart-split"), None)
-        if split is not None and (mark is None or mark.hop <= split) and CONTROL_PLANE in self.checkpoint.releases:
-            raise UpgraderError(
-                f"run {self.checkpoint.run_id} went through the 2.12 chart split; rolling back past it would need "
-                "the removed linkerd2 release",
-                hint=f"roll back to a checkpoint after hop {split + 1} (upgrader status {self.checkpoint.run_id}), "
-                "or restore 2.11 from a backup",
+        if self.machine.state == S.ROLLED_BACK:
+            raise InputError(
+                f"run {self.checkpoint.run_id} is already rolled back", hint=f"upgrader status {self.checkpoint.run_id}"
             )
+        mark = self.checkpoint.find_mark(to_checkpoint) if to_checkpoint is not None else None
+        self._refuse_rollback_past_split(mark)
         if self.machine.state in ACTING:  # an interrupted run (killed mid-step) is paused first
             self._move(S.PAUSED, "interrupted run, rollback requested")
         where = f"checkpoint {mark.id} (hop {mark.hop + 1}, {mark.state})" if mark else "the start of the run"
         self._move(S.ROLLING_BACK, f"rollback to {where} requested")
-        order = [name for name in (*EXTENSIONS, CONTROL_PLANE) if name in self.checkpoint.releases]
+        again = f"upgrader rollback {self.checkpoint.run_id}"
+        try:
+            self._roll_back(include_crds=include_crds, mark=mark, again=again)
+        except (RunStoppedError, LockLostError):
+            raise
+        except UpgraderError as exc:
+            raise self._stop(f"rollback to {where}: {exc.message}", exc.hint or f"fix the cause, then {again}") from exc
+        self._move(S.ROLLED_BACK, f"releases back at {where}")
+        return self.checkpoint
+
+    def _refuse_rollback_past_split(self, mark: Mark | None) -> None:
+        split = next((i for i, h in enumerate(self.plan.hops) if h.kind == "chart-split"), None)
+        started = any(
+            name in self.checkpoint.releases and self.checkpoint.releases[name].before is None
+            for name in (CRDS, CONTROL_PLANE)
+        )
+        if split is not None and started and (mark is None or mark.hop <= split):
+            raise InputError(
+                f"run {self.checkpoint.run_id} went into the 2.12 chart split; rolling back past it would need "
+                "the linkerd2 release it replaced",
+                hint=f"roll back to a checkpoint after hop {split + 1} (upgrader status {self.checkpoint.run_id}), "
+                "or finish the split with upgrader resume and restore 2.11 from a backup",
+            )
+
+    def _roll_back(self, *, include_crds: bool, mark: Mark | None, again: str) -> None:
+        # Releases in the reverse order the run changed them: extensions, then the control plane
+        # (linkerd-control-plane or, before 2.12, linkerd2), then the CRDs only when asked.
+        touched = [n for n in self.checkpoint.releases if n != CRDS]
+        order = [n for n in touched if n in EXTENSIONS] + [n for n in touched if n not in EXTENSIONS]
         if include_crds and CRDS in self.checkpoint.releases:
             self._check_crd_rollback(mark.charts.get(CRDS) if mark else None)
             order.append(CRDS)
@@ -366,6 +405,7 @@ class Executor:
             if target is None or current is None or current.revision == target:
                 continue
             log.info("helm-rollback", release=name, to_revision=target, from_revision=current.revision)
+            self.lock.fence()
             after = self.ports.rollback(name, record.namespace, target)
             record.after.append(after.revision)
             record.charts_after.append(after.chart_version)
@@ -381,11 +421,8 @@ class Executor:
             for key, r in seen.items()
             if key in live
         ]
-        self._roll(
-            "rollback", items, version=None, record_hop=None, resume=f"upgrader rollback {self.checkpoint.run_id}"
-        )
-        self._move(S.ROLLED_BACK, f"releases back at {where}; {len(seen)} restarted workload(s) restarted again")
-        return self.checkpoint
+        self._roll("rollback", items, version=None, record_hop=None, resume=again)
+        log.info("rolled-back", restarted_again=len(seen))
 
     def _check_crd_rollback(self, version: str | None) -> None:
         """Refuse to roll linkerd-crds back if the older chart stops serving a version still stored."""
@@ -468,12 +505,23 @@ class Executor:
         self._save()
 
     def _values_for(
-        self, hop: Hop, name: str, ns: str, chart: str, version: str, *, user: dict[str, Any]
+        self,
+        hop: Hop,
+        name: str,
+        ns: str,
+        chart: str,
+        version: str,
+        *,
+        user: dict[str, Any],
+        strategy: str | None = None,
     ) -> tuple[dict[str, Any], bool, bool]:
         """The hop's values for the control-plane chart; the redacted diff goes to the checkpoint."""
+        spec = self.spec
+        if strategy is not None and strategy != spec.values.strategy:
+            spec = spec.model_copy(update={"values": spec.values.model_copy(update={"strategy": strategy})})
         out = hop_values(
             hop,
-            self.spec,
+            spec,
             self.catalog,
             user_values=user,
             target_defaults=self.ports.chart_defaults(f"{self.repo}/{chart}", version),
@@ -495,10 +543,12 @@ class Executor:
     def _adopt(self, hop: Hop, step: AdoptSplitCharts) -> None:
         """Hand the linkerd2 release's objects to ``step.release`` and install it at the hop's chart.
 
-        Observed first: a release already deployed at the chart version is done. The CRDs part
-        adopts only CustomResourceDefinitions; the control-plane part adopts every other object,
-        installs with the hop's values (the linkerd2 release's user values, migrated), and then
-        removes the linkerd2 release record (its Secrets), never its objects.
+        Observed first: a release already deployed at the chart version is done. The values are
+        computed and the new chart rendered before anything is touched; then exactly the linkerd2
+        objects that chart renders are re-annotated for it, and it is installed (upgraded, when an
+        earlier attempt left it failed). The control-plane part installs with the linkerd2
+        release's user values, migrated, and then removes the linkerd2 release record (its
+        Secrets), never its objects.
         """
         ns, legacy, legacy_ns = step.namespace, step.legacy_release, step.legacy_namespace
         version = step.chart_version
@@ -515,22 +565,31 @@ class Executor:
             self.checkpoint.releases.setdefault(
                 legacy, ReleaseRevisions(namespace=legacy_ns, before=old.revision, chart_before=old.chart_version)
             )
-        objects = self.ports.release_objects(legacy, legacy_ns) if old is not None else []
-        wanted = [o for o in objects if (o.kind == "CustomResourceDefinition") == (step.part == "crds")]
-        for obj in wanted:
-            self.lock.fence()
-            self.ports.adopt(obj, step.release, ns)
-        log.info("adopted", release=step.release, objects=len(wanted), from_release=f"{legacy_ns}/{legacy}")
+        chart = f"{self.repo}/{step.chart or step.release}"
         values: dict[str, Any] = {}
         if step.part == "control-plane":
             user = self.ports.user_values(legacy, legacy_ns) if old is not None else {}
-            values, _, _ = self._values_for(hop, legacy, legacy_ns, step.chart or step.release, version, user=user)
+            # helm install has no values to reuse: always the migrated user values plus the overrides
+            values, _, _ = self._values_for(
+                hop, legacy, legacy_ns, step.chart or step.release, version, user=user, strategy="reset-then-reuse"
+            )
+        self._hand_over(hop, step, chart, values, legacy_present=old is not None)
         self.checkpoint.releases.setdefault(step.release, ReleaseRevisions(namespace=ns, before=None))
         self._save()
         self.lock.fence()
-        after = self.ports.install(
-            step.release, f"{self.repo}/{step.chart or step.release}", ns, values, version=version
-        )
+        try:
+            if current is None:
+                after = self.ports.install(step.release, chart, ns, values, version=version)
+            else:  # an install that failed or was interrupted: upgrade it (its objects are already adopted)
+                after = self.ports.upgrade(
+                    step.release, chart, ns, values, version=version, reset_values=True, reuse_values=False
+                )
+        except ReleaseLockedError as exc:
+            raise self._stop(
+                f"release {ns}/{step.release} is locked by another helm operation (pending-*)",
+                f"if no helm command is running, roll it back or uninstall it (helm history {step.release} -n {ns}; "
+                f"its objects stay annotated); then upgrader resume {self.checkpoint.run_id}",
+            ) from exc
         observed = self.ports.release(step.release, ns)
         if observed is None or observed.chart_version != version or observed.status != "deployed":
             raise self._stop(
@@ -544,6 +603,36 @@ class Executor:
         self._save()
         if step.part == "control-plane":
             self._remove_legacy(legacy, legacy_ns)
+
+    def _hand_over(
+        self, hop: Hop, step: AdoptSplitCharts, chart: str, values: dict[str, Any], *, legacy_present: bool
+    ) -> None:
+        """Re-annotate for ``step.release`` exactly the linkerd2 objects its chart renders; report what no
+        2.12 chart renders (it stays the linkerd2 release's, untouched)."""
+        ns, legacy, legacy_ns = step.namespace, step.legacy_release, step.legacy_namespace
+        version = step.chart_version or ""
+        renders = {(o.kind, o.name) for o in self.ports.chart_objects(chart, version, ns, values)}
+        objects = self.ports.release_objects(legacy, legacy_ns) if legacy_present else []
+        wanted = [o for o in objects if (o.kind, o.name) in renders]
+        for obj in wanted:
+            self.lock.fence()
+            self.ports.adopt(obj, step.release, ns)
+        log.info("adopted", release=step.release, objects=len(wanted), from_release=f"{legacy_ns}/{legacy}")
+        if step.part != "control-plane" or not legacy_present:
+            return
+        crds = {
+            (o.kind, o.name) for o in self.ports.chart_objects(f"{self.repo}/{CRDS}", self._crds_version(hop), ns, {})
+        }
+        left = [str(o) for o in objects if (o.kind, o.name) not in renders | crds]
+        if left:
+            note = f"2.12 chart split: in no 2.12 chart, left as they are: {', '.join(left)}"
+            log.warning("split-leftovers", objects=left)
+            if note not in self.checkpoint.reported:
+                self.checkpoint.reported.append(note)
+
+    @staticmethod
+    def _crds_version(hop: Hop) -> str:
+        return hop.charts.get(CRDS, "")
 
     def _remove_legacy(self, legacy: str, legacy_ns: str) -> None:
         if self.ports.release(legacy, legacy_ns) is None:
@@ -616,12 +705,12 @@ class Executor:
         left = float(seconds)
         while True:
             self.lock.tick()
+            self.lock.fence()  # a renewal that found the lock lost stops the bake at once
             if left <= 0:
                 break
             step = min(left, self.lock.due_in() or left)
             self.sleep(step)
             left -= step
-        self.lock.fence()
 
     def _inventory(self, namespaces: list[str]) -> Inventory:
         dp = self.spec.data_plane
@@ -699,6 +788,7 @@ class Executor:
                     )
                 )
                 self._save()
+            self.lock.fence()
             self.ports.restart(w, r.want[w.key])
             log.info("restart", what=r.label, workload=f"{w.kind} {w.namespace}/{w.name}", running=len(r.running) + 1)
             r.pending.remove(w)

@@ -108,9 +108,9 @@ _DECLARED: list[Permission] = [
     *_rows(
         "coordination.k8s.io",
         ["leases"],
-        ["get", "create", "update", "delete"],
+        ["get", "create", "update", "patch", "delete"],
         Scope.CONTROL_PLANE,
-        "the run lock (a Lease), given up by deleting it",
+        "the run lock (a Lease): taken, renewed by patch, given up by deleting it",
     ),
     *_rows("", ["pods"], ["create"], Scope.PROBE, "a server-side dry-run pod shows the proxy injector answers"),
     *_rows("apiextensions.k8s.io", ["customresourcedefinitions"], ["list"], Scope.CLUSTER, "stored CRD versions"),

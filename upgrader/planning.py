@@ -29,9 +29,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from upgrader.catalog import Catalog, KubernetesRange, Major, Note
 from upgrader.dataplane import selects
@@ -66,24 +66,38 @@ class Refusal(_Out):
 
 
 class _StepBase(_Out):
-    """What every step shows reviewers: the run state it runs in, a name and a detail."""
+    """What every step shows reviewers: the run state it runs in, a name and a detail.
 
+    ``STATES`` is where a step of that type may run: a step in any other state is refused
+    when the plan is built or read back (a stored plan cannot smuggle in a wrong route).
+    """
+
+    STATES: ClassVar[frozenset[RunState]] = frozenset()
     state: RunState
     name: str
     detail: str = ""
     chart: str | None = None
     chart_version: str | None = None
 
+    @model_validator(mode="after")
+    def _state_fits(self) -> _StepBase:
+        if self.state not in self.STATES:
+            allowed = ", ".join(sorted(self.STATES))
+            raise ValueError(f"a {type(self).__name__} step runs in {allowed}, not {self.state}")
+        return self
+
 
 class PreflightStep(_StepBase):
     """Run the preflight checks for this hop; unwaived errors stop the run before anything changes."""
 
+    STATES = frozenset({RunState.PREFLIGHT})
     action: Literal["preflight"] = "preflight"
 
 
 class UpgradeRelease(_StepBase):
     """``helm upgrade`` one release to ``chart_version`` (control plane: with the hop's values)."""
 
+    STATES = frozenset({RunState.UPGRADING_CRDS, RunState.UPGRADING_CONTROL_PLANE, RunState.UPGRADING_EXTENSIONS})
     action: Literal["upgrade-release"] = "upgrade-release"
     release: str
     namespace: str
@@ -93,6 +107,7 @@ class UpgradeRelease(_StepBase):
 class KeepRelease(_StepBase):
     """Leave a release as it is (a rollback keeps the CRDs); the step checks it is still there."""
 
+    STATES = frozenset({RunState.UPGRADING_CRDS})
     action: Literal["keep-release"] = "keep-release"
     release: str
     namespace: str
@@ -106,6 +121,7 @@ class AdoptSplitCharts(_StepBase):
     values, and then removes the ``linkerd2`` release record (never its objects).
     """
 
+    STATES = frozenset({RunState.UPGRADING_CRDS, RunState.UPGRADING_CONTROL_PLANE})
     action: Literal["adopt-split-charts"] = "adopt-split-charts"
     part: Literal["crds", "control-plane"]
     release: str
@@ -117,12 +133,14 @@ class AdoptSplitCharts(_StepBase):
 class VerifyControlPlane(_StepBase):
     """Deployments available, pods and ``linkerd-config`` at the hop's version, the injector meshes."""
 
+    STATES = frozenset({RunState.VERIFYING_CONTROL_PLANE})
     action: Literal["verify-control-plane"] = "verify-control-plane"
 
 
 class RestartWave(_StepBase):
     """Restart one wave's workloads (``wave`` indexes ``Hop.waves``), throttled and gated."""
 
+    STATES = frozenset({RunState.RESTARTING_DATA_PLANE})
     action: Literal["restart-wave"] = "restart-wave"
     wave: int
 
@@ -130,6 +148,7 @@ class RestartWave(_StepBase):
 class VerifyDataPlane(_StepBase):
     """Every restarted workload runs the hop's proxy."""
 
+    STATES = frozenset({RunState.VERIFYING_DATA_PLANE})
     action: Literal["verify-data-plane"] = "verify-data-plane"
 
 
@@ -261,15 +280,7 @@ def build_offering(
             continue
         charts[CRDS] = crds
         offered[version] = charts
-    for chart_version, app_version in repo.get(LEGACY, []):  # releases before the 2.12 split: one chart
-        try:
-            version = catalog.parse(app_version)
-        except InputError:
-            continue
-        if version.major < 12 and (
-            version not in offered or _chart_order(offered[version][LEGACY]) < _chart_order(chart_version)
-        ):
-            offered[version] = {LEGACY: chart_version}
+    _offer_legacy(catalog, repo.get(LEGACY, []), offered)
     for ext in EXTENSIONS:
         for chart_version, app_version in repo.get(ext, []):
             try:
@@ -291,6 +302,19 @@ def build_offering(
         more = f" and {len(missing) - 5} older" if len(missing) > 5 else ""
         notes.append(f"known to the catalog but not offered by the repository: {shown}{more}")
     return offered, notes
+
+
+def _offer_legacy(catalog: Catalog, rows: list[tuple[str, str]], offered: dict[Version, dict[str, str]]) -> None:
+    """Releases before the 2.12 split, offered with their one chart, ``linkerd2`` (the newest chart of each)."""
+    for chart_version, app_version in rows:
+        try:
+            version = catalog.parse(app_version)
+        except InputError:
+            continue
+        if version.major < 12 and (
+            version not in offered or _chart_order(offered[version][LEGACY]) < _chart_order(chart_version)
+        ):
+            offered[version] = {LEGACY: chart_version}
 
 
 class _Refused(Exception):

@@ -35,7 +35,7 @@ from upgrader.checkpoints import Checkpoint, CheckpointStore, FileStore, parse_s
 from upgrader.dataplane import Inventory, inventory
 from upgrader.discovery import observe
 from upgrader.errors import InputError, UpgraderError
-from upgrader.execution import Executor, RunStoppedError
+from upgrader.execution import Executor, PreflightStoppedError, RunStoppedError
 from upgrader.locking import LockLostError
 from upgrader.metrics import public_url
 from upgrader.planning import (
@@ -51,7 +51,7 @@ from upgrader.preflight import CheckResult
 from upgrader.preflight.checks import Context, run_checks
 from upgrader.preflight.observe import gather
 from upgrader.spec import Spec, load_spec, parse_duration
-from upgrader.states import TERMINAL
+from upgrader.states import TERMINAL, RunState
 from upgrader.values import diff
 
 log = structlog.get_logger("upgrader")
@@ -83,6 +83,11 @@ class RunOptions:
 
     def as_dict(self) -> dict[str, Any]:
         return {"min_cert_days": self.min_cert_days, "repo": self.repo}
+
+    @classmethod
+    def given(cls, **given: Any) -> RunOptions:
+        """The options a command was given (None: the default)."""
+        return cls(**{k: v for k, v in given.items() if v is not None})
 
     @classmethod
     def stored(cls, checkpoint: Checkpoint, **given: Any) -> RunOptions:
@@ -470,6 +475,11 @@ def execute(
     from upgrader.locking import Heartbeat, holder_alive_here, holder_gone_here  # noqa: PLC0415
 
     hooks = hooks or RunHooks()
+    if action == "resume" and RunState.ROLLING_BACK in (checkpoint.state, checkpoint.stopped_in):
+        raise InputError(
+            f"run {checkpoint.run_id} stopped while rolling back; it can only go on rolling back",
+            hint=f"upgrader rollback {checkpoint.run_id}",
+        )
     checkpoint.options = {**options.as_dict(), "namespace": session.namespace}
     lock = LeaseLock(session.kube.api_client, session.namespace, session.namespace)
     me = holder_id(checkpoint.run_id)
@@ -487,7 +497,12 @@ def execute(
     def preflight_for(plan: Plan, _index: int) -> list[CheckResult]:
         return preflight(session, plan, min_cert_days=options.min_cert_days, repo=options.repo, now=clock())
 
-    ports = ClusterPorts(session.kube, session.helm, preflight=preflight_for)
+    ports = ClusterPorts(
+        session.kube,
+        session.helm,
+        preflight=preflight_for,
+        timeout_seconds=parse_duration(session.spec.gates.rollout_timeout),
+    )
     url = session.spec.gates.prometheus_url
     executor = Executor(
         session.plan,
@@ -513,10 +528,18 @@ def execute(
         return executor.run()
     except LockLostError:
         raise  # another run owns the installation now: no rollback, no checkpoint write
+    except PreflightStoppedError:
+        raise  # nothing was changed: there is nothing to roll back, whatever onFailure says
     except RunStoppedError as exc:
         if session.spec.on_failure == "rollback" and action != "rollback":
             log.warning("on-failure-rollback", run_id=checkpoint.run_id, reason=exc.message)
-            executor.rollback(include_crds=False)
+            try:
+                executor.rollback(include_crds=False)
+            except UpgraderError as failed:
+                raise UpgraderError(
+                    f"{exc.message}; the rollback (on_failure: rollback) did not finish: {failed.message}",
+                    hint=failed.hint or f"upgrader status {checkpoint.run_id}",
+                ) from exc
             raise UpgraderError(
                 f"{exc.message}; rolled back (on_failure: rollback)", hint=f"upgrader status {checkpoint.run_id}"
             ) from exc

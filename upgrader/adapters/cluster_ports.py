@@ -276,6 +276,9 @@ class ClusterPorts:
             for o in objects
         ]
 
+    def chart_objects(self, chart: str, version: str, namespace: str, values: dict[str, Any]) -> list[ReleaseObject]:
+        return self.helm.chart_objects(chart, version, namespace, values)
+
     def adopt(self, obj: ReleaseObject, release: str, namespace: str) -> None:
         """Mark ``obj`` as belonging to ``release`` so ``helm install`` adopts it instead of refusing it.
 

@@ -218,20 +218,11 @@ class HelmAdapter:
     def manifest(self, release: str, namespace: str) -> list[ReleaseObject]:
         """The objects of a release's current manifest (``helm get manifest``)."""
         out = self._call(self._command.run(["get", "manifest", release, "--namespace", namespace]))
-        objects = []
-        for doc in yaml.safe_load_all(out.decode(errors="replace")):
-            if not isinstance(doc, dict) or not doc.get("kind"):
-                continue
-            meta = doc.get("metadata") or {}
-            objects.append(
-                ReleaseObject(
-                    str(doc.get("apiVersion", "")),
-                    str(doc["kind"]),
-                    str(meta.get("name", "")),
-                    meta.get("namespace") or None,
-                )
-            )
-        return objects
+        return manifest_objects(out.decode(errors="replace"))
+
+    def chart_objects(self, chart: str, version: str, namespace: str, values: dict[str, Any]) -> list[ReleaseObject]:
+        """The objects ``chart`` at ``version`` renders with ``values`` (``helm template``)."""
+        return manifest_objects(self.template(chart, version, namespace, values))
 
     def uninstall(self, release: str, namespace: str, *, wait: bool = True) -> None:
         self._call(self._command.uninstall(release, namespace=namespace, wait=wait, timeout=self._timeout))
@@ -250,6 +241,24 @@ class HelmAdapter:
         out = self._call(self._command.run(list(args), json.dumps(values or {}).encode()))
         data = json.loads(out[out.index(b"{") :])
         return _from_status(data)
+
+
+def manifest_objects(text: str) -> list[ReleaseObject]:
+    """The objects of a rendered manifest (kind, name, namespace when it says one)."""
+    objects = []
+    for doc in yaml.safe_load_all(text):
+        if not isinstance(doc, dict) or not doc.get("kind"):
+            continue
+        meta = doc.get("metadata") or {}
+        objects.append(
+            ReleaseObject(
+                str(doc.get("apiVersion", "")),
+                str(doc["kind"]),
+                str(meta.get("name", "")),
+                meta.get("namespace") or None,
+            )
+        )
+    return objects
 
 
 def _release(row: dict[str, Any]) -> HelmRelease:

@@ -103,7 +103,7 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         raise typer.Exit(EXIT_REFUSED)
     if not session.plan.hops:
         return
-    options = runs.RunOptions(min_cert_days=60 if min_cert_days is None else min_cert_days, repo=repo)
+    options = runs.RunOptions.given(min_cert_days=min_cert_days, repo=repo)
     if dry_run or session.spec.dry_run:
         _print_dry_run(runs.dry_run(session, options), session)
         return
