@@ -89,7 +89,7 @@ def healthy(**changes: Any) -> Snapshot:
                 "Deployment", "payments", "ledger", 2, 2, 2, 2, 1, 1, pod_labels={"app": "ledger"}, max_surge="0"
             )  # takes one pod down at a time (maxUnavailable 25% of 2 = 0, no surge: the controller makes it 1)
         ],
-        webhooks=[Webhook(kind, name, ("Fail",)) for kind, name in WEBHOOKS],
+        webhooks=[Webhook(kind, name, ("Fail",)) for kind, name, _ in WEBHOOKS],
         budgets=[Budget("payments", "ledger", {"app": "ledger"}, 1, max_unavailable="1")],
         crds=[CustomResourceDefinition("servers.policy.linkerd.io", ("v1alpha1", "v1beta1"), "v1beta1", ("v1beta1",))],
         access=[dataclasses.replace(a, allowed=True) for a in required_access("linkerd")],
@@ -324,3 +324,17 @@ def test_a_surge_only_rollout_is_not_stalled_by_a_zero_budget() -> None:
     snap = healthy(budgets=[Budget("payments", "ledger", {"app": "ledger"}, 0, max_unavailable="0")])
     snap = replace(snap, workloads=[replace(w, max_surge=None) if w.name == "ledger" else w for w in snap.workloads])
     assert check(snap)["disruption.pdb-allows-restart"].result == "passed"
+
+
+def test_a_2_10_control_plane_has_no_policy_validator_webhook_to_miss() -> None:
+    """2.10 shipped the injector and the sp-validator only; the policy validator came in 2.11."""
+    snap = healthy()
+    inst = dataclasses.replace(snap.installation, control_plane_version="stable-2.10.2")
+    hooks = [w for w in snap.webhooks if w.name != "linkerd-policy-validator-webhook-config"]
+    assert (
+        check(dataclasses.replace(snap, installation=inst, webhooks=hooks))["control-plane.webhooks"].result == "passed"
+    )
+    inst = dataclasses.replace(snap.installation, control_plane_version="stable-2.11.5")
+    result = check(dataclasses.replace(snap, installation=inst, webhooks=hooks))["control-plane.webhooks"]
+    assert result.result == "error"
+    assert "linkerd-policy-validator-webhook-config" in result.message

@@ -18,7 +18,7 @@ import yaml
 from upgrader.catalog import Catalog
 from upgrader.dataplane import budget_block
 from upgrader.discovery import Installation, proxy_version
-from upgrader.errors import InputError
+from upgrader.errors import InputError, UpgraderError
 from upgrader.permissions import access
 from upgrader.planning import CONTROL_PLANE, CRDS, KUBERNETES_WAIVER, LEGACY, Plan
 from upgrader.ports import (
@@ -36,10 +36,10 @@ from upgrader.preflight.identity import check_identity
 from upgrader.spec import Spec
 
 CONTROL_PLANE_DEPLOYMENTS = ("linkerd-destination", "linkerd-identity", "linkerd-proxy-injector")
-WEBHOOKS = (
-    ("mutating", "linkerd-proxy-injector-webhook-config"),
-    ("validating", "linkerd-sp-validator-webhook-config"),
-    ("validating", "linkerd-policy-validator-webhook-config"),
+WEBHOOKS = (  # (kind, name, first major that has it): 2.10 had no policy validator
+    ("mutating", "linkerd-proxy-injector-webhook-config", 10),
+    ("validating", "linkerd-sp-validator-webhook-config", 10),
+    ("validating", "linkerd-policy-validator-webhook-config", 11),
 )
 ISSUER_SECRET = "linkerd-identity-issuer"  # noqa: S105 - a Secret's name, not a password
 EXEMPT_LABEL = "config.linkerd.io/admission-webhooks"
@@ -283,6 +283,17 @@ def check_releases(ctx: Context) -> list[CheckResult]:
 
 
 # ---- control plane ---------------------------------------------------------------------------------
+def _installed_major(ctx: Context) -> int | None:
+    """The installed control plane's major, when linkerd-config says a version the catalog can place."""
+    inst = ctx.snapshot.installation
+    if inst is None or not inst.control_plane_version:
+        return None
+    try:
+        return ctx.catalog.parse(inst.control_plane_version).major
+    except UpgraderError:
+        return None
+
+
 def check_control_plane(ctx: Context) -> list[CheckResult]:
     snap = ctx.snapshot
     if (blocked := _cannot("control-plane.deployments", "control-plane", "workloads", ctx)) is not None:
@@ -336,7 +347,8 @@ def check_control_plane(ctx: Context) -> list[CheckResult]:
             else passed("control-plane.ha-replicas", "control-plane", "HA: >1 replica each")
         )
     present = {(w.kind, w.name) for w in snap.webhooks}
-    absent = [name for kind, name in WEBHOOKS if (kind, name) not in present]
+    major = _installed_major(ctx)
+    absent = [name for kind, name, since in WEBHOOKS if (kind, name) not in present and (major or 99) >= since]
     out.append(
         failed(
             "control-plane.webhooks",

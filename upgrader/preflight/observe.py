@@ -108,7 +108,8 @@ def gather(
         crds=attempt("crds", kube.list_crds, []),
         access=attempt("access", lambda: kube.review_access(required_access(namespace, releases=linkerd_ns)), []),
         issuer=attempt("identity", lambda: kube.read_certificate_secret(namespace, ISSUER_SECRET), None),
-        trust_bundle=(roots or {}).get("ca-bundle.crt"),
+        # 2.10 kept the anchors only in linkerd-config's values; the trust-roots ConfigMap came in 2.11
+        trust_bundle=(roots or {}).get("ca-bundle.crt") or config_values(raw_values).get("identityTrustAnchorsPEM"),
         user_values=user_values,
         meshed_pods=pods,
         render_error=render_error,
