@@ -338,3 +338,11 @@ def test_a_2_10_control_plane_has_no_policy_validator_webhook_to_miss() -> None:
     result = check(dataclasses.replace(snap, installation=inst, webhooks=hooks))["control-plane.webhooks"]
     assert result.result == "error"
     assert "linkerd-policy-validator-webhook-config" in result.message
+
+
+def test_a_finished_job_pod_two_majors_behind_is_no_skew() -> None:
+    """A Job's pod that finished long ago on an old proxy runs nothing: not a version skew."""
+    done = dataclasses.replace(_pod("edge", "report-1", "stable-2.11.5", "report"), phase="Succeeded")
+    assert check(healthy(meshed_pods=[done]))["data-plane.version-skew"].result == "passed"
+    running = dataclasses.replace(done, phase="Running")
+    assert check(healthy(meshed_pods=[running]))["data-plane.version-skew"].result == "error"

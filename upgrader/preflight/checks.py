@@ -17,7 +17,7 @@ import yaml
 
 from upgrader.catalog import Catalog
 from upgrader.dataplane import budget_block
-from upgrader.discovery import Installation, proxy_version
+from upgrader.discovery import FINISHED, Installation, proxy_version
 from upgrader.errors import InputError, UpgraderError
 from upgrader.permissions import access
 from upgrader.planning import CONTROL_PLANE, CRDS, KUBERNETES_WAIVER, LEGACY, Plan
@@ -397,7 +397,7 @@ def check_data_plane(ctx: Context) -> list[CheckResult]:
     skewed, unreadable = [], []
     for pod in snap.meshed_pods:
         version = proxy_version(pod)
-        if version is None:
+        if version is None or pod.phase in FINISHED:  # a finished Job's pod runs no proxy any more
             continue
         try:
             parsed = ctx.catalog.parse(version)
