@@ -137,6 +137,16 @@ class Spec(_Model):
     waivers: list[str] = Field(default_factory=list)
     dry_run: bool = False
 
+    @model_validator(mode="after")
+    def _window_not_enforced(self) -> Spec:
+        # A field we accept is enforced: a run would neither wait for a window nor pause at its end.
+        if self.window is not None:
+            raise ValueError(
+                "window: maintenance windows are not enforced yet (a run would not wait for it or pause at its "
+                "end); remove `window` and start the run from your scheduler inside the window"
+            )
+        return self
+
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """``override`` merged into a copy of ``base`` (maps merge, everything else replaces)."""
