@@ -173,6 +173,14 @@ def _run(cluster: HopCluster, plan: Plan) -> Checkpoint:
     return executor.run()
 
 
+def _executor(cluster: HopCluster, plan: Plan, spec: Spec | None = None) -> tuple[Executor, Checkpoint]:
+    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
+    executor = Executor(
+        plan, spec or Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
+    )
+    return executor, checkpoint
+
+
 def test_every_hop_kind_has_a_scenario() -> None:
     assert set(SCENARIOS) == set(HOP_KINDS)
 
@@ -222,10 +230,7 @@ def test_a_split_resumed_after_the_crds_part_does_not_install_twice() -> None:
     scenario = SCENARIOS["chart-split"]
     plan = _plan(scenario)
     cluster = HopCluster(start=scenario.start)
-    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
-    executor = Executor(
-        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
-    )
+    executor, checkpoint = _executor(cluster, plan, Spec())
     original = cluster.install
 
     def die_after_crds(name: str, *args: Any, **kwargs: Any) -> HelmRelease:
@@ -290,11 +295,8 @@ def test_an_internal_error_inside_a_step_is_recorded_before_it_escapes() -> None
     scenario = SCENARIOS["upgrade"]
     cluster = HopCluster(start=scenario.start)
     plan = _plan(scenario)
-    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
     cluster.control_plane_ready = lambda ns: {}["boom"]  # type: ignore[method-assign,return-value]
-    executor = Executor(
-        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
-    )
+    executor, checkpoint = _executor(cluster, plan, Spec())
     with pytest.raises(KeyError):
         executor.run()
     assert checkpoint.state == RunState.FAILED
@@ -308,11 +310,8 @@ def test_preflight_stop_exits_4_and_its_hint_repeats_the_run_options() -> None:
     cluster = HopCluster(start=scenario.start)
     cluster.preflight_errors = [failed("identity.issuer-validity", "identity", "expires in 69 days", "rotate")]
     plan = _plan(scenario)
-    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
+    executor, checkpoint = _executor(cluster, plan, Spec())
     checkpoint.options = {"min_cert_days": 75, "repo": "linkerd"}
-    executor = Executor(
-        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
-    )
     with pytest.raises(RunStoppedError) as err:
         executor.run()
     assert err.value.exit_code == 4
@@ -341,10 +340,7 @@ def test_a_resume_of_a_run_another_run_finished_restarts_nothing() -> None:
 def test_never_at_target_while_proxies_lag() -> None:
     scenario = SCENARIOS["upgrade"]
     cluster = HopCluster(start=scenario.target, proxies=scenario.start)
-    checkpoint = Checkpoint.new("run-1", _plan(scenario).as_json(), NOW)
-    executor = Executor(
-        _plan(scenario), Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
-    )
+    executor, _checkpoint = _executor(cluster, _plan(scenario), Spec())
     assert not executor.already_at_target()
 
 
@@ -363,10 +359,7 @@ def test_rollback_returns_the_linkerd2_release_too() -> None:
     scenario = SCENARIOS["linkerd2-upgrade"]
     plan = _plan(scenario)
     cluster = HopCluster(start=scenario.start)
-    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
-    executor = Executor(
-        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
-    )
+    executor, checkpoint = _executor(cluster, plan, Spec())
     assert executor.run().state == RunState.DONE
     executor.rollback()
     assert checkpoint.state == RunState.ROLLED_BACK
@@ -377,10 +370,7 @@ def test_a_rollback_after_the_split_started_is_refused_and_changes_nothing() -> 
     scenario = SCENARIOS["chart-split"]
     plan = _plan(scenario)
     cluster = HopCluster(start=scenario.start)
-    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
-    executor = Executor(
-        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
-    )
+    executor, checkpoint = _executor(cluster, plan, Spec())
     assert executor.run().state == RunState.DONE
     before = list(cluster.actions)
     from upgrader.errors import InputError  # noqa: PLC0415
@@ -395,10 +385,7 @@ def test_a_failing_rollback_ends_failed_with_its_reason() -> None:
     scenario = SCENARIOS["upgrade"]
     plan = _plan(scenario)
     cluster = HopCluster(start=scenario.start)
-    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
-    executor = Executor(
-        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
-    )
+    executor, checkpoint = _executor(cluster, plan, Spec())
     executor.run()
 
     def broken(*_a: Any, **_k: Any) -> HelmRelease:
@@ -422,8 +409,5 @@ def test_not_at_target_while_an_extension_or_the_control_plane_chart_lags() -> N
     cluster = HopCluster(start=scenario.target)
     old = cluster.releases["linkerd-crds"]
     cluster.releases["linkerd-crds"] = replace(old, chart_version="1.6.1")
-    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
-    executor = Executor(
-        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
-    )
+    executor, _checkpoint = _executor(cluster, plan, Spec())
     assert not executor.already_at_target()
