@@ -40,7 +40,14 @@ from e2e.harness.backends import ClusterHandle
 from e2e.harness.waits import wait_for
 from upgrader.adapters.kube_state import LeaseLock, LockRefusedError
 from upgrader.errors import ClusterUnreachableError, UpgraderError
-from upgrader.locking import Heartbeat, LockLostError, holder_alive_here, holder_gone_here, sleep_with_heartbeat
+from upgrader.locking import (
+    Heartbeat,
+    LockLostError,
+    holder_alive_here,
+    holder_gone_here,
+    pid_alive,
+    sleep_with_heartbeat,
+)
 
 # Not on a whole second: kubernetes' client re-serialises a Lease's times with isoformat(), which
 # drops ".000000" (LeaseLock nudges a whole second by a microsecond; one test covers that).
@@ -56,23 +63,12 @@ def _at(seconds: float) -> dt.datetime:
     return T0 + dt.timedelta(seconds=seconds)
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs on this host (what upgrader's own holder_alive/holder_gone callbacks ask)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _alive_here(holder: str) -> bool:
-    return holder_alive_here(holder, HOST, _running)
+    return holder_alive_here(holder, HOST, pid_alive)
 
 
 def _gone_here(holder: str) -> bool:
-    return holder_gone_here(holder, HOST, _running)
+    return holder_gone_here(holder, HOST, pid_alive)
 
 
 def _here(pid: int, run: str) -> str:

@@ -284,8 +284,7 @@ class Executor:
         """Run one step; whatever stops it is recorded in the checkpoint as the reason."""
         resume = f"upgrader resume {self.checkpoint.run_id}"
         try:
-            self.lock.fence()
-            self._dispatch(index, hop, step, resume)
+            self._dispatch(index, hop, step, resume)  # every action inside fences itself
         except (RunStoppedError, LockLostError):
             raise  # a run that lost its lock writes nothing more: the other run owns the installation
         except UpgraderError as exc:
@@ -575,8 +574,7 @@ class Executor:
             )
         self._hand_over(hop, step, chart, values, legacy_present=old is not None)
         self.checkpoint.releases.setdefault(step.release, ReleaseRevisions(namespace=ns, before=None))
-        self._save()
-        self.lock.fence()
+        self._save()  # fenced: the install below acts on it
         try:
             if current is None:
                 after = self.ports.install(step.release, chart, ns, values, version=version)
@@ -704,8 +702,7 @@ class Executor:
         """Wait (a bake), keeping the lock fresh: each slice ends when a renewal falls due."""
         left = float(seconds)
         while True:
-            self.lock.tick()
-            self.lock.fence()  # a renewal that found the lock lost stops the bake at once
+            self.lock.fence()  # renews when due; a renewal that found the lock lost stops the bake at once
             if left <= 0:
                 break
             step = min(left, self.lock.due_in() or left)
@@ -787,8 +784,9 @@ class Executor:
                         previous_restarted_by=w.pod_annotations.get(RESTARTED_BY),
                     )
                 )
-                self._save()
-            self.lock.fence()
+                self._save()  # fenced
+            else:
+                self.lock.fence()
             self.ports.restart(w, r.want[w.key])
             log.info("restart", what=r.label, workload=f"{w.kind} {w.namespace}/{w.name}", running=len(r.running) + 1)
             r.pending.remove(w)

@@ -26,6 +26,7 @@ slices that end when a renewal falls due, for bakes and waits run on the caller'
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -317,3 +318,14 @@ def sleep_with_heartbeat(seconds: float, sleep: Callable[[float], None], heartbe
         step = min(left, heartbeat.due_in()) or min(left, heartbeat.interval)
         sleep(step)
         left -= step
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

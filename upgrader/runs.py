@@ -36,11 +36,13 @@ from upgrader.dataplane import Inventory, inventory
 from upgrader.discovery import observe
 from upgrader.errors import InputError, UpgraderError
 from upgrader.execution import Executor, PreflightStoppedError, RunStoppedError
-from upgrader.locking import LockLostError
+from upgrader.locking import LockLostError, pid_alive
 from upgrader.metrics import public_url
 from upgrader.planning import (
+    AdoptSplitCharts,
     Observed,
     Plan,
+    UpgradeRelease,
     build_offering,
     control_plane_step,
     hop_values,
@@ -108,18 +110,34 @@ def helm_binary(helm: str) -> str:
     return found
 
 
-def helm_adapter(executable: str, kubeconfig: Path | None, context: str | None, spec: Spec, **kw: Any) -> Any:
+def helm_adapter(
+    executable: str, kubeconfig: Path | None, context: str | None, spec: Spec | None = None, **kw: Any
+) -> Any:
     from upgrader.adapters.helm import HelmAdapter  # noqa: PLC0415 - keep --help fast
 
-    return HelmAdapter(
-        executable=executable, kubeconfig=kubeconfig, context=context, timeout=spec.gates.rollout_timeout, **kw
-    )
+    timeout = (spec or Spec()).gates.rollout_timeout
+    return HelmAdapter(executable=executable, kubeconfig=kubeconfig, context=context, timeout=timeout, **kw)
 
 
 def kube_adapter(kubeconfig: Path | None, context: str | None, impersonate: str | None = None) -> Any:
     from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
 
     return KubeAdapter(kubeconfig=kubeconfig, context=context, impersonate=impersonate)
+
+
+def cluster_adapters(
+    kubeconfig: Path | None,
+    context: str | None,
+    helm: str | None,
+    spec: Spec | None = None,
+    *,
+    impersonate: str | None = None,
+) -> tuple[Any, Any]:
+    """The kube and helm adapters of one cluster; a missing kubeconfig or helm is bad input."""
+    if kubeconfig is not None and not kubeconfig.is_file():
+        raise InputError(f"kubeconfig {kubeconfig} does not exist", hint="pass --kubeconfig PATH of a cluster")
+    helm_port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context, spec, impersonate=impersonate)
+    return kube_adapter(kubeconfig, context, impersonate), helm_port
 
 
 def _namespace_labels(kube: Any, notes: list[str]) -> dict[str, dict[str, str]]:
@@ -168,10 +186,7 @@ def plan_session(
             offering_notes=offline_notes,
         )
         return Session(spec, catalog, result)
-    if kubeconfig is not None and not kubeconfig.is_file():
-        raise InputError(f"kubeconfig {kubeconfig} does not exist", hint="pass --kubeconfig PATH of a cluster")
-    helm_port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context, spec, impersonate=impersonate)
-    kube = kube_adapter(kubeconfig, context, impersonate)
+    kube, helm_port = cluster_adapters(kubeconfig, context, helm, spec, impersonate=impersonate)
     notes: list[str] = []
     try:
         inst = observe(kube, helm_port)
@@ -378,8 +393,11 @@ def dry_run(session: Session, options: RunOptions) -> DryRun:
     step = control_plane_step(hop)
     if step is None or step.chart_version is None:
         return report
-    release = step.release if step.action == "upgrade-release" else step.legacy_release
-    release_ns = step.namespace if step.action == "upgrade-release" else step.legacy_namespace
+    split = isinstance(step, AdoptSplitCharts)
+    if isinstance(step, AdoptSplitCharts):  # the values come from the linkerd2 release it replaces
+        release, release_ns = step.legacy_release, step.legacy_namespace
+    else:
+        release, release_ns = step.release, step.namespace
     chart = step.chart or step.release
     out = hop_values(
         hop,
@@ -390,10 +408,10 @@ def dry_run(session: Session, options: RunOptions) -> DryRun:
     )
     report.chart, report.chart_version = chart, step.chart_version
     report.values_diff = diff(session.helm.get_values(release, release_ns, all_values=True), out.effective)
-    if hop.kind == "chart-split":
+    if split:
         return report  # the split installs new releases: helm cannot dry-run an adoption
     for s in hop.steps:
-        if s.action != "upgrade-release" or s.chart_version is None or s.state == "UpgradingExtensions":
+        if not isinstance(s, UpgradeRelease) or s.chart_version is None or s.state == RunState.UPGRADING_EXTENSIONS:
             continue
         values = out.values if s.send_values else {}
         session.helm.upgrade(
@@ -413,19 +431,9 @@ def dry_run(session: Session, options: RunOptions) -> DryRun:
 # ---- runs under the lock -------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _other_pid_alive(pid: int) -> bool:
     """A live process other than this one (a run restarted in the same container may reuse a pid)."""
-    return pid != os.getpid() and _pid_alive(pid)
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def holder_id(run_id: str) -> str:
@@ -487,7 +495,7 @@ def execute(
         me,
         clock(),
         take_over=take_over,
-        holder_gone=lambda holder: holder_gone_here(holder, socket.gethostname(), _pid_alive),
+        holder_gone=lambda holder: holder_gone_here(holder, socket.gethostname(), pid_alive),
         holder_alive=lambda holder: holder_alive_here(holder, socket.gethostname(), _other_pid_alive),
     )
     log.info("lock", holder=me, lease=f"{session.namespace}/{lock.name}")

@@ -27,8 +27,7 @@ from upgrader.cli.common import (
 from upgrader.discovery import Installation, observe
 from upgrader.errors import EXIT_PREFLIGHT, EXIT_REFUSED, InputError
 from upgrader.rendering import render, render_checks
-from upgrader.runs import helm_binary as resolve_helm
-from upgrader.runs import kube_adapter, plan_session
+from upgrader.runs import cluster_adapters, plan_session
 from upgrader.runs import preflight as run_preflight
 
 
@@ -40,12 +39,7 @@ def discover(
     output: Annotated[Output, typer.Option("-o", "--output", help="table or json.")] = Output.table,
 ) -> None:
     """Show the Linkerd installed in the cluster: Helm releases, control plane, proxies."""
-    from upgrader.adapters.helm import HelmAdapter  # noqa: PLC0415 - keep --help fast
-
-    if kubeconfig is not None and not kubeconfig.is_file():
-        raise InputError(f"kubeconfig {kubeconfig} does not exist", hint="pass --kubeconfig PATH of a cluster")
-    helm_port = HelmAdapter(executable=resolve_helm(helm), kubeconfig=kubeconfig, context=context)
-    kube = kube_adapter(kubeconfig, context)
+    kube, helm_port = cluster_adapters(kubeconfig, context, helm)
     found = observe(kube, helm_port)
     log.info(
         "discovered",
