@@ -298,7 +298,7 @@ def test_linkerd_config_holds_values_without_secrets(render: Render, built: Buil
     out = render(rel)
     values = _config_values(out)
     assert values["linkerdVersion"] == rel.version
-    assert values["highAvailability"] is False
+    assert "highAvailability" not in values  # no chart default: only values-ha.yaml sets it (from 2.14)
     assert values["webhookFailurePolicy"] == "Ignore"
     assert values["proxy"]["image"] == {"name": "cr.l5d.io/linkerd/proxy", "version": "", "pullPolicy": ""}
     assert values["identityTrustAnchorsPEM"] == built.identity.trust_anchor_pem
@@ -459,7 +459,9 @@ def test_values_ha_gives_three_spread_replicas_pdbs_and_fail_policy(
     hooks = out.all("MutatingWebhookConfiguration") | out.all("ValidatingWebhookConfiguration")
     assert {h["webhooks"][0]["failurePolicy"] for h in hooks.values()} == {"Fail"}
     values = _config_values(out)
-    assert values["highAvailability"] is True
+    # 2.12 and 2.13's values-ha.yaml had no highAvailability flag; 2.14 added it with policyControllerResources
+    assert values.get("highAvailability") is (True if rel.major >= 14 else None)
+    assert ("policyControllerResources" in values) is (rel.major in (14, 15))
     assert values["controllerReplicas"] == 3
     assert "PodDisruptionBudget" not in {d["kind"] for d in render(rel).docs}
 
