@@ -55,8 +55,6 @@ def main() -> int:
     upgrader = [sys.executable, "-m", "upgrader"]
     _step(*upgrader, "--version", env=env)
     _step(kubectl, "get", "nodes", env=env)
-    # HA on 2.13 with failurePolicy Fail needs kube-system exempt from the webhooks (preflight says so).
-    _step(kubectl, "label", "namespace", "kube-system", "config.linkerd.io/admission-webhooks=disabled", env=env)
     _step(*upgrader, "discover", env=env)
     _step(*upgrader, "plan", "--to", "stable-2.14.10", "--spec", str(spec), "-o", "markdown", env=env)
     _step(*upgrader, "preflight", "--to", "stable-2.14.10", "--spec", str(spec), env=env)

@@ -133,7 +133,7 @@ def test_two_hops_in_one_apply(clean_world: World, env: dict[str, str], tmp_path
     assert unknown.returncode == 2, unknown.stderr
     assert "has no checkpoint 999" in unknown.stderr
     assert len(_history(world, "linkerd-control-plane")) == 3, "a bad checkpoint id changes nothing"
-    back = _upgrader(world, env, "rollback", checkpoint["run_id"], "--to-checkpoint", str(hop2["id"]))
+    back = _upgrader(world, env, "rollback", checkpoint["run_id"], "--to-checkpoint", str(hop2["id"]), "--yes")
     assert back.returncode == 0, back.stderr[-3000:]
     cp = _history(world, "linkerd-control-plane")
     assert cp[-1]["chart"] == "linkerd-control-plane-1.12.7"
@@ -175,6 +175,17 @@ def test_preflight_gates_each_hop_unless_waived(clean_world: World, env: dict[st
     assert (failed["state"], failed["stopped_in"]) == ("Failed", "Preflight")
 
     ledger = client.AppsV1Api(world.api).read_namespaced_deployment("ledger", "payments")
+    # A second budget on ledger: the stop must name both, not only the first it meets.
+    world.apply(
+        [
+            {
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": {"name": "ledger-min", "namespace": "payments"},
+                "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "ledger"}}},
+            }
+        ]
+    )
     spec.write_text(
         "name: strict\nwaivers: [kubernetes-version, disruption.pdb-allows-restart]\ndataPlane:\n  pdbWaitTimeout: 5s\n"
     )
@@ -183,8 +194,16 @@ def test_preflight_gates_each_hop_unless_waived(clean_world: World, env: dict[st
     assert blocked.returncode == 1, blocked.stderr[-2000:]  # a failed step: exit 1 (4 is preflight)
     assert time.monotonic() - started < 120, "a bounded wait, no hang"
     assert "PodDisruptionBudget payments/ledger (maxUnavailable 0) allows 0 disruption(s)" in blocked.stderr
+    assert "PodDisruptionBudget payments/ledger-min (minAvailable 2)" in blocked.stderr
     assert "Deployment payments/ledger takes up to 1 pod(s) down at once" in blocked.stderr
     assert "waited 5s" in blocked.stderr
+    # ledger has maxSurge 0: maxUnavailable 0 alone would be rejected by the API.
+    assert "maxSurge to at least 1 and maxUnavailable to 0" in blocked.stderr
+    apps = client.AppsV1Api(world.api)
+    others = [apps.read_namespaced_deployment(n, "shop") for n in ("web", "api")]
+    others.append(apps.read_namespaced_stateful_set("db", "shop"))
+    went_on = ["upgrader.io/restarted-by" in (o.spec.template.metadata.annotations or {}) for o in others]
+    assert all(went_on), "the workloads the budgets do not block went on"
     paused = _checkpoint(tmp_path)
     assert (paused["state"], paused["stopped_in"]) == ("Failed", "RestartingDataPlane")
     after = client.AppsV1Api(world.api).read_namespaced_deployment("ledger", "payments")

@@ -166,7 +166,7 @@ def test_failed_control_plane_with_pause_leaves_a_resumable_checkpoint_in_the_cl
 
     status = run_upgrader("status", "--kubeconfig", str(world.kubeconfig), env=env, timeout=60)
     assert f"upgrader resume {checkpoint['run_id']}" in status.stdout
-    rolled = run_upgrader(*_args(world, "rollback", checkpoint["run_id"]), env=env, timeout=300)
+    rolled = run_upgrader(*_args(world, "rollback", checkpoint["run_id"], "--yes"), env=env, timeout=300)
     assert rolled.returncode == 0, rolled.stderr[-2000:]
     assert _charts(world, "linkerd-control-plane")[-1] == "linkerd-control-plane-1.12.7"
     core.delete_namespace("upgrader-state")

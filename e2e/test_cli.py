@@ -87,7 +87,14 @@ def test_discover_reports_releases_config_and_proxies(
     found = json.loads(out.stdout)
     assert found["found"] is True
     assert found["kubernetes_version"] == binaries.KUBERNETES_VERSION
-    assert found["control_plane"] == {"namespace": namespace, "version": "stable-2.14.10", "high_availability": False}
+    assert found["control_plane"] == {
+        "namespace": namespace,
+        "version": "stable-2.14.10",
+        "high_availability": False,
+        "high_availability_evidence": [
+            f"no Deployment linkerd-destination, linkerd-identity, linkerd-proxy-injector in {namespace}"
+        ],
+    }
     assert [(r["name"], r["chart"], r["chart_version"], r["status"]) for r in found["releases"]] == [
         ("linkerd-control-plane", "linkerd-control-plane", "1.16.11", "deployed")
     ]

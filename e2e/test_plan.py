@@ -67,6 +67,36 @@ def test_plan_from_2_12_to_2_14_on_the_fixture_world(clean_world: World, tmp_pat
     events = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
     assert any(e["event"] == "observed" and e["install_method"] == "helm" for e in events)
 
+    assert all("linkerd-viz" not in h["charts"] for h in plan["hops"]), "viz is offered but not installed"
+    assert plan["warnings"] == []
+
     refused = _plan(world, env, "--to", "stable-2.14.10")
     assert refused.returncode == 3
     assert json.loads(refused.stdout)["refused"]["code"] == "kubernetes-unsupported"
+
+    # A wave naming a namespace the cluster lacks (a typo) is refused; one with nothing meshed is a warning.
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        "name: e2e\nwaivers: [kubernetes-version]\n"
+        "dataPlane:\n  waves:\n  - {name: canary, namespaces: [shpo]}\n  - {name: rest, namespaces: ['*']}\n"
+    )
+    out = _plan(world, env, "--to", "stable-2.14.10", "--spec", str(typo))
+    assert out.returncode == 3, out.stderr
+    refusal = json.loads(out.stdout)["refused"]
+    assert refusal["code"] == "wave-namespace-missing"
+    assert "wave canary names namespace(s) the cluster does not have: shpo (similar: shop)" in refusal["reason"]
+    table = _plan(world, env, "--to", "stable-2.14.10", "--spec", str(typo), "-o", "table")
+    assert table.returncode == 3
+    assert "REFUSED (wave-namespace-missing)" in table.stdout
+    unmeshed = tmp_path / "unmeshed.yaml"
+    unmeshed.write_text(
+        "name: e2e\nwaivers: [kubernetes-version]\n"
+        "dataPlane:\n  waves:\n  - {name: canary, namespaces: [legacy]}\n  - {name: rest, namespaces: ['*']}\n"
+    )
+    out = _plan(world, env, "--to", "stable-2.14.10", "--spec", str(unmeshed))
+    assert out.returncode == 0, out.stderr
+    warned = json.loads(out.stdout)
+    assert warned["hops"][0]["waves"][0]["namespaces"] == []
+    assert warned["warnings"] == [
+        "wave canary restarts nothing: legacy has no meshed pod (nothing runs there, or its workloads are scaled to 0)"
+    ]

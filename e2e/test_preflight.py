@@ -68,12 +68,21 @@ def _healthy_mesh(world: World) -> None:
     world.wait_ready(mesh.namespaces(docs))
 
 
+def _discover(world: World, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    out = run_upgrader(
+        "discover", "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), *args, env=env, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_healthy_install_passes_everything(clean_world: World, helm_env: dict[str, str], tmp_path: Path) -> None:
-    """HA stable-2.13.7 with kube-system exempted and the sample mesh passes every check (exit 0)."""
+    """HA stable-2.13.7 as Linkerd documents it (values-ha.yaml, kube-system unlabelled) passes every check."""
     world = clean_world
     world.install("stable-2.13.7", ha=True)
-    world.kubectl("label", "namespace", "kube-system", f"{EXEMPT}=disabled", "--overwrite")
     _healthy_mesh(world)
+    labels = client.CoreV1Api(world.api).read_namespace("kube-system").metadata.labels or {}
+    assert EXEMPT not in labels, "the documented install does not label kube-system"
     spec = _spec(tmp_path)
     code, report = _preflight(world, helm_env, spec, "--to", "stable-2.14.10")
     assert _failing(report) == {}
@@ -89,6 +98,30 @@ def test_healthy_install_passes_everything(clean_world: World, helm_env: dict[st
         "ha.kube-system-exempt",
         "disruption.pdb-allows-restart",
     }
+    checks = {c["id"]: c for c in report["checks"]}
+    assert "linkerd-proxy-injector-webhook-config" in checks["ha.kube-system-exempt"]["message"]
+    assert "PDB linkerd-dst" in checks["control-plane.ha-replicas"]["message"], "HA recognised without the flag"
+
+
+def test_discover_reports_ha_from_what_values_ha_installed(clean_world: World, helm_env: dict[str, str]) -> None:
+    """2.13.7 sets no highAvailability flag: discover says HA from replicas and PDBs, and says why, whole in a pipe."""
+    world = clean_world
+    world.install("stable-2.13.7", ha=True)
+    ha = json.loads(_discover(world, helm_env, "-o", "json").stdout)["control_plane"]
+    assert ha["high_availability"] is True
+    assert any(e.startswith("linkerd-identity wants 3 replica(s) with PDB") for e in ha["high_availability_evidence"])
+    text = _discover(world, {**helm_env, "COLUMNS": "40"}).stdout  # a pipe: nothing is cut to the width
+    assert "High availability: yes (linkerd-destination wants 3 replica(s)" in text
+    assert "linkerd-control-plane" in text
+    assert "…" not in text
+
+
+def test_discover_reports_a_plain_install_as_not_ha(clean_world: World, helm_env: dict[str, str]) -> None:
+    """A default 2.13.7 install (one replica each, no PDBs) is not HA."""
+    clean_world.install("stable-2.13.7")
+    plain = json.loads(_discover(clean_world, helm_env, "-o", "json").stdout)["control_plane"]
+    assert plain["high_availability"] is False
+    assert "linkerd-destination wants 1 replica(s)" in plain["high_availability_evidence"]
 
 
 @pytest.mark.parametrize(
@@ -190,14 +223,39 @@ def test_proxies_two_majors_behind(clean_world: World, helm_env: dict[str, str],
     client.CoreV1Api(world.api).delete_namespace("old-team")
 
 
-def test_ha_2_14_without_kube_system_exemption(clean_world: World, helm_env: dict[str, str], tmp_path: Path) -> None:
-    """HA 2.14 with webhookFailurePolicy Fail and an unlabelled kube-system fails ha.kube-system-exempt."""
-    clean_world.install("stable-2.14.10", ha=True)
-    code, report = _preflight(clean_world, helm_env, _spec(tmp_path), "--to", "stable-2.14.10")
+# The 2.10/2.11 injector selector: only the label exempts a namespace (what a 2.12+ override may bring back).
+LABEL_ONLY = {"matchExpressions": [{"key": EXEMPT, "operator": "NotIn", "values": ["disabled"]}]}
+
+
+def test_an_injector_selector_taking_kube_system_fails_until_it_is_labelled(
+    clean_world: World, helm_env: dict[str, str], tmp_path: Path
+) -> None:
+    """HA 2.14 with proxyInjector.namespaceSelector overridden to the label only: kube-system is caught, then exempt."""
+    world = clean_world
+    world.install("stable-2.14.10", ha=True, extra_values={"proxyInjector": {"namespaceSelector": LABEL_ONLY}})
+    code, report = _preflight(world, helm_env, _spec(tmp_path), "--to", "stable-2.14.10")
     bad = _failing(report)
     assert code == 4
     assert set(bad) == {"ha.kube-system-exempt"}, bad
+    message = bad["ha.kube-system-exempt"]["message"]
+    assert "linkerd-proxy-injector-webhook-config (linkerd-proxy-injector.linkerd.io)" in message
+    assert f"{{{EXEMPT} NotIn [disabled]}} matches kube-system" in message
     assert f"kubectl label namespace kube-system {EXEMPT}=disabled" in bad["ha.kube-system-exempt"]["hint"]
+    world.kubectl("label", "namespace", "kube-system", f"{EXEMPT}=disabled", "--overwrite")
+    code, report = _preflight(world, helm_env, _spec(tmp_path), "--to", "stable-2.14.10")
+    assert (code, _failing(report)) == (0, {})
+
+
+def test_ha_2_11_needs_kube_system_labelled(clean_world: World, helm_env: dict[str, str], tmp_path: Path) -> None:
+    """The linkerd2 chart (2.11) skips only labelled namespaces: HA with kube-system unlabelled fails the check."""
+    world = clean_world
+    world.install("stable-2.11.5", ha=True)
+    _code, report = _preflight(world, helm_env, _spec(tmp_path), "--to", "stable-2.12.6", "--ack", "chart-split-2.12")
+    bad = _failing(report)
+    assert "linkerd-proxy-injector-webhook-config" in bad["ha.kube-system-exempt"]["message"]
+    world.kubectl("label", "namespace", "kube-system", f"{EXEMPT}=disabled", "--overwrite")
+    _code, report = _preflight(world, helm_env, _spec(tmp_path), "--to", "stable-2.12.6", "--ack", "chart-split-2.12")
+    assert "ha.kube-system-exempt" not in _failing(report)
 
 
 def test_budget_allowing_no_disruption(clean_world: World, helm_env: dict[str, str], tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from upgrader.checkpoints import Checkpoint, serialise
-from upgrader.ports import HelmRelease, HelmRevision, Pod
+from upgrader.ports import Budget, HelmRelease, HelmRevision, Pod, Workload
 
 
 @dataclass
@@ -16,6 +16,8 @@ class FakeKube:
     version: str = "v1.36.3"
     pods: list[Pod] = field(default_factory=list)
     config_maps: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    workloads: list[Workload] = field(default_factory=list)
+    budgets: list[Budget] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
 
     def server_version(self) -> str:
@@ -31,6 +33,14 @@ class FakeKube:
         self.calls.append(f"get_config_map {namespace}/{name}")
         return self.config_maps.get((namespace, name))
 
+    def list_workloads(self, namespace: str | None = None) -> list[Workload]:
+        self.calls.append(f"list_workloads {namespace or '*'}")
+        return [w for w in self.workloads if namespace is None or w.namespace == namespace]
+
+    def list_budgets(self, namespace: str | None = None) -> list[Budget]:
+        self.calls.append(f"list_budgets {namespace or '*'}")
+        return [b for b in self.budgets if namespace is None or b.namespace == namespace]
+
 
 @dataclass
 class FakeHelm:
@@ -39,6 +49,7 @@ class FakeHelm:
     releases: list[HelmRelease] = field(default_factory=list)
     values: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     repo: dict[str, list[tuple[str, str]]] | None = None  # chart -> [(chart version, app version)]
+    files: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (chart, version, name) -> text
 
     def version(self) -> str:
         return "v4.2.4"
@@ -58,6 +69,9 @@ class FakeHelm:
 
     def search_repo(self, repo: str, chart: str) -> list[tuple[str, str]] | None:
         return None if self.repo is None else list(self.repo.get(chart, []))
+
+    def chart_file(self, chart: str, version: str, name: str) -> str | None:
+        return self.files.get((chart.rsplit("/", 1)[-1], version, name))
 
 
 class MemoryStore:

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from upgrader import __version__
+from upgrader.catalog import default_catalog
+from upgrader.checkpoints import Checkpoint, FileStore
+from upgrader.planning import Observed, build_offering, make_plan
+from upgrader.spec import Spec
+from upgrader.states import RunState
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -154,3 +162,51 @@ def test_progress_bars_show_each_wave_with_its_counts() -> None:
     assert "wave rest" in text
     assert "100%" in text
     assert "25%" in text
+
+
+def test_discover_prints_whole_names_to_a_narrow_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a terminal (a pipe, a CI log) and 40 columns: release names and HA evidence are printed whole."""
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from tests.fakes import FakeHelm, FakeKube  # noqa: PLC0415
+    from upgrader.cli import app, inspection  # noqa: PLC0415
+    from upgrader.ports import HelmRelease  # noqa: PLC0415
+
+    name = "linkerd-control-plane-production-eu-west-1"
+    kube = FakeKube(config_maps={("linkerd", "linkerd-config"): {"values": "linkerdVersion: stable-2.14.10\n"}})
+    helm = FakeHelm(
+        releases=[HelmRelease(name, "linkerd", 7, "deployed", "linkerd-control-plane", "1.16.11", "stable-2.14.10")]
+    )
+    monkeypatch.setattr(inspection, "cluster_adapters", lambda *_a, **_k: (kube, helm))
+    monkeypatch.setenv("COLUMNS", "40")
+    out = CliRunner().invoke(app, ["discover"])
+    assert out.exit_code == 0, out.output
+    assert name in out.output
+    assert "stable-2.14.10" in out.output
+    assert "…" not in out.output
+    assert "High availability: no (no Deployment linkerd-destination, linkerd-identity, linkerd-proxy-injector" in (
+        out.output
+    )
+
+
+def test_status_names_the_waves_passed_per_hop(tmp_path: pathlib.Path) -> None:
+    """status shows each hop's passed waves by name and count, never the internal <hop>/<wave> tags."""
+    cat = default_catalog()
+    spec = Spec.model_validate(
+        {
+            "waivers": ["kubernetes-version"],
+            "dataPlane": {"waves": [{"name": "canary", "namespaces": ["shop"]}, {"name": "rest", "namespaces": ["*"]}]},
+        }
+    )
+    observed = Observed(cat.parse("stable-2.12.6"), {"shop": {"stable-2.12.6": 1}, "edge": {"stable-2.12.6": 1}})
+    plan = make_plan(observed, cat.parse("stable-2.14.10"), build_offering(cat, None)[0], cat, spec)
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    cp = Checkpoint.new("run-1", plan.as_json(), now).model_copy(
+        update={"state": RunState.DONE, "waves_done": ["0/0", "0/1", "1/0"]}
+    )
+    FileStore(tmp_path).store(checkpoint=cp)
+    out = _run("status", "run-1", "--state-store", f"file:{tmp_path}")
+    assert out.returncode == 0, out.stderr
+    assert "hop 1 (stable-2.12.6 -> stable-2.13.7): waves passed: canary, rest (2 of 2)" in out.stdout
+    assert "hop 2 (stable-2.13.7 -> stable-2.14.10): waves passed: canary (1 of 2)" in out.stdout
+    assert "0/0" not in out.stdout

@@ -7,7 +7,9 @@ import pytest
 from upgrader.dataplane import (
     Throttle,
     assess,
+    blocking_budgets,
     budget_block,
+    budget_hint,
     down_at_once,
     inventory,
     next_starts,
@@ -161,6 +163,64 @@ def test_a_budget_blocks_only_what_it_cannot_absorb() -> None:
     assert budget_block(stateful, [Budget("a", "x", {"app": "x"}, 1, min_available="2")]) is None
     assert budget_block(stateful, [Budget("b", "x", {"app": "x"}, 0)]) is None, "other namespace"
     assert budget_block(stateful, [Budget("a", "x", {"app": "other"}, 0)]) is None, "selects other pods"
+
+
+def test_a_workload_under_two_blocking_budgets_names_both() -> None:
+    """Every budget that cannot absorb the restart is named, not only the first."""
+    stateful = _w("StatefulSet", "a", "x", 3)
+    budgets = [
+        Budget("a", "x-min", {"app": "x"}, 0, min_available="3"),
+        Budget("a", "x-zero", {"app": "x"}, 0, max_unavailable="0"),
+        Budget("a", "x-loose", {"app": "x"}, 1, max_unavailable="1"),
+    ]
+    assert [b.name for b in blocking_budgets(stateful, budgets)] == ["x-min", "x-zero"]
+    reason = budget_block(stateful, budgets)
+    assert reason is not None
+    assert "PodDisruptionBudget a/x-min (minAvailable 3)" in reason
+    assert "PodDisruptionBudget a/x-zero (maxUnavailable 0)" in reason
+    assert "x-loose" not in reason
+
+
+@pytest.mark.parametrize(
+    ("workload", "says", "never"),
+    [
+        pytest.param(
+            _w("Deployment", "a", "x", 4, max_unavailable="1", max_surge="0"),
+            "set Deployment a/x's maxSurge to at least 1 and maxUnavailable to 0",
+            "its maxSurge is",
+            id="a deployment without surge is told to add surge too (maxUnavailable 0 alone is rejected)",
+        ),
+        pytest.param(
+            _w("Deployment", "a", "x", 8),
+            "set Deployment a/x's maxUnavailable to 0 (surge only; its maxSurge is 25%)",
+            "at least 1",
+            id="a deployment that already surges is told to drop maxUnavailable only",
+        ),
+        pytest.param(
+            _w("Deployment", "a", "x", 3, strategy="Recreate"),
+            "switch Deployment a/x to strategy RollingUpdate with maxSurge 1 and maxUnavailable 0",
+            "its maxSurge is",
+            id="a Recreate deployment is told to switch strategy",
+        ),
+        pytest.param(
+            _w("StatefulSet", "a", "x", 3),
+            "StatefulSet a/x cannot surge",
+            "maxUnavailable to 0",
+            id="a statefulset is told to relax the budget, never to surge",
+        ),
+        pytest.param(
+            _w("DaemonSet", "a", "x", 3),
+            "set DaemonSet a/x's maxSurge to at least 1 and maxUnavailable to 0",
+            "its maxSurge is",
+            id="a daemonset is told to surge",
+        ),
+    ],
+)
+def test_the_budget_hint_fits_the_workloads_own_strategy(workload: Workload, says: str, never: str) -> None:
+    hint = budget_hint(workload)
+    assert says in hint
+    assert never not in hint
+    assert "upgrader.io/skip=true" in hint
 
 
 def test_next_starts_keeps_per_namespace_and_namespace_limits() -> None:

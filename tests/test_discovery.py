@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes import FakeHelm, FakeKube
-from upgrader.discovery import UNKNOWN, observe, proxy_version
-from upgrader.ports import Container, HelmRelease, Pod
+from upgrader.discovery import HA_DEPLOYMENTS, UNKNOWN, detect_ha, observe, proxy_version
+from upgrader.ports import Budget, Container, HelmRelease, Pod, Workload
 
 APP = Container("app", "registry.example/app:1")
 
@@ -145,3 +145,89 @@ def test_completed_job_pods_are_not_data_plane_proxies() -> None:
     ]
     found = observe(FakeKube(pods=pods), FakeHelm())
     assert found.proxies == {"shop": {"stable-2.13.7": 1}}
+
+
+COMPONENT = "linkerd.io/control-plane-component"
+
+
+def _deployments(replicas: int = 3, *, anti_affinity: bool = False, namespace: str = "linkerd") -> list[Workload]:
+    return [
+        Workload(
+            "Deployment",
+            namespace,
+            name,
+            replicas,
+            pod_labels={COMPONENT: name.removeprefix("linkerd-"), "linkerd.io/control-plane-ns": namespace},
+            required_anti_affinity=anti_affinity,
+        )
+        for name in HA_DEPLOYMENTS
+    ]
+
+
+def _budgets(namespace: str = "linkerd") -> list[Budget]:
+    return [Budget(namespace, f"pdb-{n}", {COMPONENT: n.removeprefix("linkerd-")}, 1) for n in HA_DEPLOYMENTS]
+
+
+@pytest.mark.parametrize(
+    ("values", "workloads", "budgets", "ha"),
+    [
+        pytest.param({"highAvailability": True}, [], [], True, id="the 2.14+ highAvailability flag is HA"),
+        pytest.param({}, _deployments(3), _budgets(), True, id="2.12/2.13 values-ha: 3 replicas and PDBs, no flag"),
+        pytest.param({}, _deployments(3, anti_affinity=True), [], True, id="3 replicas with required anti-affinity"),
+        pytest.param({}, _deployments(3), [], False, id="replicas alone (no PDB, no anti-affinity) are not HA"),
+        pytest.param({}, _deployments(1), _budgets(), False, id="single replicas are not HA even with PDBs"),
+        pytest.param(
+            {},
+            [*_deployments(3)[:2], _deployments(1)[2]],
+            _budgets(),
+            False,
+            id="one single-replica deployment is not HA",
+        ),
+        pytest.param({}, _deployments(3)[:2], _budgets(), False, id="a missing control-plane deployment is not HA"),
+        pytest.param(
+            {}, _deployments(3, namespace="other"), _budgets("other"), False, id="another namespace's deployments"
+        ),
+        pytest.param({"highAvailability": False}, _deployments(1), [], False, id="a plain install"),
+    ],
+)
+def test_detect_ha(values: dict[str, object], workloads: list[Workload], budgets: list[Budget], ha: bool) -> None:
+    """HA is the flag where it exists, else >1 replica of every control-plane deployment with a PDB or anti-affinity."""
+    found, evidence = detect_ha(values, workloads, budgets, "linkerd")
+    assert found is ha
+    assert evidence, "the verdict always comes with its evidence"
+
+
+def test_ha_evidence_names_replicas_budgets_affinity_and_the_failure_policy() -> None:
+    """The evidence says what was seen, per deployment."""
+    _, evidence = detect_ha(
+        {"webhookFailurePolicy": "Fail"}, _deployments(3, anti_affinity=True), _budgets(), "linkerd"
+    )
+    assert evidence == (
+        "linkerd-destination wants 3 replica(s) with PDB pdb-linkerd-destination, required pod anti-affinity",
+        "linkerd-identity wants 3 replica(s) with PDB pdb-linkerd-identity, required pod anti-affinity",
+        "linkerd-proxy-injector wants 3 replica(s) with PDB pdb-linkerd-proxy-injector, required pod anti-affinity",
+        "webhookFailurePolicy: Fail",
+    )
+
+
+def test_observe_recognises_ha_2_13_without_the_flag() -> None:
+    """HA 2.13 (no highAvailability in linkerd-config) is HA from its deployments and PDBs; shown in as_dict."""
+    kube = FakeKube(
+        config_maps={("linkerd", "linkerd-config"): {"values": "linkerdVersion: stable-2.13.7\n"}},
+        workloads=[*_deployments(3), *_deployments(1, namespace="elsewhere")],
+        budgets=_budgets(),
+    )
+    found = observe(kube, FakeHelm())
+    assert found.high_availability is True
+    control_plane = found.as_dict()["control_plane"]
+    assert control_plane["high_availability"] is True
+    assert any("PDB pdb-linkerd-identity" in e for e in control_plane["high_availability_evidence"])
+    assert {"list_workloads linkerd", "list_budgets linkerd"} <= set(kube.calls), "read in the control plane only"
+
+
+def test_observe_without_a_control_plane_reads_no_workloads() -> None:
+    """No linkerd-config: nothing to judge for HA, no workload or budget list."""
+    kube = FakeKube(workloads=_deployments(3), budgets=_budgets())
+    found = observe(kube, FakeHelm())
+    assert (found.high_availability, found.ha_evidence) == (False, ())
+    assert not any(c.startswith(("list_workloads", "list_budgets")) for c in kube.calls)

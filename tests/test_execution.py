@@ -16,7 +16,7 @@ from upgrader.checkpoints import Checkpoint
 from upgrader.dataplane import Key
 from upgrader.execution import RESTARTED_BY, Executor, RunStoppedError
 from upgrader.planning import Observed, Plan, build_offering, make_plan
-from upgrader.ports import Budget, Container, DataPlaneView, HelmRelease, Namespace, Pod, Workload
+from upgrader.ports import Budget, Container, DataPlaneView, HelmRelease, HelmRevision, Namespace, Pod, Workload
 from upgrader.preflight import CheckResult, failed
 from upgrader.spec import Spec
 from upgrader.states import RunState
@@ -50,6 +50,9 @@ class FakeCluster:
     budgets: list[Budget] = field(default_factory=list)
     timeline: list[tuple[float, str, Key]] = field(default_factory=list)  # (seconds, start|done, workload)
     changes: int = 0
+    past: dict[str, list[HelmRevision]] = field(default_factory=dict)  # earlier revisions (helm history)
+    values_of: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (release, revision) -> values
+    sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # release -> values of its last upgrade
 
     def __post_init__(self) -> None:
         crds, cp = CHARTS[self.version]
@@ -73,8 +76,22 @@ class FakeCluster:
     def release(self, name: str, namespace: str) -> HelmRelease | None:
         return self.releases.get(name)
 
-    def user_values(self, name: str, namespace: str) -> dict[str, Any]:
-        return {"identityTrustAnchorsPEM": "A", "identity": {"issuer": {"tls": {"crtPEM": "C", "keyPEM": "K"}}}}
+    def user_values(self, name: str, namespace: str, revision: int | None = None) -> dict[str, Any]:
+        current = self.releases[name].revision if name in self.releases else 0
+        base = {"identityTrustAnchorsPEM": "A", "identity": {"issuer": {"tls": {"crtPEM": "C", "keyPEM": "K"}}}}
+        return {**base, **self.values_of.get((name, current if revision is None else revision), {})}
+
+    def history(self, name: str, namespace: str) -> list[HelmRevision]:
+        now = self.releases[name]
+        row = HelmRevision(now.revision, now.status, f"{now.chart_name}-{now.chart_version}", now.app_version, "")
+        return [*self.past.get(name, []), row]
+
+    def _supersede(self, name: str) -> None:
+        old = self.releases[name]
+        status = "superseded" if old.status == "deployed" else old.status
+        self.past.setdefault(name, []).append(
+            HelmRevision(old.revision, status, f"{old.chart_name}-{old.chart_version}", old.app_version, "")
+        )
 
     def all_values(self, name: str, namespace: str) -> dict[str, Any]:
         return {**self.user_values(name, namespace), "linkerdVersion": self.version}
@@ -94,12 +111,18 @@ class FakeCluster:
         reuse_values: bool,
     ) -> HelmRelease:
         self.actions.append(f"upgrade {name} {version}")
-        if name == self.fail_upgrade_of:
+        self.sent[name] = values
+        if name == self.fail_upgrade_of:  # as helm does: a new revision, marked failed
             from upgrader.errors import HelmError  # noqa: PLC0415
 
+            self._supersede(name)
+            old = self.releases[name]
+            self.releases[name] = replace(old, revision=old.revision + 1, chart_version=version, status="failed")
+            self.values_of[name, old.revision + 1] = values
             raise HelmError("Error: UPGRADE FAILED: context deadline exceeded")
+        self._supersede(name)
         old = self.releases[name]
-        new = replace(old, revision=old.revision + 1, chart_version=version)
+        new = replace(old, revision=old.revision + 1, chart_version=version, status="deployed")
         if name == "linkerd-control-plane":
             assert values["identityTrustAnchorsPEM"] == "A", "certificates must travel with the values"
             assert "linkerdVersion" not in values, "chart defaults are not sent as values"
@@ -110,8 +133,13 @@ class FakeCluster:
 
     def rollback(self, name: str, namespace: str, revision: int) -> HelmRelease:
         self.actions.append(f"rollback {name} {revision}")
+        target = next(r for r in self.history(name, namespace) if r.revision == revision)
+        self._supersede(name)
         old = self.releases[name]
-        self.releases[name] = replace(old, revision=old.revision + 1)
+        chart = target.chart.removeprefix(f"{old.chart_name}-")
+        self.releases[name] = replace(old, revision=old.revision + 1, chart_version=chart, status="deployed")
+        if name == "linkerd-control-plane":
+            self.version = VERSION_OF.get(chart, self.version)
         return self.releases[name]
 
     def control_plane_version(self, namespace: str) -> str | None:
@@ -312,10 +340,7 @@ def test_a_failed_helm_upgrade_stops_the_run_and_rollback_restores_revisions() -
         RunState.FAILED,
         RunState.UPGRADING_CONTROL_PLANE,
     )
-    cluster.releases["linkerd-control-plane"] = replace(
-        cluster.releases["linkerd-control-plane"], revision=2, status="failed"
-    )
-    executor.checkpoint.releases["linkerd-control-plane"].after.append(2)
+    assert cluster.releases["linkerd-control-plane"].status == "failed"
     assert executor.rollback().state == RunState.ROLLED_BACK
     assert "rollback linkerd-control-plane 1" in cluster.actions
     assert not any(a.startswith("rollback linkerd-crds") for a in cluster.actions), "CRDs are kept by default"
@@ -401,3 +426,152 @@ def test_rollback_of_crds_to_a_checkpoint_checks_the_chart_of_that_checkpoint() 
     with pytest.raises(RunStoppedError, match=re.escape("linkerd-crds 1.6.1 does not serve")):
         executor.rollback(include_crds=True, to_checkpoint=hop2.id)
     assert cluster.actions == ["render linkerd/linkerd-crds 1.6.1"]
+
+
+# ---- one hop back per rollback (at most one major, as `plan` allows) -------------------------------
+
+
+def test_a_rollback_of_a_two_hop_run_undoes_only_its_last_hop_and_the_next_one_the_hop_before() -> None:
+    """2.12 -> 2.14 rolled back: first to 2.13 (hop 2 only), then to 2.12; a third rollback is refused."""
+    from upgrader.errors import InputError  # noqa: PLC0415
+
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.14.10"), store)
+    executor.run()
+    cluster.actions.clear()
+    scope = executor.rollback_scope()
+    assert scope.describe() == [
+        "rollback of hop 2 (stable-2.13.7 -> stable-2.14.10), back to stable-2.13.7:",
+        "  helm rollback linkerd/linkerd-control-plane: revision 3 (1.16.11, deployed) -> revision 2 (1.12.7)",
+        "  linkerd-crds: kept at 1.8.0 (CRDs are not rolled back unless --include-crds)",
+        "  restart 1 workload(s) with their previous pod template, in: shop",
+        "  then `upgrader rollback run-1` again goes one more hop back (hop 1, to stable-2.12.6)",
+    ]
+    first = executor.rollback()
+    assert first.state == RunState.ROLLED_BACK
+    assert cluster.actions == ["rollback linkerd-control-plane 2", "restart shop/web"]
+    assert cluster.version == "stable-2.13.7", "one major back, not to where the run started"
+    assert cluster.releases["linkerd-crds"].chart_version == "1.8.0", "CRDs kept"
+    assert first.rolled_back_hops == [1]
+    assert first.next_command is not None
+    assert "upgrader rollback run-1" in first.next_command
+    cluster.actions.clear()
+    second = executor.rollback()
+    assert second.state == RunState.ROLLED_BACK
+    assert cluster.actions == ["rollback linkerd-control-plane 1", "restart shop/web"]
+    assert cluster.version == "stable-2.12.6"
+    assert second.rolled_back_hops == [0, 1]
+    assert second.next_command is None, "nothing is left to roll back"
+    cluster.actions.clear()
+    with pytest.raises(InputError, match="already rolled back to where it started"):
+        executor.rollback()
+    assert cluster.actions == []
+
+
+def test_a_hop_that_failed_before_changing_anything_is_skipped_by_rollback() -> None:
+    """Hop 2 stopped in preflight: rollback undoes hop 1, the last hop that changed something."""
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.14.10"), store)
+
+    def preflight(plan: Plan, hop_index: int) -> list[CheckResult]:
+        return [failed("crds.present", "crds", "no CRDs", "install them")] if hop_index == 1 else []
+
+    cluster.preflight = preflight  # type: ignore[method-assign]
+    with pytest.raises(RunStoppedError):
+        executor.run()
+    cluster.actions.clear()
+    scope = executor.rollback_scope()
+    assert scope.first_hop == 0
+    assert scope.where.startswith("hop 1 (stable-2.12.6 -> stable-2.13.7)")
+    assert executor.rollback().state == RunState.ROLLED_BACK
+    assert cluster.actions == ["rollback linkerd-control-plane 1", "restart shop/web"]
+
+
+def test_on_failure_rollback_undoes_the_failed_hop_only() -> None:
+    """rollback(hop=N) (what onFailure: rollback runs) takes the failed hop back to its start, not the run."""
+    cluster, store = FakeCluster(), MemoryStore()
+    plan = _plan("stable-2.12.6", "stable-2.14.10")
+    executor = _executor(cluster, plan, store)
+
+    original = cluster.upgrade
+
+    def upgrade(name: str, chart: str, namespace: str, values: dict[str, Any], **kw: Any) -> HelmRelease:
+        if name == "linkerd-control-plane" and kw["version"] == "1.16.11":
+            cluster.fail_upgrade_of = name
+        return original(name, chart, namespace, values, **kw)
+
+    cluster.upgrade = upgrade  # type: ignore[method-assign]
+    with pytest.raises(RunStoppedError):
+        executor.run()
+    assert executor.checkpoint.hop == 1
+    cluster.actions.clear()
+    result = executor.rollback(hop=executor.checkpoint.hop)
+    assert result.state == RunState.ROLLED_BACK
+    assert cluster.actions == ["rollback linkerd-control-plane 2"], "the failed revision is skipped; hop 1 stays"
+    assert cluster.version == "stable-2.13.7"
+    assert result.rolled_back_hops == [1]
+
+
+def test_a_rollback_that_fails_unexpectedly_ends_failed_with_a_next_command() -> None:
+    """Whatever breaks a rollback (even an error that is not ours), the run ends Failed, never RollingBack."""
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.13.7"), store)
+    executor.run()
+
+    def broken(*_a: Any, **_k: Any) -> HelmRelease:
+        raise RuntimeError("helm vanished")
+
+    cluster.rollback = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        executor.rollback()
+    saved = store.fetch(run_id="run-1")
+    assert saved is not None
+    assert (saved.state, saved.stopped_in) == (RunState.FAILED, RunState.ROLLING_BACK)
+    assert "helm vanished" in saved.errors[-1]
+    assert saved.next_command is not None
+    assert "upgrader rollback run-1" in saved.next_command
+
+
+# ---- a release whose last revision failed ------------------------------------------------------
+
+
+def _failed_cluster() -> FakeCluster:
+    """stable-2.13.7 deployed at revision 1; revision 2 (an unschedulable nodeSelector) failed."""
+    cluster = FakeCluster(version="stable-2.13.7")
+    cluster.values_of["linkerd-control-plane", 2] = {"nodeSelector": {"upgrader-e2e/none": "true"}}
+    cluster._supersede("linkerd-control-plane")
+    old = cluster.releases["linkerd-control-plane"]
+    cluster.releases["linkerd-control-plane"] = replace(old, revision=2, status="failed")
+    return cluster
+
+
+def test_an_upgrade_carries_the_values_of_the_last_deployed_revision_not_the_failed_one() -> None:
+    """helm get values --revision 1: the failed revision's nodeSelector is not carried into the upgrade."""
+    cluster, store = _failed_cluster(), MemoryStore()
+    assert "nodeSelector" in cluster.user_values("linkerd-control-plane", "linkerd")
+    result = _executor(cluster, _plan("stable-2.13.7", "stable-2.14.10"), store).run()
+    assert result.state == RunState.DONE
+    assert "nodeSelector" not in cluster.sent["linkerd-control-plane"]
+    assert cluster.sent["linkerd-control-plane"]["identityTrustAnchorsPEM"] == "A"
+
+
+def test_rollback_targets_the_last_deployed_revision_before_the_run_never_a_failed_one() -> None:
+    """The run started at revision 2 (failed): rollback goes to revision 1, the last deployed one."""
+    cluster, store = _failed_cluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.13.7", "stable-2.14.10"), store)
+    executor.run()
+    assert executor.checkpoint.releases["linkerd-control-plane"].before == 2
+    cluster.actions.clear()
+    assert executor.rollback().state == RunState.ROLLED_BACK
+    assert cluster.actions[0] == "rollback linkerd-control-plane 1"
+
+
+def test_a_crds_step_never_moves_the_crds_back_even_from_a_stored_plan() -> None:
+    """The CRDs are newer than the hop's chart (a rollback kept them): the executor keeps them and says so."""
+    cluster, store = FakeCluster(version="stable-2.12.6"), MemoryStore()
+    cluster.releases["linkerd-crds"] = replace(cluster.releases["linkerd-crds"], chart_version="1.8.0")
+    result = _executor(cluster, _plan("stable-2.12.6", "stable-2.13.7"), store).run()
+    assert result.state == RunState.DONE
+    assert "upgrade linkerd-crds 1.6.1" not in cluster.actions
+    assert cluster.releases["linkerd-crds"].chart_version == "1.8.0"
+    assert any("linkerd-crds kept at 1.8.0" in r for r in result.reported)

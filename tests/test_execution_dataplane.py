@@ -6,6 +6,7 @@ import itertools
 from dataclasses import replace
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.fakes import MemoryStore
 from tests.test_execution import CAT, NOW, FakeCluster, _executor
@@ -116,6 +117,44 @@ def test_a_budget_that_cannot_absorb_a_restart_waits_bounded_then_stops_clearly(
     assert "upgrader.io/skip" in info.value.hint
     assert _restarts(cluster) == [], "nothing restarted against the budget"
     assert 20 <= (cluster.now - NOW).total_seconds() < 30
+
+
+def test_workloads_blocked_by_budgets_do_not_hold_up_their_namespace_and_the_stop_names_every_budget() -> None:
+    """Two zero budgets: the rest of the namespace restarts, then the run stops naming both budgets and workloads."""
+    spec = _spec(pdbWaitTimeout="20s", maxConcurrentPerNamespace=1)
+    cluster = _cluster(a=3)
+    cluster.add("Deployment", "a", "aaa", 2, max_surge="0", max_unavailable="1")  # sorts first: used to block all
+    cluster.add("StatefulSet", "a", "db", 3)
+    cluster.budgets = [
+        Budget("a", "aaa-pdb", {"app": "aaa"}, 0, max_unavailable="0"),
+        Budget("a", "db-pdb", {"app": "db"}, 0, min_available="3"),
+    ]
+    executor = _executor(cluster, _plan(spec, ["a"]), MemoryStore(), spec=spec)
+    with pytest.raises(RunStoppedError) as info:
+        executor.run()
+    assert sorted(_restarts(cluster)) == ["a/app-0", "a/app-1", "a/app-2"], "the others went on"
+    message, hint = info.value.message, info.value.hint
+    assert "2 workload(s) blocked by PodDisruptionBudgets" in message
+    assert "PodDisruptionBudget a/aaa-pdb (maxUnavailable 0)" in message
+    assert "Deployment a/aaa takes up to 1 pod(s) down at once" in message
+    assert "PodDisruptionBudget a/db-pdb (minAvailable 3)" in message
+    assert "StatefulSet a/db takes up to 1 pod(s) down at once" in message
+    assert "set Deployment a/aaa's maxSurge to at least 1 and maxUnavailable to 0" in hint
+    assert "StatefulSet a/db cannot surge" in hint
+    assert executor.checkpoint.stopped_in == RunState.RESTARTING_DATA_PLANE
+    assert 20 <= (cluster.now - NOW).total_seconds() < 60
+
+
+def test_a_wave_with_nothing_to_restart_passes_with_a_warning() -> None:
+    """An empty wave (the plan warned) is logged and recorded as passed, so status counts it."""
+    spec = _spec(waves=[{"name": "canary", "namespaces": ["quiet"]}, {"name": "rest", "namespaces": ["*"]}])
+    cluster = _cluster(a=1)
+    with capture_logs() as logs:
+        result = _executor(cluster, _plan(spec, ["a"]), MemoryStore(), spec=spec).run()
+    assert result.state == RunState.DONE
+    assert result.waves_done == ["0/0", "0/1"]
+    assert _restarts(cluster) == ["a/app-0"]
+    assert [e["wave"] for e in logs if e["event"] == "wave-empty"] == ["canary"]
 
 
 def test_a_surge_only_deployment_is_not_blocked_by_a_zero_budget() -> None:

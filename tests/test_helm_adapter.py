@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pyhelm3 import errors as helm_errors
 
@@ -63,3 +65,36 @@ def test_a_chart_version_missing_from_the_index_is_chart_not_found() -> None:
         HelmAdapter(command=_Command(stderr), sleep=lambda _s: None).template(
             "linkerd/linkerd-control-plane", "9.9.9", "linkerd", {}
         )
+
+
+class _Pull:
+    """pyhelm3's runner answering ``helm pull --untar`` by unpacking a chart with ``files`` into --untardir."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self.files = files
+        self.runs: list[list[str]] = []
+
+    async def run(self, command: list[str], input: bytes | None = None) -> bytes:
+        self.runs.append(command)
+        folder = Path(command[command.index("--untardir") + 1]) / "linkerd-control-plane"
+        folder.mkdir()
+        for name, text in self.files.items():
+            (folder / name).write_text(text)
+        return b""
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        pytest.param({"values-ha.yaml": "highAvailability: true\n"}, "highAvailability: true\n", id="file shipped"),
+        pytest.param({"values.yaml": "a: 1\n"}, None, id="file absent is None"),
+    ],
+)
+def test_chart_file_reads_a_file_shipped_inside_the_chart(files: dict[str, str], expected: str | None) -> None:
+    """chart_file pulls and unpacks the chart at the version and reads the named file from it."""
+    command = _Pull({"Chart.yaml": "name: linkerd-control-plane\n", **files})
+    helm = HelmAdapter(command=command, sleep=lambda _s: None)
+    assert helm.chart_file("linkerd/linkerd-control-plane", "1.16.11", "values-ha.yaml") == expected
+    (run,) = command.runs
+    assert run[:4] == ["pull", "linkerd/linkerd-control-plane", "--version", "1.16.11"]
+    assert "--untar" in run

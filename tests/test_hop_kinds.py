@@ -99,6 +99,7 @@ class HopCluster(FakeCluster):
         reuse_values: bool,
     ) -> HelmRelease:
         self.actions.append(f"upgrade {name} {version}")
+        self._supersede(name)  # helm history keeps the revision it replaces
         old = self.releases[name]
         self._moved(name, version, values)
         new = replace(old, revision=old.revision + 1, chart_version=version, app_version=self.version)

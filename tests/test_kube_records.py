@@ -8,8 +8,16 @@ from typing import Any
 import pytest
 from kubernetes import client as k
 
-from upgrader.adapters.kube import budget_record, namespace_record, pod_record, workload_record
-from upgrader.ports import Budget, Container, Namespace
+from upgrader.adapters.kube import budget_record, namespace_record, pod_record, webhook_record, workload_record
+from upgrader.ports import (
+    Budget,
+    Container,
+    LabelSelector,
+    Namespace,
+    SelectorRequirement,
+    WebhookEntry,
+    WebhookRule,
+)
 
 TEMPLATE = k.V1PodTemplateSpec(
     metadata=k.V1ObjectMeta(labels={"app": "web"}, annotations={"linkerd.io/inject": "enabled"}),
@@ -244,3 +252,72 @@ def test_a_namespace_keeps_labels_and_annotations() -> None:
     """A namespace keeps its name, labels and annotations."""
     obj = k.V1Namespace(metadata=k.V1ObjectMeta(name="shop", labels={"a": "1"}, annotations={"b": "2"}))
     assert namespace_record(obj) == Namespace("shop", {"a": "1"}, {"b": "2"})
+
+
+def test_required_pod_anti_affinity_is_recorded() -> None:
+    """A pod template with requiredDuringScheduling anti-affinity (values-ha.yaml) says so; without it, not."""
+    term = k.V1PodAffinityTerm(label_selector=SELECTOR, topology_key="kubernetes.io/hostname")
+    spec = k.V1PodSpec(
+        containers=TEMPLATE.spec.containers,
+        affinity=k.V1Affinity(
+            pod_anti_affinity=k.V1PodAntiAffinity(required_during_scheduling_ignored_during_execution=[term])
+        ),
+    )
+    ha = k.V1Deployment(
+        metadata=_meta(),
+        spec=k.V1DeploymentSpec(
+            replicas=3, selector=SELECTOR, template=k.V1PodTemplateSpec(metadata=TEMPLATE.metadata, spec=spec)
+        ),
+    )
+    assert workload_record("Deployment", ha).required_anti_affinity is True
+    assert workload_record("Deployment", _deployment(None, None)).required_anti_affinity is False
+
+
+def test_a_webhook_configuration_keeps_each_webhook_selectors_and_rules() -> None:
+    """Every webhook's failure policy, namespace/object selectors and rules; an unset policy is the API's Fail."""
+    obj = k.V1MutatingWebhookConfiguration(
+        metadata=k.V1ObjectMeta(name="linkerd-proxy-injector-webhook-config"),
+        webhooks=[
+            k.V1MutatingWebhook(
+                name="linkerd-proxy-injector.linkerd.io",
+                admission_review_versions=["v1"],
+                side_effects="None",
+                client_config=k.AdmissionregistrationV1WebhookClientConfig(url="https://127.0.0.1/inject"),
+                namespace_selector=k.V1LabelSelector(
+                    match_expressions=[
+                        k.V1LabelSelectorRequirement(
+                            key="config.linkerd.io/admission-webhooks", operator="NotIn", values=["disabled"]
+                        )
+                    ]
+                ),
+                object_selector=k.V1LabelSelector(match_labels={"a": "b"}),
+                rules=[
+                    k.V1RuleWithOperations(
+                        operations=["CREATE"], api_groups=[""], api_versions=["v1"], resources=["pods", "services"]
+                    )
+                ],
+            ),
+            k.V1MutatingWebhook(
+                name="second.linkerd.io",
+                admission_review_versions=["v1"],
+                side_effects="None",
+                client_config=k.AdmissionregistrationV1WebhookClientConfig(url="https://127.0.0.1/other"),
+            ),
+        ],
+    )
+    hook = webhook_record("mutating", obj)
+    assert (hook.kind, hook.name, hook.failure_policies) == (
+        "mutating",
+        "linkerd-proxy-injector-webhook-config",
+        ("Fail", "Fail"),
+    )
+    assert hook.entries == (
+        WebhookEntry(
+            "linkerd-proxy-injector.linkerd.io",
+            "Fail",
+            LabelSelector({}, (SelectorRequirement("config.linkerd.io/admission-webhooks", "NotIn", ("disabled",)),)),
+            LabelSelector({"a": "b"}),
+            (WebhookRule(("CREATE",), ("",), ("pods", "services")),),
+        ),
+        WebhookEntry("second.linkerd.io", "Fail", None, None, ()),
+    )

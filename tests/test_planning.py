@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from upgrader.catalog import default_catalog
 from upgrader.planning import Observed, Plan, build_offering, make_plan
+from upgrader.rendering import render
 from upgrader.spec import DataPlane, Spec, Wave
 from upgrader.states import RunState
 from upgrader.versions import Version
@@ -49,7 +50,7 @@ def test_two_majors_ahead_is_two_hops_through_the_newest_release_between() -> No
         ("stable-2.12.6", "stable-2.13.7", "2.13"),
         ("stable-2.13.7", "stable-2.14.10", "2.14"),
     ]
-    assert plan.hops[0].charts == {"linkerd-crds": "1.6.1", "linkerd-control-plane": "1.12.7", "linkerd-viz": "30.8.7"}
+    assert plan.hops[0].charts == {"linkerd-crds": "1.6.1", "linkerd-control-plane": "1.12.7"}
     assert plan.hops[1].charts["linkerd-control-plane"] == "1.16.11"
 
 
@@ -439,3 +440,141 @@ def test_a_window_is_refused_while_windows_are_not_enforced() -> None:
 
     with pytest.raises(ValidationError, match="not enforced yet"):
         Spec.model_validate({"window": {"start": "01:00", "end": "05:00"}})
+
+
+def test_a_crds_step_older_than_the_installed_crds_is_kept_with_its_reason() -> None:
+    """Control plane 2.13 after a rollback, CRDs still at 2.15's chart: the 2.14 hop keeps them, the 2.15 one
+    (same chart) and the 2.16 one upgrade as usual; the CRDs never move back."""
+    from upgrader.planning import KeepRelease, UpgradeRelease  # noqa: PLC0415
+
+    crds_215 = OFFLINE[v("edge-24.2.4")]["linkerd-crds"]
+    observed = Observed(
+        control_plane=v("stable-2.13.7"), kubernetes=K8S_OK, release_charts={"linkerd-crds": crds_215}
+    )
+    plan = make_plan(observed, v("edge-24.8.2"), OFFLINE, CAT, Spec())
+    assert plan.refused is None
+    steps = [next(s for s in h.steps if s.state == RunState.UPGRADING_CRDS) for h in plan.hops]
+    assert isinstance(steps[0], KeepRelease)
+    assert f"kept at {crds_215}" in steps[0].detail
+    assert "older" in steps[0].detail
+    assert all(isinstance(s, UpgradeRelease) for s in steps[1:])
+    assert plan.as_json()["hops"][0]["steps"][1]["action"] == "keep-release", "the skip is visible in the plan"
+
+
+def test_crds_at_or_behind_the_hop_chart_are_upgraded() -> None:
+    """Installed CRDs older than (or equal to) the hop's chart: the usual upgrade step."""
+    from upgrader.planning import UpgradeRelease, crds_would_go_back  # noqa: PLC0415
+
+    observed = Observed(control_plane=v("stable-2.13.7"), kubernetes=K8S_OK, release_charts={"linkerd-crds": "1.6.1"})
+    plan = make_plan(observed, v("stable-2.14.10"), OFFLINE, CAT, Spec())
+    assert isinstance(plan.hops[0].steps[1], UpgradeRelease)
+    assert crds_would_go_back("2024.8.2", "1.8.0")
+    assert not crds_would_go_back("1.8.0", "1.8.0")
+    assert not crds_would_go_back("1.6.1", "1.8.0")
+    assert not crds_would_go_back(None, "1.8.0")
+
+
+def test_the_plan_says_whether_the_installation_is_ha_and_on_what_evidence() -> None:
+    """Discovery's HA verdict and evidence travel into the plan (json, table, markdown); offline it is unknown."""
+    from upgrader.rendering import render  # noqa: PLC0415
+
+    evidence = ("linkerd-destination wants 3 replica(s) with PDB linkerd-dst",)
+    observed = Observed(v("stable-2.13.7"), kubernetes="v1.27.4", high_availability=True, ha_evidence=evidence)
+    plan = make_plan(observed, v("stable-2.14.10"), OFFLINE, CAT, Spec(waivers=["kubernetes-version"]))
+    data = plan.as_json()
+    assert (data["high_availability"], data["high_availability_evidence"]) == (True, list(evidence))
+    line = f"control plane installed HA: yes ({evidence[0]})"
+    assert line in render(plan, "table")
+    assert line in render(plan, "markdown")
+    assert Plan.from_json(data).high_availability is True
+    offline = make_plan(Observed(v("stable-2.13.7")), v("stable-2.14.10"), OFFLINE, CAT, Spec())
+    assert offline.as_json()["high_availability"] is None
+    assert "installed HA" not in render(offline, "table")
+
+
+# ---- waves that match nothing, hop charts ---------------------------------------------------------
+LIVE_NAMESPACES = frozenset({"default", "kube-system", "linkerd", "linkerd-viz", "shop", "payments", "idle"})
+
+
+def _live_plan(waves: list[dict[str, object]], labels: Mapping[str, Mapping[str, str]] | None = None) -> Plan:
+    """A live plan 2.13 -> 2.14: shop and payments meshed, idle exists with nothing meshed (scaled to 0)."""
+    spec = Spec.model_validate({"dataPlane": {"waves": waves}})
+    observed = Observed(
+        v("stable-2.13.7"),
+        {ns: {"stable-2.13.7": 2} for ns in ("linkerd", "linkerd-viz", "shop", "payments")},
+        K8S_OK,
+        extensions=("linkerd-viz",),
+        namespace_labels=labels or {ns: {} for ns in LIVE_NAMESPACES},
+        namespaces=LIVE_NAMESPACES,
+    )
+    return make_plan(observed, v("stable-2.14.10"), OFFLINE, CAT, spec)
+
+
+def test_a_wave_naming_a_namespace_the_cluster_lacks_is_refused_with_similar_names() -> None:
+    """A typo such as [shpo] refuses the plan naming the wave, the namespace and the close existing ones."""
+    plan = _live_plan([{"name": "canary", "namespaces": ["shpo"]}, {"name": "rest", "namespaces": ["*"]}])
+    assert plan.refused is not None
+    assert plan.refused.code == "wave-namespace-missing"
+    assert "wave canary names namespace(s) the cluster does not have: shpo (similar: shop)" in plan.refused.reason
+    assert plan.hops == []
+
+
+def test_an_offline_plan_cannot_judge_wave_namespaces_and_plans() -> None:
+    """Offline the cluster's namespaces are unknown: no refusal, no warning."""
+    spec = Spec(data_plane=DataPlane(waves=[Wave(name="canary", namespaces=["shpo"])]))
+    plan = plan_for("stable-2.13.7", "stable-2.14.10", spec=spec)
+    assert plan.refused is None
+    assert plan.warnings == []
+
+
+def test_a_wave_with_nothing_meshed_is_a_warning_saying_why() -> None:
+    """A wave naming a namespace with nothing meshed (e.g. replicas 0) plans, with a warning in every format."""
+    plan = _live_plan([{"name": "canary", "namespaces": ["idle"]}, {"name": "rest", "namespaces": ["*"]}])
+    assert plan.refused is None
+    assert [(w.name, w.namespaces) for w in plan.hops[0].waves] == [("canary", []), ("rest", ["payments", "shop"])]
+    assert plan.warnings == [
+        "wave canary restarts nothing: idle has no meshed pod (nothing runs there, or its workloads are scaled to 0)"
+    ]
+    assert plan.as_json()["warnings"] == plan.warnings
+    assert f"warning: {plan.warnings[0]}" in render(plan, "table")
+    assert f"**warning**: {plan.warnings[0]}" in render(plan, "markdown")
+
+
+def test_waves_emptied_by_exclusion_or_an_earlier_wave_say_so() -> None:
+    """The control-plane namespace is never restarted; a namespace an earlier wave took leaves a later one empty."""
+    plan = _live_plan(
+        [
+            {"name": "first", "namespaces": ["shop"]},
+            {"name": "again", "namespaces": ["shop", "linkerd"]},
+            {"name": "rest", "namespaces": ["*"]},
+        ]
+    )
+    assert plan.refused is None
+    assert plan.warnings == [
+        "wave again restarts nothing: shop is restarted by an earlier wave; linkerd is excluded "
+        "(control-plane or extension namespace, or dataPlane exclusions)"
+    ]
+
+
+def test_a_selector_wave_matching_no_namespace_is_a_warning() -> None:
+    """A selector no namespace's labels satisfy warns, and so does the wave it leaves empty."""
+    labels = {ns: {"tier": "web"} if ns == "shop" else {} for ns in LIVE_NAMESPACES}
+    plan = _live_plan(
+        [{"name": "critical", "selector": {"tier": "critical"}}, {"name": "rest", "namespaces": ["*"]}], labels
+    )
+    assert plan.refused is None
+    assert plan.warnings[0] == "wave critical: selector tier=critical matches no namespace"
+    assert plan.warnings[1].startswith("wave critical restarts nothing")
+    matched = _live_plan([{"name": "web", "selector": {"tier": "web"}}, {"name": "rest", "namespaces": ["*"]}], labels)
+    assert matched.warnings == []
+
+
+def test_a_hop_lists_only_the_charts_it_touches() -> None:
+    """linkerd-viz is in a hop's charts (and the markdown plan) only when it is installed."""
+    without = plan_for("stable-2.13.7", "stable-2.14.10")
+    assert set(without.hops[0].charts) == {"linkerd-crds", "linkerd-control-plane"}
+    assert "linkerd-viz" not in render(without, "markdown")
+    with_viz = _live_plan([{"name": "all", "namespaces": ["*"]}])
+    assert with_viz.hops[0].charts["linkerd-viz"] == OFFLINE[v("stable-2.14.10")]["linkerd-viz"]
+    assert [s.name for s in with_viz.hops[0].steps if s.name == "linkerd-viz"] == ["linkerd-viz"]
+    assert "| linkerd-viz |" in render(with_viz, "markdown")

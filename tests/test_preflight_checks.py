@@ -21,25 +21,74 @@ from upgrader.ports import (
     Container,
     CustomResourceDefinition,
     HelmRelease,
+    LabelSelector,
     Namespace,
     Pod,
+    SelectorRequirement,
     Webhook,
+    WebhookEntry,
+    WebhookRule,
     Workload,
 )
 from upgrader.preflight.checks import (
     CONTROL_PLANE_DEPLOYMENTS,
-    WEBHOOKS,
+    EXEMPT_LABEL,
     Context,
     Snapshot,
+    kube_system_exempt,
     required_access,
     run_checks,
 )
-from upgrader.spec import DataPlane, Spec, ValuesSpec
+from upgrader.spec import DataPlane, Spec, ValuesSpec, Wave
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 CAT = default_catalog()
 IDENTITY = make_identity(now=NOW)
-CONFIG = "linkerdVersion: stable-2.13.7\nhighAvailability: true\nwebhookFailurePolicy: Fail\n"
+# 2.13's values-ha.yaml has no highAvailability key: HA shows in replicas, PDBs and anti-affinity
+CONFIG = "linkerdVersion: stable-2.13.7\nwebhookFailurePolicy: Fail\n"
+NOT_DISABLED = SelectorRequirement(EXEMPT_LABEL, "NotIn", ("disabled",))
+NOT_KUBE_SYSTEM = SelectorRequirement("kubernetes.io/metadata.name", "NotIn", ("kube-system", "cert-manager"))
+POD_CREATE = WebhookRule(("CREATE",), ("",), ("pods", "services"))
+COMPONENTS = {
+    "linkerd-destination": "destination",
+    "linkerd-identity": "identity",
+    "linkerd-proxy-injector": "proxy-injector",
+}
+PDBS = {
+    "linkerd-destination": "linkerd-dst",
+    "linkerd-identity": "linkerd-identity",
+    "linkerd-proxy-injector": "linkerd-proxy-injector",
+}
+
+
+def injector(*requirements: SelectorRequirement, policy: str = "Fail", objects: LabelSelector | None = None) -> Webhook:
+    """linkerd-proxy-injector-webhook-config with ``requirements`` as its namespaceSelector (2.12+ default: both)."""
+    entry = WebhookEntry(
+        "linkerd-proxy-injector.linkerd.io",
+        policy,
+        LabelSelector(match_expressions=requirements or (NOT_DISABLED, NOT_KUBE_SYSTEM)),
+        objects
+        or LabelSelector(
+            match_expressions=(SelectorRequirement("linkerd.io/control-plane-component", "DoesNotExist"),)
+        ),
+        (POD_CREATE,),
+    )
+    return Webhook("mutating", "linkerd-proxy-injector-webhook-config", (policy,), (entry,))
+
+
+def validator(name: str, resources: tuple[str, ...], group: str) -> Webhook:
+    """A Linkerd validating webhook as the real charts register it: custom resources only, the label as selector."""
+    rule = WebhookRule(("CREATE", "UPDATE"), (group,), resources)
+    short = name.removesuffix("-webhook-config")
+    entry = WebhookEntry(f"{short}.linkerd.io", "Fail", LabelSelector(match_expressions=(NOT_DISABLED,)), None, (rule,))
+    return Webhook("validating", name, ("Fail",), (entry,))
+
+
+WEBHOOK_CONFIGS = [
+    injector(),
+    validator("linkerd-sp-validator-webhook-config", ("serviceprofiles",), "linkerd.io"),
+    validator("linkerd-policy-validator-webhook-config", ("servers", "serverauthorizations"), "policy.linkerd.io"),
+]
 
 
 def _pod(ns: str, name: str, version: str, app: str) -> Pod:
@@ -51,7 +100,36 @@ def _pod(ns: str, name: str, version: str, app: str) -> Pod:
     )
 
 
+def _control_plane(replicas: int = 3) -> list[Workload]:
+    """The three control-plane Deployments of a values-ha.yaml install: replicas, anti-affinity, component labels."""
+    return [
+        Workload(
+            "Deployment",
+            "linkerd",
+            d,
+            replicas,
+            replicas,
+            replicas,
+            replicas,
+            1,
+            1,
+            annotations={"linkerd.io/created-by": "linkerd/helm stable-2.13.7"},
+            pod_labels={"linkerd.io/control-plane-component": COMPONENTS[d], "linkerd.io/control-plane-ns": "linkerd"},
+            required_anti_affinity=replicas > 1,
+        )
+        for d in CONTROL_PLANE_DEPLOYMENTS
+    ]
+
+
+def _control_plane_budgets() -> list[Budget]:
+    return [
+        Budget("linkerd", PDBS[d], {"linkerd.io/control-plane-component": COMPONENTS[d]}, 1, max_unavailable="1")
+        for d in CONTROL_PLANE_DEPLOYMENTS
+    ]
+
+
 def healthy(**changes: Any) -> Snapshot:
+    """HA stable-2.13.7 as Linkerd documents it: values-ha.yaml, kube-system unlabelled, the chart's webhooks."""
     releases = [
         HelmRelease("linkerd-crds", "linkerd", 1, "deployed", "linkerd-crds", "1.6.1"),
         HelmRelease(
@@ -59,38 +137,26 @@ def healthy(**changes: Any) -> Snapshot:
         ),
     ]
     pods = [_pod("shop", "web-1", "stable-2.13.7", "web"), _pod("payments", "ledger-1", "stable-2.13.7", "ledger")]
+    workloads = [
+        *_control_plane(),
+        Workload(
+            "Deployment", "payments", "ledger", 2, 2, 2, 2, 1, 1, pod_labels={"app": "ledger"}, max_surge="0"
+        ),  # takes one pod down at a time (maxUnavailable 25% of 2 = 0, no surge: the controller makes it 1)
+    ]
+    budgets = [*_control_plane_budgets(), Budget("payments", "ledger", {"app": "ledger"}, 1, max_unavailable="1")]
     snap = Snapshot(
         control_plane_namespace="linkerd",
         kubernetes_version="v1.27.4",
-        installation=summarise("v1.27.4", releases, CONFIG, pods, "linkerd"),
-        config_values={"linkerdVersion": "stable-2.13.7", "highAvailability": True, "webhookFailurePolicy": "Fail"},
+        installation=summarise("v1.27.4", releases, CONFIG, pods, "linkerd", workloads=workloads, budgets=budgets),
+        config_values={"linkerdVersion": "stable-2.13.7", "webhookFailurePolicy": "Fail"},
         namespaces=[
-            Namespace("kube-system", {"config.linkerd.io/admission-webhooks": "disabled"}),
+            Namespace("kube-system", {"kubernetes.io/metadata.name": "kube-system"}),
             Namespace("linkerd"),
             Namespace("shop", annotations={"linkerd.io/inject": "enabled"}),
         ],
-        workloads=[
-            Workload(
-                "Deployment",
-                "linkerd",
-                d,
-                3,
-                3,
-                3,
-                3,
-                1,
-                1,
-                annotations={"linkerd.io/created-by": "linkerd/helm stable-2.13.7"},
-            )
-            for d in CONTROL_PLANE_DEPLOYMENTS
-        ]
-        + [
-            Workload(
-                "Deployment", "payments", "ledger", 2, 2, 2, 2, 1, 1, pod_labels={"app": "ledger"}, max_surge="0"
-            )  # takes one pod down at a time (maxUnavailable 25% of 2 = 0, no surge: the controller makes it 1)
-        ],
-        webhooks=[Webhook(kind, name, ("Fail",)) for kind, name, _ in WEBHOOKS],
-        budgets=[Budget("payments", "ledger", {"app": "ledger"}, 1, max_unavailable="1")],
+        workloads=workloads,
+        webhooks=list(WEBHOOK_CONFIGS),
+        budgets=budgets,
         crds=[CustomResourceDefinition("servers.policy.linkerd.io", ("v1alpha1", "v1beta1"), "v1beta1", ("v1beta1",))],
         access=[dataclasses.replace(a, allowed=True) for a in required_access("linkerd")],
         issuer=CertificateSecret("kubernetes.io/tls", {"crt.pem": IDENTITY.issuer_crt_pem}),
@@ -116,10 +182,12 @@ def check(snapshot: Snapshot, plan: Plan | None = None, spec: Spec | None = None
 
 
 def test_a_healthy_ha_installation_passes_every_check() -> None:
-    """Nothing fails on a healthy HA 2.13 install with a kube-system exemption and absorbable budgets."""
+    """Nothing fails on HA 2.13 as documented (kube-system unlabelled, no highAvailability flag)."""
     results = check(healthy())
     assert {i: r.message for i, r in results.items() if r.result != "passed"} == {}
     assert len(results) >= 25
+    assert "PDB linkerd-dst" in results["control-plane.ha-replicas"].message, "HA recognised without the flag"
+    assert "linkerd-proxy-injector-webhook-config" in results["ha.kube-system-exempt"].message
 
 
 def _mutate(**changes: Any) -> Callable[[], Snapshot]:
@@ -181,10 +249,13 @@ def _workloads(**changes: Any) -> Snapshot:
             id="an unavailable control-plane deployment is an error",
         ),
         pytest.param(
-            lambda: _workloads(replicas=1, ready=1, available=1, updated=1),
+            lambda: replace(
+                _workloads(replicas=1, ready=1, available=1, updated=1),
+                config_values={"linkerdVersion": "stable-2.14.10", "highAvailability": True},
+            ),
             "control-plane.ha-replicas",
             "linkerd-identity",
-            id="HA with a single replica is an error",
+            id="highAvailability true with a single replica is an error",
         ),
         pytest.param(
             _mutate(webhooks=[]),
@@ -218,10 +289,16 @@ def _workloads(**changes: Any) -> Snapshot:
         ),
         pytest.param(_mutate(crds=[]), "crds.present", "no Linkerd CRD", id="missing CRDs are an error"),
         pytest.param(
-            _mutate(namespaces=[Namespace("kube-system"), Namespace("linkerd")]),
+            _mutate(webhooks=[injector(NOT_DISABLED), *WEBHOOK_CONFIGS[1:]]),
             "ha.kube-system-exempt",
-            "kube-system",
-            id="HA 2.13 without the kube-system label is an error",
+            "linkerd-proxy-injector-webhook-config",
+            id="an injector whose selector does not skip kube-system is an error",
+        ),
+        pytest.param(
+            _mutate(errors={"webhooks": "mutatingwebhookconfigurations is forbidden"}),
+            "ha.kube-system-exempt",
+            "cannot check",
+            id="unreadable webhooks make the kube-system check fail, not pass",
         ),
         pytest.param(
             _mutate(
@@ -312,6 +389,30 @@ def test_waived_checks_do_not_block_and_say_so() -> None:
     assert (result.result, result.waived) == ("error", True)
 
 
+def test_the_budget_finding_hints_what_the_workloads_own_strategy_accepts() -> None:
+    """ledger has maxSurge 0: maxUnavailable 0 alone would be rejected by the API, so the hint adds surge."""
+    snap = healthy(budgets=[Budget("payments", "ledger", {"app": "ledger"}, 0, max_unavailable="0")])
+    result = check(snap)["disruption.pdb-allows-restart"]
+    assert "set Deployment payments/ledger's maxSurge to at least 1 and maxUnavailable to 0" in result.hint
+
+
+def test_plan_warnings_are_preflight_warnings() -> None:
+    """A wave that restarts nothing (a plan warning) shows in preflight (and so in --dry-run) without blocking."""
+    spec = Spec(
+        data_plane=DataPlane(waves=[Wave(name="canary", namespaces=["idle"]), Wave(name="rest", namespaces=["*"])])
+    )
+    observed = Observed(
+        CAT.parse("stable-2.13.7"),
+        {"shop": {"stable-2.13.7": 1}},
+        "v1.27.4",
+        namespaces=frozenset({"linkerd", "shop", "idle"}),
+    )
+    plan = make_plan(observed, CAT.parse("stable-2.14.10"), build_offering(CAT, None)[0], CAT, spec)
+    result = check(healthy(), plan, spec)["plan.warnings"]
+    assert (result.result, result.severity) == ("warning", "warning")
+    assert "wave canary restarts nothing: idle has no meshed pod" in result.message
+
+
 def test_excluding_the_namespace_clears_the_budget_finding() -> None:
     """A namespace the spec excludes is not restarted, so its budget does not matter."""
     spec = Spec(data_plane=DataPlane(exclude_namespaces=["payments"]))
@@ -346,3 +447,118 @@ def test_a_finished_job_pod_two_majors_behind_is_no_skew() -> None:
     assert check(healthy(meshed_pods=[done]))["data-plane.version-skew"].result == "passed"
     running = dataclasses.replace(done, phase="Running")
     assert check(healthy(meshed_pods=[running]))["data-plane.version-skew"].result == "error"
+
+
+KUBE_SYSTEM = {"kubernetes.io/metadata.name": "kube-system"}
+LABELLED = {**KUBE_SYSTEM, EXEMPT_LABEL: "disabled"}
+ONLY_LABEL = injector(NOT_DISABLED)  # the 2.10/2.11 chart's selector, or a 2.12+ one overridden to it
+
+
+@pytest.mark.parametrize(
+    ("webhooks", "labels", "blocked"),
+    [
+        pytest.param(WEBHOOK_CONFIGS, {}, False, id="the 2.12+ chart selectors skip an unlabelled kube-system by name"),
+        pytest.param([ONLY_LABEL], KUBE_SYSTEM, True, id="an injector excluding only the label catches kube-system"),
+        pytest.param([ONLY_LABEL], LABELLED, False, id="labelling kube-system exempts it from that injector"),
+        pytest.param([injector(NOT_DISABLED, policy="Ignore")], {}, False, id="failurePolicy Ignore cannot block"),
+        pytest.param(
+            WEBHOOK_CONFIGS[1:], {}, False, id="the validators select only Linkerd custom resources, never pods"
+        ),
+        pytest.param(
+            [injector(NOT_DISABLED, objects=LabelSelector({"linkerd.io/inject": "enabled"}))],
+            {},
+            False,
+            id="an objectSelector requiring a label spares ordinary pods",
+        ),
+        pytest.param(
+            [dataclasses.replace(ONLY_LABEL, name="other-injector")],
+            {},
+            False,
+            id="a webhook not Linkerd's is not judged",
+        ),
+        pytest.param(
+            [replace(ONLY_LABEL, entries=(replace(ONLY_LABEL.entries[0], namespace_selector=None),))],
+            LABELLED,
+            True,
+            id="a missing namespaceSelector selects every namespace, labelled or not",
+        ),
+    ],
+)
+def test_kube_system_exemption_is_judged_on_the_live_selectors(
+    webhooks: list[Webhook], labels: dict[str, str], blocked: bool
+) -> None:
+    """ha.kube-system-exempt fails only when a Linkerd webhook with Fail would really intercept kube-system's pods."""
+    result = kube_system_exempt(webhooks, labels)
+    assert (result.result == "error") is blocked, result
+
+
+def test_the_kube_system_failure_names_the_webhook_why_and_both_fixes() -> None:
+    """The message names the webhook and its selector matching kube-system; the hint gives the label and the chart."""
+    result = kube_system_exempt([ONLY_LABEL], {})
+    assert "linkerd-proxy-injector-webhook-config (linkerd-proxy-injector.linkerd.io)" in result.message
+    assert f"{{{EXEMPT_LABEL} NotIn [disabled]}} matches kube-system" in result.message
+    assert "kubernetes.io/metadata.name=kube-system" in result.message
+    assert f"kubectl label namespace kube-system {EXEMPT_LABEL}=disabled" in result.hint
+    assert "proxyInjector.namespaceSelector" in result.hint
+
+
+def test_when_the_label_would_not_help_the_hint_does_not_offer_it() -> None:
+    """A selector with no label expression ignores the label: the hint gives only the selector and Ignore."""
+    everything = injector(SelectorRequirement("kubernetes.io/metadata.name", "NotIn", ("cert-manager",)))
+    result = kube_system_exempt([everything], {})
+    assert result.result == "error"
+    assert "kubectl label" not in result.hint
+    assert "proxyInjector.namespaceSelector" in result.hint
+
+
+def test_ha_replicas_runs_only_when_ha_is_recognised() -> None:
+    """A single-replica install (no flag, no PDBs) is not HA: control-plane.ha-replicas is not run."""
+    workloads = _control_plane(replicas=1)
+    inst = summarise("v1.27.4", [], CONFIG, [], "linkerd", workloads=workloads)
+    results = check(healthy(workloads=workloads, budgets=[], installation=inst))
+    assert inst.high_availability is False
+    assert "control-plane.ha-replicas" not in results
+
+
+def test_pending_control_plane_pods_fail_pods_ready_even_when_the_deployment_counters_look_fine() -> None:
+    """A failed upgrade's new pods stay Pending (unschedulable) while the old ReplicaSet serves: not ready."""
+    snap = healthy()
+    stuck = [
+        dataclasses.replace(
+            _pod("linkerd", f"linkerd-destination-new-{i}", "stable-2.14.10", "destination"), phase="Pending"
+        )
+        for i in range(3)
+    ]
+    serving = dataclasses.replace(
+        _pod("linkerd", "linkerd-destination-old-0", "stable-2.13.7", "destination"), phase="Running", ready=True
+    )
+    result = check(dataclasses.replace(snap, meshed_pods=[*snap.meshed_pods, *stuck, serving]))[
+        "control-plane.pods-ready"
+    ]
+    assert result.result == "error"
+    assert "linkerd-destination-new-0 (Pending)" in result.message
+    assert "linkerd-destination-old-0" not in result.message
+    assert "helm history linkerd-control-plane" in result.hint
+
+
+def test_pods_of_other_namespaces_do_not_make_the_control_plane_unready() -> None:
+    """Only the control-plane namespace's pods count for control-plane.pods-ready."""
+    snap = healthy()
+    elsewhere = dataclasses.replace(_pod("shop", "web-new", "stable-2.13.7", "web"), phase="Pending")
+    result = check(dataclasses.replace(snap, meshed_pods=[*snap.meshed_pods, elsewhere]))["control-plane.pods-ready"]
+    assert result.result == "passed"
+
+
+def test_a_forward_crd_step_that_drops_a_stored_version_is_an_error() -> None:
+    """CRDs store v1 (a newer chart was installed): a CRD step whose chart lacks v1 fails crds.stored-versions."""
+    stored = [CustomResourceDefinition("servers.policy.linkerd.io", ("v1beta1", "v1"), "v1", ("v1beta1", "v1"))]
+    older = [CustomResourceDefinition("servers.policy.linkerd.io", ("v1beta1",), "v1beta1")]
+    result = check(healthy(crds=stored, crd_steps={"1.8.0": older}))["crds.stored-versions"]
+    assert result.result == "error"
+    assert "linkerd-crds 1.8.0: servers.policy.linkerd.io stores v1" in result.message
+    serving = [CustomResourceDefinition("servers.policy.linkerd.io", ("v1beta1", "v1"), "v1")]
+    assert check(healthy(crds=stored, crd_steps={"1.8.0": serving}))["crds.stored-versions"].result == "passed"
+
+
+def test_no_crd_step_that_changes_the_chart_means_no_stored_versions_check() -> None:
+    assert "crds.stored-versions" not in check(healthy())

@@ -77,6 +77,7 @@ def test_staged_rollout_orders_canary_then_critical_then_rest() -> None:
         pytest.param("gates:\n  rolloutTimeout: soon\n", "not a duration", id="bad duration"),
         pytest.param("surprise: 1\n", "surprise", id="unknown key"),
         pytest.param("values: [unclosed\n", "not valid YAML", id="broken yaml"),
+        pytest.param("values:\n  haValues: old\n", "values.haValues", id="unknown haValues choice"),
     ],
 )
 def test_bad_specs_are_input_errors_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
@@ -109,3 +110,18 @@ def test_a_missing_values_file_is_bad_input(tmp_path: Path) -> None:
     spec.write_text("values:\n  file: nope.yaml\n")
     with pytest.raises(InputError, match=r"cannot read values\.file"):
         load_spec(spec)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("name: x\n", "target", id="HA upgrades take the target chart's values-ha.yaml by default"),
+        pytest.param("values:\n  haValues: keep\n", "keep", id="haValues keep is read from camelCase"),
+        pytest.param("values:\n  haValues: target\n", "target", id="haValues target is read from camelCase"),
+    ],
+)
+def test_ha_values_choice(tmp_path: Path, text: str, expected: str) -> None:
+    """values.haValues is target unless the spec says keep."""
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    assert load_spec(path).values.ha_values == expected

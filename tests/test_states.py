@@ -39,8 +39,8 @@ def test_every_state_is_reachable_from_planned() -> None:
 
 
 def test_terminal_states_only_lead_to_a_rollback() -> None:
-    """RolledBack ends a run; Done can only be rolled back."""
-    assert TRANSITIONS[RunState.ROLLED_BACK] == frozenset()
+    """Done and RolledBack end a run's progress; either can only be rolled back (one more hop back)."""
+    assert TRANSITIONS[RunState.ROLLED_BACK] == frozenset({RunState.ROLLING_BACK})
     assert TRANSITIONS[RunState.DONE] == frozenset({RunState.ROLLING_BACK})
     assert {RunState.DONE, RunState.ROLLED_BACK} == TERMINAL
 
@@ -64,7 +64,7 @@ def test_a_hop_runs_its_steps_in_order() -> None:
         pytest.param(RunState.PLANNED, RunState.UPGRADING_CONTROL_PLANE, id="no control plane before preflight"),
         pytest.param(RunState.UPGRADING_CRDS, RunState.RESTARTING_DATA_PLANE, id="no data plane before control plane"),
         pytest.param(RunState.DONE, RunState.PREFLIGHT, id="a done run never starts another hop"),
-        pytest.param(RunState.ROLLED_BACK, RunState.ROLLING_BACK, id="a rolled back run stays rolled back"),
+        pytest.param(RunState.ROLLED_BACK, RunState.PREFLIGHT, id="a rolled back run never runs a hop again"),
         pytest.param(RunState.VERIFYING_CONTROL_PLANE, RunState.DONE, id="no finish before the data plane"),
     ],
 )

@@ -113,9 +113,11 @@ class Checkpoint(BaseModel):
     marks: list[Mark] = Field(default_factory=list)
     waves_done: list[str] = Field(default_factory=list)  # "<hop>/<wave>" passed its gates and bake time
     reported: list[str] = Field(default_factory=list)  # meshed things the run left alone, and why
+    pinned: list[str] = Field(default_factory=list)  # workloads pinned to another proxy: not restarted, not upgraded
     options: dict[str, Any] = Field(default_factory=dict)  # the run's command options, reused on resume
     next_command: str | None = None  # what to do after the last stop (also printed then)
     values_diffs: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)  # "<hop>/<chart>" -> redacted diff
+    rolled_back_hops: list[int] = Field(default_factory=list)  # hops `rollback` undid, last first
 
     def mark(self, now: dt.datetime, state: RunState) -> Mark:
         """Record a step boundary (ids count from 1)."""

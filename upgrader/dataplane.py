@@ -8,7 +8,8 @@ observes again.
   native-sidecar init container, or the injector's label) mapped to their owners, and what
   is reported instead of restarted (bare pods, Jobs, ``OnDelete`` workloads, opted-out or
   skipped ones, injection-enabled namespaces with unmeshed pods).
-- ``budget_block``: whether a PodDisruptionBudget can absorb a workload's rollout.
+- ``budget_block``: whether the PodDisruptionBudgets can absorb a workload's rollout (naming every
+  one that cannot), and ``budget_hint`` what to change for the workload's own strategy.
 - ``next_starts``: the throttle (per namespace, namespaces at once, global rate).
 - ``assess``: the per-workload health gate.
 """
@@ -21,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from upgrader.discovery import DATA_PLANE_SELECTOR, proxy_version
+from upgrader.discovery import DATA_PLANE_SELECTOR, PROXY_CONTAINER, proxy_version
 from upgrader.ports import Budget, DataPlaneView, Namespace, Pod, Workload
 
 SKIP = "upgrader.io/skip"
@@ -182,18 +183,50 @@ def down_at_once(workload: Workload) -> int:
     return min(max(_scaled(workload.max_unavailable, "1", n, round_up=False), 1), n)
 
 
-def budget_block(workload: Workload, budgets: Iterable[Budget]) -> str | None:
-    """Why a PodDisruptionBudget cannot absorb ``workload``'s restart right now (None when it can)."""
+def blocking_budgets(workload: Workload, budgets: Iterable[Budget]) -> list[Budget]:
+    """Every PodDisruptionBudget selecting ``workload`` that cannot absorb its restart right now."""
     down = down_at_once(workload)
-    for b in budgets:
-        mine = b.namespace == workload.namespace and b.match_labels and selects(workload.pod_labels, b.match_labels)
-        if mine and down > b.disruptions_allowed:
-            rule = f"maxUnavailable {b.max_unavailable}" if b.max_unavailable else f"minAvailable {b.min_available}"
-            return (
-                f"PodDisruptionBudget {b.namespace}/{b.name} ({rule}) allows {b.disruptions_allowed} disruption(s) "
-                f"but {workload.kind} {workload.namespace}/{workload.name} takes up to {down} pod(s) down at once"
-            )
-    return None
+    return [
+        b
+        for b in budgets
+        if b.namespace == workload.namespace
+        and b.match_labels
+        and selects(workload.pod_labels, b.match_labels)
+        and down > b.disruptions_allowed
+    ]
+
+
+def budget_block(workload: Workload, budgets: Iterable[Budget]) -> str | None:
+    """Why the PodDisruptionBudgets cannot absorb ``workload``'s restart right now, naming each (None when they can)."""
+    blocking = blocking_budgets(workload, budgets)
+    if not blocking:
+        return None
+    rules = []
+    for b in blocking:
+        rule = f"maxUnavailable {b.max_unavailable}" if b.max_unavailable else f"minAvailable {b.min_available}"
+        rules.append(
+            f"PodDisruptionBudget {b.namespace}/{b.name} ({rule}) allows {b.disruptions_allowed} disruption(s)"
+        )
+    return (
+        f"{' and '.join(rules)} but {workload.kind} {workload.namespace}/{workload.name} "
+        f"takes up to {down_at_once(workload)} pod(s) down at once"
+    )
+
+
+def budget_hint(workload: Workload) -> str:
+    """What to change so a budget allowing no disruption lets ``workload`` restart, for its actual strategy."""
+    what = f"{workload.kind} {workload.namespace}/{workload.name}"
+    n = workload.replicas
+    if workload.kind == "StatefulSet":
+        change = f"{what} cannot surge (a StatefulSet replaces one pod at a time): relax the budget"
+        return f"{change}, or annotate it {SKIP}=true"
+    if workload.strategy == "Recreate":
+        change = f"switch {what} to strategy RollingUpdate with maxSurge 1 and maxUnavailable 0 (surge only)"
+    elif workload.kind == "Deployment" and _scaled(workload.max_surge, "25%", n, round_up=True) > 0:
+        change = f"set {what}'s maxUnavailable to 0 (surge only; its maxSurge is {workload.max_surge or '25%'})"
+    else:  # maxSurge 0 (or a DaemonSet, whose default is 0): maxUnavailable 0 alone is rejected by the API
+        change = f"set {what}'s maxSurge to at least 1 and maxUnavailable to 0 (surge only)"
+    return f"relax the budget, {change}, or annotate it {SKIP}=true"
 
 
 # ---- throttle ------------------------------------------------------------------------------------
@@ -257,6 +290,12 @@ def rolled_out(w: Workload) -> bool:
     return done and w.revision_settled
 
 
+def _digest_pinned(pod: Pod) -> bool:
+    """The pod's proxy image is a digest (its Linkerd version cannot be read from it)."""
+    proxies = [c for c in (*pod.containers, *pod.init_containers) if c.name == PROXY_CONTAINER]
+    return any("@" in c.image for c in proxies)
+
+
 def assess(
     workload: Workload,
     pods: Iterable[Pod],
@@ -276,6 +315,9 @@ def assess(
     )
     if looping:
         return Verdict("failed", f"restart loop: {', '.join(looping[:5])}")
+    digests = sorted(p.name for p in mine if version is not None and _digest_pinned(p))
+    if digests:  # its version can never be read, so it never passes; pins are found before restarting
+        return Verdict("failed", f"proxy pinned by image digest, not verifiable as {version}: {', '.join(digests[:5])}")
     problems = []
     if not rolled_out(workload):
         problems.append(

@@ -1,21 +1,28 @@
 """What Linkerd is installed, from a handful of cluster-wide observations.
 
-``observe`` gathers (one helm list, one pod list, one ConfigMap read); ``summarise`` is
-pure and turns those observations into an ``Installation``. Proxy versions come from the
-``linkerd-proxy`` container's image tag (or the native-sidecar init container of that
-name), falling back to the injector's ``linkerd.io/proxy-version`` annotation; a proxy
-pinned by digest has no readable version and is listed as such.
+``observe`` gathers (one helm list, one pod list, one ConfigMap read, and the control
+plane's workloads and PodDisruptionBudgets); ``summarise`` is pure and turns those
+observations into an ``Installation``. Proxy versions come from the ``linkerd-proxy``
+container's image tag (or the native-sidecar init container of that name), falling back
+to the injector's ``linkerd.io/proxy-version`` annotation; a proxy pinned by digest has no
+readable version and is listed as such.
+
+High availability is recognised from what is installed (``detect_ha``): linkerd-config's
+``highAvailability`` flag exists only from 2.14 (2.12 and 2.13's values-ha.yaml have no
+such key), so an install also counts as HA when every control-plane Deployment wants more
+than one replica and is guarded by a PodDisruptionBudget or required pod anti-affinity.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from upgrader.ports import HelmPort, HelmRelease, KubePort, Pod
+from upgrader.ports import Budget, HelmPort, HelmRelease, HelmRevision, KubePort, Pod, Workload
 
 LINKERD_CHARTS = frozenset(
     {
@@ -33,6 +40,7 @@ PROXY_CONTAINER = "linkerd-proxy"
 DATA_PLANE_SELECTOR = "linkerd.io/control-plane-ns"
 UNKNOWN = "unknown"
 FINISHED = frozenset({"Succeeded", "Failed"})  # pod phases whose containers have all ended
+HA_DEPLOYMENTS = ("linkerd-destination", "linkerd-identity", "linkerd-proxy-injector")
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class Installation:
     control_plane_namespace: str | None = None
     control_plane_version: str | None = None
     high_availability: bool = False
+    ha_evidence: tuple[str, ...] = ()  # what high_availability was decided on (either way)
     # namespace -> proxy version -> number of pods; "unknown" for digest-pinned proxies
     proxies: dict[str, dict[str, int]] = field(default_factory=dict)
 
@@ -71,6 +80,7 @@ class Installation:
                 "namespace": self.control_plane_namespace,
                 "version": self.control_plane_version,
                 "high_availability": self.high_availability,
+                "high_availability_evidence": list(self.ha_evidence),
             },
             "releases": [
                 {
@@ -102,14 +112,60 @@ def proxy_version(pod: Pod) -> str | None:
     return None
 
 
+def _guards(deployment: Workload, budgets: Sequence[Budget]) -> list[str]:
+    """What keeps ``deployment``'s replicas from going down together: PDBs selecting its pods, anti-affinity."""
+    out = [
+        f"PDB {b.name}"
+        for b in budgets
+        if b.namespace == deployment.namespace
+        and b.match_labels
+        and all(deployment.pod_labels.get(k) == v for k, v in b.match_labels.items())
+    ]
+    if deployment.required_anti_affinity:
+        out.append("required pod anti-affinity")
+    return out
+
+
+def detect_ha(
+    values: dict[str, Any], workloads: Sequence[Workload], budgets: Sequence[Budget], namespace: str
+) -> tuple[bool, tuple[str, ...]]:
+    """Whether the control plane in ``namespace`` is HA, and the evidence either way (pure).
+
+    HA when linkerd-config says ``highAvailability: true`` (2.14+), or when every control-plane
+    Deployment wants more than one replica and has a PDB or required pod anti-affinity (how
+    2.12 and 2.13's values-ha.yaml, which set no flag, show up).
+    """
+    evidence = []
+    flag = values.get("highAvailability") in (True, "true")
+    if flag:
+        evidence.append("linkerd-config has highAvailability: true")
+    found = {w.name: w for w in workloads if w.kind == "Deployment" and w.namespace == namespace}
+    missing = [d for d in HA_DEPLOYMENTS if d not in found]
+    structural = not missing
+    for name in HA_DEPLOYMENTS:
+        if (w := found.get(name)) is None:
+            continue
+        guards = _guards(w, budgets)
+        evidence.append(f"{name} wants {w.replicas} replica(s)" + (f" with {', '.join(guards)}" if guards else ""))
+        structural = structural and w.replicas > 1 and bool(guards)
+    if missing:
+        evidence.append(f"no Deployment {', '.join(missing)} in {namespace}")
+    if values.get("webhookFailurePolicy") == "Fail":
+        evidence.append("webhookFailurePolicy: Fail")
+    return flag or structural, tuple(evidence)
+
+
 def summarise(
     kubernetes_version: str,
     releases: list[HelmRelease],
     config_values: str | None,
     pods: list[Pod],
     control_plane_namespace: str | None,
+    *,
+    workloads: Sequence[Workload] = (),
+    budgets: Sequence[Budget] = (),
 ) -> Installation:
-    """Turn raw observations into an Installation (pure)."""
+    """Turn raw observations into an Installation (pure); ``workloads`` and ``budgets`` for HA."""
     values: dict[str, Any] = {}
     if config_values:
         loaded = yaml.safe_load(config_values)
@@ -121,6 +177,9 @@ def summarise(
         version = proxy_version(pod)
         if version is not None:
             proxies.setdefault(pod.namespace, Counter())[version] += 1
+    ha: tuple[bool, tuple[str, ...]] = (False, ())  # no linkerd-config: no control plane to judge
+    if config_values is not None:
+        ha = detect_ha(values, workloads, budgets, control_plane_namespace or "linkerd")
     return Installation(
         kubernetes_version=kubernetes_version,
         releases=tuple(
@@ -128,7 +187,8 @@ def summarise(
         ),
         control_plane_namespace=control_plane_namespace if config_values is not None else None,
         control_plane_version=str(values["linkerdVersion"]) if values.get("linkerdVersion") else None,
-        high_availability=bool(values.get("highAvailability", False)),
+        high_availability=ha[0],
+        ha_evidence=ha[1],
         proxies={ns: dict(sorted(c.items())) for ns, c in sorted(proxies.items())},
     )
 
@@ -148,4 +208,30 @@ def observe(kube: KubePort, helm: HelmPort, *, default_namespace: str = "linkerd
         namespace = default_namespace
         config = kube.get_config_map(namespace, "linkerd-config")
     pods = kube.list_pods(label_selector=DATA_PLANE_SELECTOR)
-    return summarise(version, releases, config.get("values", "") if config is not None else None, pods, namespace)
+    workloads, budgets = [], []
+    if config is not None:  # a control plane to judge for HA
+        workloads, budgets = kube.list_workloads(namespace), kube.list_budgets(namespace)
+    return summarise(
+        version,
+        releases,
+        config.get("values", "") if config is not None else None,
+        pods,
+        namespace,
+        workloads=workloads,
+        budgets=budgets,
+    )
+
+
+DEPLOYED_ONCE = frozenset({"deployed", "superseded"})  # a revision that ran (not failed, not pending)
+
+
+def last_deployed(history: Sequence[HelmRevision], at_most: int | None = None) -> HelmRevision | None:
+    """The newest revision (at most ``at_most``) that was deployed once: a rollback target, the values to carry."""
+    ran = [r for r in history if r.status in DEPLOYED_ONCE and (at_most is None or r.revision <= at_most)]
+    return max(ran, key=lambda r: r.revision) if ran else None
+
+
+def chart_version_of(revision: HelmRevision, chart_name: str) -> str:
+    """``linkerd-control-plane-1.16.11`` -> ``1.16.11`` (helm history names chart and version together)."""
+    prefix = f"{chart_name}-"
+    return revision.chart[len(prefix) :] if revision.chart.startswith(prefix) else revision.chart

@@ -19,23 +19,36 @@ import datetime as dt
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, assert_never
 
 import structlog
 
 from upgrader.catalog import Catalog
 from upgrader.checkpoints import Checkpoint, CheckpointStore, Event, Mark, ReleaseRevisions, Restarted
-from upgrader.dataplane import Inventory, Key, Throttle, Verdict, assess, budget_block, inventory, next_starts
-from upgrader.discovery import proxy_version
+from upgrader.dataplane import (
+    Inventory,
+    Key,
+    Throttle,
+    Verdict,
+    assess,
+    budget_block,
+    budget_hint,
+    inventory,
+    next_starts,
+)
+from upgrader.discovery import chart_version_of, last_deployed, proxy_version
 from upgrader.errors import InputError, ReleaseLockedError, UpgraderError
 from upgrader.locking import LockLostError
 from upgrader.metrics import MetricsPort, Sample, describe
 from upgrader.metrics import assess as assess_metrics
+from upgrader.pins import PROXY_KEY, Pin, remedies, values_proxy, workload_pins
+from upgrader.pins import describe as describe_pins
 from upgrader.planning import (
     CONTROL_PLANE,
     CRDS,
     EXTENSIONS,
+    HA_FILE,
     AdoptSplitCharts,
     Hop,
     KeepRelease,
@@ -46,9 +59,11 @@ from upgrader.planning import (
     UpgradeRelease,
     VerifyControlPlane,
     VerifyDataPlane,
+    crds_would_go_back,
+    ha_layers,
     hop_values,
 )
-from upgrader.ports import DataPlaneView, HelmRelease, Pod, ReleaseObject, Workload
+from upgrader.ports import DataPlaneView, HelmRelease, HelmRevision, Pod, ReleaseObject, Workload
 from upgrader.preflight import CheckResult
 from upgrader.spec import Spec, parse_duration
 from upgrader.states import ACTING, TERMINAL, Machine, RunState, route_of
@@ -80,11 +95,15 @@ class ExecutorPorts(Protocol):
 
     def release(self, name: str, namespace: str) -> HelmRelease | None: ...
 
-    def user_values(self, name: str, namespace: str) -> dict[str, Any]: ...
+    def user_values(self, name: str, namespace: str, revision: int | None = None) -> dict[str, Any]: ...
+
+    def history(self, name: str, namespace: str) -> list[HelmRevision]: ...  # helm history, oldest first
 
     def all_values(self, name: str, namespace: str) -> dict[str, Any]: ...
 
     def chart_defaults(self, chart: str, version: str) -> dict[str, Any]: ...
+
+    def chart_file(self, chart: str, version: str, name: str) -> str | None: ...  # a file shipped in the chart
 
     def upgrade(
         self,
@@ -154,6 +173,54 @@ class _NoFence:
 
     def due_in(self) -> float:
         return math.inf
+
+
+@dataclass(frozen=True)
+class ReleaseBack:
+    """One release a rollback returns: from its live revision to the deployed revision it goes back to."""
+
+    name: str
+    namespace: str
+    from_revision: int
+    from_chart: str
+    from_status: str
+    to_revision: int
+    to_chart: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.namespace}/{self.name}: revision {self.from_revision} ({self.from_chart}, {self.from_status}) "
+            f"-> revision {self.to_revision} ({self.to_chart})"
+        )
+
+
+@dataclass(frozen=True)
+class RollbackScope:
+    """What one ``rollback`` does, decided before anything changes: shown for confirmation, then run."""
+
+    where: str
+    first_hop: int  # the hop rolled back (or the checkpoint's hop)
+    rolled_hops: tuple[int, ...]  # the hops undone entirely once it finished
+    mark: Mark | None  # the step boundary the releases return to (None: the start of the run)
+    releases: tuple[ReleaseBack, ...]
+    crds: str  # what happens to linkerd-crds
+    restarts: tuple[Restarted, ...]  # workloads given their previous pod template back
+    further: str | None  # the rollback after this one, if an earlier hop changed something
+
+    def describe(self) -> list[str]:
+        """The lines shown before a rollback asks for confirmation."""
+        lines = [f"rollback of {self.where}:"]
+        lines += [f"  helm rollback {r}" for r in self.releases] or ["  no release to roll back"]
+        lines.append(f"  {self.crds}")
+        namespaces = sorted({r.namespace for r in self.restarts})
+        lines.append(
+            f"  restart {len(self.restarts)} workload(s) with their previous pod template, in: {', '.join(namespaces)}"
+            if namespaces
+            else "  no workload to restart"
+        )
+        if self.further:
+            lines.append(f"  {self.further}")
+        return lines
 
 
 def _resume_step(hop: Hop, state: RunState, recorded: int) -> int:
@@ -348,40 +415,185 @@ class Executor:
         return f"upgrader preflight --to {hop.to}{extra}"
 
     # ---- rollback --------------------------------------------------------------------------
-    def rollback(self, *, include_crds: bool = False, to_checkpoint: int | None = None) -> Checkpoint:
-        """Return releases to their revisions before the run (or at checkpoint ``to_checkpoint``),
-        then restart the workloads the run restarted after that point, so their proxies match again.
+    def rollback_scope(
+        self, *, include_crds: bool = False, to_checkpoint: int | None = None, hop: int | None = None
+    ) -> RollbackScope:
+        """Decide what one rollback does, from the checkpoint and the releases as they are; nothing changes.
 
-        Refused (bad input, nothing changed) for a run already rolled back and past the 2.12 chart
-        split; any error while rolling back ends ``Failed`` with its reason, resumable by rollback.
+        Without ``to_checkpoint`` it undoes one hop, so at most one major, as ``plan`` allows: ``hop``
+        (the failed hop, for ``onFailure: rollback``) or else the run's last hop that changed anything
+        and was not rolled back yet. Its releases go back to the revisions they had when that hop
+        started, then the workloads it restarted get their previous pod template. ``to_checkpoint``
+        returns to any recorded step boundary instead. Each release's target is the newest revision
+        at or before that point that was ever deployed (never a ``failed`` one, from helm history).
+        Refused (bad input) when nothing is left to roll back, or past the 2.12 chart split.
         """
-        if self.machine.state == S.ROLLED_BACK:
-            raise InputError(
-                f"run {self.checkpoint.run_id} is already rolled back", hint=f"upgrader status {self.checkpoint.run_id}"
+        cp, hops = self.checkpoint, self.plan.hops
+        done = set(cp.rolled_back_hops)
+        mark: Mark | None
+        if to_checkpoint is not None:
+            mark = cp.find_mark(to_checkpoint)
+            first, where = mark.hop, f"checkpoint {mark.id} (hop {mark.hop + 1}, {mark.state})"
+            restarts = cp.restarted[mark.restarted :]
+            partial = mark != self._hop_start(mark.hop)  # the hop's earlier steps stay for the next rollback
+        else:
+            found = self._hop_to_roll_back(hop, done)
+            if found is None:
+                already = cp.state == S.ROLLED_BACK or bool(done)
+                raise InputError(
+                    f"run {cp.run_id} is already rolled back to where it started"
+                    if already
+                    else f"run {cp.run_id} changed nothing that a rollback could undo",
+                    hint=f"upgrader status {cp.run_id}",
+                )
+            first, mark, partial = found, self._hop_start(found), False
+            h = hops[first]
+            where = f"hop {first + 1} ({h.from_} -> {h.to}), back to {h.from_}"
+            restarts = [r for r in cp.restarted if r.hop >= first]
+        self._refuse_rollback_past_split(first)
+        crds = self.ports.release(CRDS, cp.releases[CRDS].namespace) if CRDS in cp.releases else None
+        if include_crds and CRDS in cp.releases:
+            crds_line = f"{CRDS}: rolled back too (--include-crds), if the older chart serves every stored version"
+        elif crds is not None:
+            crds_line = f"{CRDS}: kept at {crds.chart_version} (CRDs are not rolled back unless --include-crds)"
+        else:
+            crds_line = f"{CRDS}: untouched"
+        seen: dict[tuple[str, str, str], Restarted] = {}
+        for r in restarts:
+            seen.setdefault((r.kind, r.namespace, r.name), r)  # the first: the template before that point
+        earlier = first if partial else self._hop_to_roll_back(None, done | set(range(first, len(hops))))
+        further = None
+        if earlier is not None and earlier < len(hops):
+            further = (
+                f"then `upgrader rollback {cp.run_id}` again goes one more hop back "
+                f"(hop {earlier + 1}, to {hops[earlier].from_})"
             )
-        mark = self.checkpoint.find_mark(to_checkpoint) if to_checkpoint is not None else None
-        self._refuse_rollback_past_split(mark)
+        return RollbackScope(
+            where=where,
+            first_hop=first,
+            rolled_hops=tuple(range(first + (1 if partial else 0), len(hops))),
+            mark=mark,
+            releases=tuple(self._release_targets(include_crds, mark)),
+            crds=crds_line,
+            restarts=tuple(seen.values()),
+            further=further,
+        )
+
+    def _hop_start(self, index: int) -> Mark | None:
+        """The checkpoint taken when hop ``index`` started (its first step boundary)."""
+        return next((m for m in self.checkpoint.marks if m.hop == index), None)
+
+    def _revisions_at(self, mark: Mark | None) -> dict[str, int | None]:
+        return {
+            name: (mark.revisions.get(name, record.before) if mark else record.before)
+            for name, record in self.checkpoint.releases.items()
+        }
+
+    def _hop_changed(self, index: int) -> bool:
+        """Whether hop ``index`` changed a release (a failed helm revision counts) or restarted a workload."""
+        cp = self.checkpoint
+        if any(r.hop == index for r in cp.restarted):
+            return True
+        start = self._revisions_at(self._hop_start(index))
+        after = self._hop_start(index + 1)
+        if after is not None and index < cp.hop:
+            end = self._revisions_at(after)
+        else:  # the hop the run is in (or ended in): what helm says now
+            live = {name: self.ports.release(name, record.namespace) for name, record in cp.releases.items()}
+            end = {name: (rel.revision if rel else None) for name, rel in live.items()}
+        return any(end.get(name) != start.get(name) for name in set(start) | set(end))
+
+    def _hop_to_roll_back(self, only: int | None, done: set[int]) -> int | None:
+        """The hop a rollback undoes: ``only`` (not yet undone), else the last changed hop before any undone."""
+        hops = self.plan.hops
+        if not hops:
+            return None
+        if only is not None:
+            return only if only not in done and only < len(hops) else None
+        last = min([self.checkpoint.hop, len(hops) - 1, *(h - 1 for h in done)])
+        return next((i for i in range(last, -1, -1) if i not in done and self._hop_changed(i)), None)
+
+    def _release_targets(self, include_crds: bool, mark: Mark | None) -> list[ReleaseBack]:
+        """Releases in the reverse order the run changed them: extensions, then the control plane
+        (linkerd-control-plane or, before 2.12, linkerd2), then the CRDs only when asked."""
+        cp = self.checkpoint
+        touched = [n for n in cp.releases if n != CRDS]
+        order = [n for n in touched if n in EXTENSIONS] + [n for n in touched if n not in EXTENSIONS]
+        if include_crds and CRDS in cp.releases:
+            order.append(CRDS)
+        out = []
+        for name in order:
+            record = cp.releases[name]
+            wanted = mark.revisions.get(name, record.before) if mark else record.before
+            current = self.ports.release(name, record.namespace)
+            if wanted is None or current is None:
+                continue
+            target = last_deployed(self.ports.history(name, record.namespace), at_most=wanted)
+            if target is None:
+                raise UpgraderError(
+                    f"release {record.namespace}/{name} has no deployed revision at or before {wanted} to roll back to",
+                    hint=f"helm history {name} -n {record.namespace}; roll it back by hand (helm rollback {name} "
+                    f"<rev> -n {record.namespace})",
+                )
+            if current.revision == target.revision:
+                continue
+            out.append(
+                ReleaseBack(
+                    name=name,
+                    namespace=record.namespace,
+                    from_revision=current.revision,
+                    from_chart=current.chart_version,
+                    from_status=current.status,
+                    to_revision=target.revision,
+                    to_chart=chart_version_of(target, current.chart_name),
+                )
+            )
+        return out
+
+    def rollback(
+        self, *, include_crds: bool = False, to_checkpoint: int | None = None, hop: int | None = None
+    ) -> Checkpoint:
+        """Run the rollback ``rollback_scope`` decides (one hop back, or to a checkpoint).
+
+        Any error while rolling back ends ``Failed`` (stopped in ``RollingBack``) with its reason and
+        the command to try again; an interrupt ends ``Paused``. A run never stays ``RollingBack``.
+        """
+        scope = self.rollback_scope(include_crds=include_crds, to_checkpoint=to_checkpoint, hop=hop)
         if self.machine.state in ACTING:  # an interrupted run (killed mid-step) is paused first
             self._move(S.PAUSED, "interrupted run, rollback requested")
-        where = f"checkpoint {mark.id} (hop {mark.hop + 1}, {mark.state})" if mark else "the start of the run"
-        self._move(S.ROLLING_BACK, f"rollback to {where} requested")
+        self._move(S.ROLLING_BACK, f"rollback of {scope.where} requested")
         again = f"upgrader rollback {self.checkpoint.run_id}"
+        again += f" --to-checkpoint {to_checkpoint}" if to_checkpoint is not None else ""
+        again += " --include-crds" if include_crds else ""
         try:
-            self._roll_back(include_crds=include_crds, mark=mark, again=again)
+            self._roll_back(scope, include_crds=include_crds, again=again)
         except (RunStoppedError, LockLostError):
             raise
         except UpgraderError as exc:
-            raise self._stop(f"rollback to {where}: {exc.message}", exc.hint or f"fix the cause, then {again}") from exc
-        self._move(S.ROLLED_BACK, f"releases back at {where}")
+            raise self._stop(
+                f"rollback of {scope.where}: {exc.message}", exc.hint or f"fix the cause, then {again}"
+            ) from exc
+        except KeyboardInterrupt:
+            self.checkpoint.next_command = again
+            self._move(S.PAUSED, f"interrupted while rolling back {scope.where}")
+            raise
+        except Exception as exc:
+            self._stop(
+                f"rollback of {scope.where}: internal error {type(exc).__name__}: {exc}", f"report this; then {again}"
+            )
+            raise
+        self.checkpoint.rolled_back_hops = sorted(set(self.checkpoint.rolled_back_hops) | set(scope.rolled_hops))
+        self.checkpoint.next_command = scope.further
+        self._move(S.ROLLED_BACK, f"rolled back {scope.where}")
         return self.checkpoint
 
-    def _refuse_rollback_past_split(self, mark: Mark | None) -> None:
+    def _refuse_rollback_past_split(self, first_hop: int) -> None:
         split = next((i for i, h in enumerate(self.plan.hops) if h.kind == "chart-split"), None)
         started = any(
             name in self.checkpoint.releases and self.checkpoint.releases[name].before is None
             for name in (CRDS, CONTROL_PLANE)
         )
-        if split is not None and started and (mark is None or mark.hop <= split):
+        if split is not None and started and first_hop <= split:
             raise InputError(
                 f"run {self.checkpoint.run_id} went into the 2.12 chart split; rolling back past it would need "
                 "the linkerd2 release it replaced",
@@ -389,39 +601,30 @@ class Executor:
                 "or finish the split with upgrader resume and restore 2.11 from a backup",
             )
 
-    def _roll_back(self, *, include_crds: bool, mark: Mark | None, again: str) -> None:
-        # Releases in the reverse order the run changed them: extensions, then the control plane
-        # (linkerd-control-plane or, before 2.12, linkerd2), then the CRDs only when asked.
-        touched = [n for n in self.checkpoint.releases if n != CRDS]
-        order = [n for n in touched if n in EXTENSIONS] + [n for n in touched if n not in EXTENSIONS]
+    def _roll_back(self, scope: RollbackScope, *, include_crds: bool, again: str) -> None:
         if include_crds and CRDS in self.checkpoint.releases:
-            self._check_crd_rollback(mark.charts.get(CRDS) if mark else None)
-            order.append(CRDS)
-        for name in order:
-            record = self.checkpoint.releases[name]
-            target = mark.revisions.get(name, record.before) if mark else record.before
-            current = self.ports.release(name, record.namespace)
-            if target is None or current is None or current.revision == target:
-                continue
-            log.info("helm-rollback", release=name, to_revision=target, from_revision=current.revision)
+            self._check_crd_rollback(scope.mark.charts.get(CRDS) if scope.mark else None)
+        for item in scope.releases:
+            record = self.checkpoint.releases[item.name]
+            log.info("helm-rollback", release=item.name, to_revision=item.to_revision, from_revision=item.from_revision)
             self.lock.fence()
-            after = self.ports.rollback(name, record.namespace, target)
+            after = self.ports.rollback(item.name, item.namespace, item.to_revision)
             record.after.append(after.revision)
             record.charts_after.append(after.chart_version)
             self._save()
-        seen: dict[tuple[str, str, str], Restarted] = {}
-        for r in self.checkpoint.restarted[mark.restarted if mark else 0 :]:
-            seen.setdefault((r.kind, r.namespace, r.name), r)
         # Each workload gets its pod template back as it was before (the restart annotations it had):
         # Deployments return to their old ReplicaSet, whose pods the (rolled back) injector meshes.
         live = {w.key: w for w in self.ports.data_plane().workloads}
         items = [
-            (live[key], {RESTARTED_AT: r.previous_restarted_at, RESTARTED_BY: r.previous_restarted_by})
-            for key, r in seen.items()
-            if key in live
+            (
+                live[r.kind, r.namespace, r.name],
+                {RESTARTED_AT: r.previous_restarted_at, RESTARTED_BY: r.previous_restarted_by},
+            )
+            for r in scope.restarts
+            if (r.kind, r.namespace, r.name) in live
         ]
         self._roll("rollback", items, version=None, record_hop=None, resume=again)
-        log.info("rolled-back", restarted_again=len(seen))
+        log.info("rolled-back", where=scope.where, releases=len(scope.releases), restarted_again=len(items))
 
     def _check_crd_rollback(self, version: str | None) -> None:
         """Refuse to roll linkerd-crds back if the older chart stops serving a version still stored."""
@@ -465,12 +668,18 @@ class Executor:
         if current.chart_version == version and current.status == "deployed":
             log.info("step-done-already", release=name, chart_version=version, revision=current.revision)
             return
+        if name == CRDS and crds_would_go_back(current.chart_version, version):
+            note = f"{CRDS} kept at {current.chart_version}: the planned {version} is older (CRDs never move back)"
+            log.warning("crds-kept", installed=current.chart_version, planned=version)
+            if note not in self.checkpoint.reported:
+                self.checkpoint.reported.append(note)
+            self._save()
+            return
         sent: dict[str, Any] = {}
         reset, reuse = False, False
         if values is not None:
-            sent, reset, reuse = self._values_for(
-                values, name, ns, chart, version, user=self.ports.user_values(name, ns)
-            )
+            user, strategy = self._carried_values(name, ns, current)
+            sent, reset, reuse = self._values_for(values, name, ns, chart, version, user=user, strategy=strategy)
         log.info("helm-upgrade", release=name, namespace=ns, chart_version=version, revision=current.revision)
         self.lock.fence()
         try:
@@ -503,6 +712,31 @@ class Executor:
         record.charts_after.append(observed.chart_version)
         self._save()
 
+    def _carried_values(self, name: str, ns: str, current: HelmRelease) -> tuple[dict[str, Any], str | None]:
+        """The user values to carry: the current revision's, or the last deployed one's when it failed.
+
+        A failed revision holds the values that made it fail (an unschedulable nodeSelector): they
+        are not carried, and neither may helm reuse them (``reuse`` becomes ``reset-then-reuse``).
+        """
+        if current.status == "deployed":
+            return self.ports.user_values(name, ns), None
+        deployed = last_deployed(self.ports.history(name, ns), at_most=current.revision)
+        if deployed is None:
+            raise self._stop(
+                f"release {ns}/{name} is {current.status} at revision {current.revision} and was never deployed",
+                f"helm history {name} -n {ns}; repair or reinstall it with helm, then upgrader resume "
+                f"{self.checkpoint.run_id}",
+            )
+        log.warning(
+            "values-from-deployed-revision",
+            release=name,
+            revision=deployed.revision,
+            skipped_revision=current.revision,
+            status=current.status,
+        )
+        strategy = "reset-then-reuse" if self.spec.values.strategy == "reuse" else None
+        return self.ports.user_values(name, ns, deployed.revision), strategy
+
     def _values_for(
         self,
         hop: Hop,
@@ -518,12 +752,21 @@ class Executor:
         spec = self.spec
         if strategy is not None and strategy != spec.values.strategy:
             spec = spec.model_copy(update={"values": spec.values.model_copy(update={"strategy": strategy})})
+        installed = self.ports.release(name, ns)  # whose values-ha.yaml the user values hold (HA)
+        ha_target, ha_installed = ha_layers(
+            hop,
+            spec,
+            (installed.chart_name, installed.chart_version) if installed is not None else None,
+            lambda c, v: self.ports.chart_file(f"{self.repo}/{c}", v, HA_FILE),
+        )
         out = hop_values(
             hop,
             spec,
             self.catalog,
             user_values=user,
             target_defaults=self.ports.chart_defaults(f"{self.repo}/{chart}", version),
+            ha_target=ha_target,
+            ha_installed=ha_installed,
         )
         self.checkpoint.values_diff = diff(self.ports.all_values(name, ns), out.effective)
         self.checkpoint.values_diffs[f"{self.checkpoint.hop}/{chart}"] = self.checkpoint.values_diff
@@ -534,6 +777,8 @@ class Executor:
             changed=len(self.checkpoint.values_diff),
             moved=out.migration.moved,
             dropped=out.migration.dropped,
+            ha_values="target" if out.ha_values else "none",
+            ha_taken_out=len(out.ha_removed),
         )
         self._save()
         return out.values, out.reset_values, out.reuse_values
@@ -641,9 +886,11 @@ class Executor:
 
     def _verify_control_plane(self, hop: Hop, resume: str) -> None:
         problems = self.ports.control_plane_ready(self.namespace)
-        stale = sorted(p.name for p in self.ports.control_plane_pods(self.namespace) if proxy_version(p) != hop.to)
+        proxy = values_proxy(self.plan.pins) or hop.to  # the values' proxy pin holds the control plane's proxies too
+        stale = sorted(p.name for p in self.ports.control_plane_pods(self.namespace) if proxy_version(p) != proxy)
         if stale:
-            problems.append(f"control-plane pods not on {hop.to}: {', '.join(stale[:6])}")
+            pinned = f" (pinned by {PROXY_KEY})" if proxy != hop.to else ""
+            problems.append(f"control-plane pods not on {proxy}{pinned}: {', '.join(stale[:6])}")
         version = self.ports.control_plane_version(self.namespace)
         if version != hop.to:
             problems.append(f"linkerd-config reports {version}, expected {hop.to}")
@@ -661,9 +908,16 @@ class Executor:
         marker = f"{self.checkpoint.run_id}/{index}"
         wave = hop.waves[number]
         tag = f"{index}/{number}"
-        if tag in self.checkpoint.waves_done or not wave.namespaces:
+        if tag in self.checkpoint.waves_done:
             return
-        inv = self._inventory(wave.namespaces)
+        if not wave.namespaces:  # the plan warned: nothing meshed matched it
+            log.warning("wave-empty", hop=index + 1, wave=wave.name, reason="no meshed namespace in this wave")
+            self.checkpoint.waves_done.append(tag)
+            self._save()
+            return
+        inv = self._unpinned(self._inventory(wave.namespaces), hop, wave.name, resume)
+        if not inv.targets:
+            log.warning("wave-empty", hop=index + 1, wave=wave.name, reason="no meshed workload to restart")
         for item in inv.reported:
             log.info("not-restarted", wave=wave.name, what=str(item))
             if str(item) not in self.checkpoint.reported:
@@ -709,6 +963,30 @@ class Executor:
             self.sleep(step)
             left -= step
 
+    def _pinned(self, inv: Inventory, hop: Hop) -> list[Pin]:
+        """The workloads of ``inv`` whose proxy a restart would not bring to ``hop.to`` (observed now)."""
+        view = self.ports.data_plane()
+        return workload_pins(
+            inv.targets, view.namespaces, view.pods, targets=[hop.to], values_version=values_proxy(self.plan.pins)
+        )
+
+    def _unpinned(self, inv: Inventory, hop: Hop, wave: str, resume: str) -> Inventory:
+        """``inv`` without its pinned workloads: the spec's ``pins`` policy stops the run, or reports them."""
+        pinned = self._pinned(inv, hop)
+        if not pinned:
+            return inv
+        if self.spec.pins == "refuse":
+            raise self._stop(
+                f"wave {wave}: versions are pinned: {describe_pins(pinned)}", f"{remedies(pinned)}; then {resume}"
+            )
+        for pin in pinned:
+            log.info("workload-pinned", wave=wave, workload=f"{pin.kind} {pin.namespace}/{pin.name}", pin=str(pin))
+            text = f"{pin} (hop {hop.to}: not restarted, not upgraded)"
+            if text not in self.checkpoint.pinned:
+                self.checkpoint.pinned.append(text)
+        keys = {(p.kind, p.namespace, p.name) for p in pinned}
+        return replace(inv, targets=tuple(w for w in inv.targets if w.key not in keys))
+
     def _inventory(self, namespaces: list[str]) -> Inventory:
         dp = self.spec.data_plane
         return inventory(
@@ -753,26 +1031,43 @@ class Executor:
             seen = self.ports.wait_for_change(view.version, self._wait_seconds(r))
             view = self.ports.data_plane() if seen != view.version else view
             self._gate(r, view, len(items))
+        if r.gave_up:
+            dp = self.spec.data_plane
+            raise self._stop(
+                f"{r.label}: {len(r.gave_up)} workload(s) blocked by PodDisruptionBudgets for longer than "
+                f"dataPlane.pdbWaitTimeout ({dp.pdb_wait_timeout}); every other workload went on: "
+                f"{'; '.join(reason for reason, _ in r.gave_up.values())}",
+                f"{'; '.join(hint for _, hint in r.gave_up.values())}; then {r.resume}",
+            )
 
     def _start_allowed(self, r: _Rollout, view: DataPlaneView) -> None:
-        """Start what the throttle allows and the budgets can absorb (a blocked one waits, bounded)."""
+        """Start what the throttle allows and the budgets can absorb.
+
+        A workload a budget blocks waits without holding a throttle slot, so the others of its
+        namespace and wave go on; it is retried on every change until ``dataPlane.pdbWaitTimeout``,
+        then given up, and the round stops once the rest is done, naming every one given up.
+        """
         now, dp = self.clock(), self.spec.data_plane
         workloads = {w.key: w for w in view.workloads}
         in_flight = [workloads[k] for k in r.running if k in workloads]
-        for w in next_starts(r.pending, in_flight, r.throttle, now=now.timestamp(), last_start=r.last_start):
-            block = budget_block(workloads.get(w.key, w), view.budgets)
-            if block:
-                waited = (now - r.blocked.setdefault(w.key, now)).total_seconds()
-                if waited >= parse_duration(dp.pdb_wait_timeout):
-                    raise self._stop(
-                        f"{r.label}: {block}; waited {int(waited)}s (dataPlane.pdbWaitTimeout {dp.pdb_wait_timeout})",
-                        "relax the budget, set the workload's maxUnavailable to 0 (surge only), or annotate it "
-                        f"upgrader.io/skip=true; then {r.resume}",
-                    )
-                if waited == 0:
-                    log.warning("pdb-wait", workload=f"{w.kind} {w.namespace}/{w.name}", reason=block)
+        free = []
+        for w in list(r.pending):
+            current = workloads.get(w.key, w)
+            block = budget_block(current, view.budgets)
+            if not block:
+                r.blocked.pop(w.key, None)
+                free.append(w)
                 continue
-            r.blocked.pop(w.key, None)
+            if w.key not in r.blocked:
+                log.warning("pdb-wait", workload=f"{w.kind} {w.namespace}/{w.name}", reason=block)
+            waited = (now - r.blocked.setdefault(w.key, now)).total_seconds()
+            if waited >= parse_duration(dp.pdb_wait_timeout):
+                name = f"{w.kind} {w.namespace}/{w.name}"
+                log.warning("pdb-timeout", workload=name, waited=int(waited), reason=block)
+                r.pending.remove(w)
+                del r.blocked[w.key]
+                r.gave_up[w.key] = (f"{block} (waited {int(waited)}s)", budget_hint(current))
+        for w in next_starts(free, in_flight, r.throttle, now=now.timestamp(), last_start=r.last_start):
             if r.record_hop is not None:
                 self.checkpoint.restarted.append(
                     Restarted(
@@ -879,7 +1174,8 @@ class Executor:
         """Every restarted workload's pods run the hop's proxy (what was reported stays as it was)."""
         namespaces = [ns for w in hop.waves for ns in w.namespaces]
         inv = self._inventory(namespaces)
-        targets = {w.key for w in inv.targets}
+        pinned = {(p.kind, p.namespace, p.name) for p in self._pinned(inv, hop)}  # reported by their wave
+        targets = {w.key for w in inv.targets} - pinned
         behind = sorted(
             f"{ns}/{name} ({', '.join(sorted(v for v in versions if v not in (hop.to, 'unknown')))})"
             for (kind, ns, name), versions in inv.proxies.items()
@@ -902,5 +1198,6 @@ class _Rollout:
     resume: str
     running: dict[Key, dt.datetime] = field(default_factory=dict)
     blocked: dict[Key, dt.datetime] = field(default_factory=dict)
+    gave_up: dict[Key, tuple[str, str]] = field(default_factory=dict)  # blocked past pdbWaitTimeout: (why, hint)
     last_start: float | None = None
     done: int = 0

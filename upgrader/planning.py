@@ -15,7 +15,10 @@ offline), the spec and the acknowledgements, and returns a ``Plan``:
 - Refusals carry a code and a reason: ``hop-too-large``, ``unknown-target``,
   ``rollback-too-far``, ``kubernetes-unsupported``, ``unacknowledged-note``,
   ``data-plane-skew``, ``missing-major``, ``unknown-current``, ``unsupported-hop`` (a hop the
-  executor cannot run: a rollback across the 2.12 chart split).
+  executor cannot run: a rollback across the 2.12 chart split), ``wave-namespace-missing`` (a
+  wave names a namespace the cluster does not have), ``pinned-versions`` (image versions
+  pinned in the values or on workloads, under the spec's default ``pins: refuse``; see
+  ``upgrader.pins``). A wave that restarts nothing is a plan warning, not a refusal.
 - Each hop's ``steps`` are typed actions (``PreflightStep``, ``UpgradeRelease``,
   ``KeepRelease``, ``AdoptSplitCharts``, ``VerifyControlPlane``, ``RestartWave``,
   ``VerifyDataPlane``): the executor runs exactly these, in this order. ``HOP_KINDS`` lists
@@ -26,24 +29,28 @@ A refused plan is still a plan (with ``refused`` set and no hops) so reviewers s
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from upgrader.catalog import Catalog, KubernetesRange, Major, Note
-from upgrader.dataplane import selects
+from upgrader.dataplane import inventory, selects
 from upgrader.errors import InputError
 from upgrader.metrics import public_url
+from upgrader.pins import Pin, describe, remedies, value_pins, workload_pins
+from upgrader.ports import DataPlaneView
 from upgrader.redaction import redact_values
 from upgrader.spec import Spec, parse_duration
 from upgrader.states import RunState
-from upgrader.values import Outgoing, outgoing
+from upgrader.values import Outgoing, outgoing, values_file
 from upgrader.versions import Version, parse_chart_version
 
 CRDS, CONTROL_PLANE, LEGACY = "linkerd-crds", "linkerd-control-plane", "linkerd2"
+HA_FILE = "values-ha.yaml"  # shipped inside the control-plane chart (and the linkerd2 chart)
 KUBERNETES_WAIVER = "kubernetes-version"  # the preflight check id a spec may waive
 EXTENSIONS = ("linkerd-viz", "linkerd-multicluster", "linkerd-jaeger", "linkerd-smi")
 EXTENSION_NAMESPACES = {
@@ -102,6 +109,7 @@ class UpgradeRelease(_StepBase):
     release: str
     namespace: str
     send_values: bool = False  # the control plane's user values (migrated) and the spec's overrides
+    ha_values: bool = False  # HA: the target chart's values-ha.yaml under the user's own values (``hop_values``)
 
 
 class KeepRelease(_StepBase):
@@ -128,6 +136,7 @@ class AdoptSplitCharts(_StepBase):
     namespace: str
     legacy_release: str
     legacy_namespace: str
+    ha_values: bool = False  # control-plane part, HA: the target chart's values-ha.yaml under the user's values
 
 
 class VerifyControlPlane(_StepBase):
@@ -213,6 +222,10 @@ class Plan(_Out):
     window: dict[str, Any] | None = None
     gates: dict[str, Any] = Field(default_factory=dict)
     values_overrides: dict[str, Any] = Field(default_factory=dict)  # redacted
+    warnings: list[str] = Field(default_factory=list)  # what a reviewer must look at; they do not block
+    high_availability: bool | None = None  # the installation is HA (None: not observed, e.g. offline)
+    high_availability_evidence: list[str] = Field(default_factory=list)  # what discovery decided it on
+    pins: list[Pin] = Field(default_factory=list)  # versions held by values or workloads (upgrader.pins)
     refused: Refusal | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -240,7 +253,14 @@ class Observed:
     extensions: tuple[str, ...] = ()
     control_plane_namespace: str = "linkerd"
     namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # for wave/spec selectors
+    namespaces: frozenset[str] | None = None  # every namespace of the cluster (None: unknown, e.g. offline)
     release_namespaces: Mapping[str, str] = field(default_factory=dict)  # Helm release -> its namespace
+    release_charts: Mapping[str, str] = field(default_factory=dict)  # Helm release -> its chart version now
+    control_plane_release: str = CONTROL_PLANE
+    control_plane_values: Mapping[str, Any] = field(default_factory=dict)  # its user values (for pins)
+    data_plane_view: DataPlaneView | None = None  # namespaces, workloads, pods (for pins); None offline
+    high_availability: bool = False  # the control plane was installed HA (values-ha.yaml)
+    ha_evidence: tuple[str, ...] = ()  # what discovery decided high_availability on (empty: not observed)
 
     def namespace_of(self, release: str) -> str:
         """Where a release lives (the control plane's namespace unless discovery found it elsewhere)."""
@@ -325,6 +345,18 @@ class _Refused(Exception):
         self.code, self.reason = code, reason
 
 
+def crds_would_go_back(installed: str | None, planned: str | None) -> bool:
+    """Whether upgrading linkerd-crds from ``installed`` to ``planned`` would move the CRDs backwards.
+
+    CRDs never move back except by an explicit CRD rollback (``rollback --include-crds``, which
+    checks storedVersions first): an older chart may no longer serve a version still stored.
+    """
+    if not installed or not planned:
+        return False
+    order = _chart_order(planned), _chart_order(installed)
+    return order[0] != (-1,) and order[1] != (-1,) and order[0] < order[1]
+
+
 def _chart_order(text: str) -> tuple[int, ...]:
     try:
         return parse_chart_version(text).sort_key
@@ -352,14 +384,7 @@ def _resolve_waves(
 ) -> list[WavePlan]:
     """Each wave's namespaces: those it names, plus those its selector matches, minus earlier waves'."""
     labels = labels or {}
-    dp = spec.data_plane
-    remaining = [
-        ns
-        for ns in meshed
-        if ns not in excluded
-        and not (dp.include_selector and ns in labels and not selects(labels[ns], dp.include_selector))
-        and not (dp.exclude_selector and ns in labels and selects(labels[ns], dp.exclude_selector))
-    ]
+    remaining = [ns for ns in meshed if _in_scope(spec, ns, excluded, labels)]
     waves = []
     for wave in spec.data_plane.waves:
         chosen = [
@@ -372,6 +397,65 @@ def _resolve_waves(
         remaining = [ns for ns in remaining if ns not in chosen]
         waves.append(WavePlan(name=wave.name, namespaces=chosen, selector=wave.selector, bake_time=wave.bake_time))
     return waves
+
+
+def _in_scope(spec: Spec, ns: str, excluded: set[str], labels: Mapping[str, Mapping[str, str]]) -> bool:
+    """Whether the data-plane settings let waves restart ``ns`` (not excluded by name or selector)."""
+    dp = spec.data_plane
+    return (
+        ns not in excluded
+        and not (dp.include_selector and ns in labels and not selects(labels[ns], dp.include_selector))
+        and not (dp.exclude_selector and ns in labels and selects(labels[ns], dp.exclude_selector))
+    )
+
+
+def _check_waves(spec: Spec, observed: Observed) -> list[str]:
+    """A wave naming a namespace the cluster does not have is refused; one that restarts nothing is a warning.
+
+    Judged only when the cluster's namespaces are known (not offline): a typo such as ``[shpo]``
+    or a namespace with nothing meshed (its workloads scaled to 0) would otherwise leave a wave
+    silently empty, and a canary would disappear without a word.
+    """
+    known = observed.namespaces
+    if known is None:
+        return []
+    waves = spec.data_plane.waves
+    for wave in waves:
+        missing = [ns for ns in wave.namespaces if ns != "*" and ns not in known]
+        if missing:
+            similar = sorted({m for ns in missing for m in difflib.get_close_matches(ns, sorted(known), n=3)})
+            hint = f" (similar: {', '.join(similar)})" if similar else ""
+            raise _Refused(
+                "wave-namespace-missing",
+                f"wave {wave.name} names namespace(s) the cluster does not have: {', '.join(missing)}{hint}; "
+                "fix the wave in the spec (dataPlane.waves)",
+            )
+    excluded = set(spec.data_plane.exclude_namespaces) | {observed.control_plane_namespace}
+    excluded |= {EXTENSION_NAMESPACES[e] for e in observed.extensions if e in EXTENSION_NAMESPACES}
+    labels = observed.namespace_labels
+    resolved = _resolve_waves(spec, sorted(observed.data_plane), excluded, labels)
+    earlier: set[str] = set()
+    warnings = []
+    for wave, planned in zip(waves, resolved, strict=True):
+        shown = ",".join(f"{k}={v}" for k, v in sorted(wave.selector.items()))
+        if wave.selector and not any(selects(found, wave.selector) for found in labels.values()):
+            warnings.append(f"wave {wave.name}: selector {shown} matches no namespace")
+        if not planned.namespaces:
+            why = []
+            for ns in wave.namespaces:
+                if ns == "*":
+                    why.append("no meshed namespace is left for '*'")
+                elif ns not in observed.data_plane:
+                    why.append(f"{ns} has no meshed pod (nothing runs there, or its workloads are scaled to 0)")
+                elif not _in_scope(spec, ns, excluded, labels):
+                    why.append(f"{ns} is excluded (control-plane or extension namespace, or dataPlane exclusions)")
+                elif ns in earlier:
+                    why.append(f"{ns} is restarted by an earlier wave")
+            if wave.selector and any(selects(found, wave.selector) for found in labels.values()):
+                why.append(f"selector {shown} matches no meshed namespace left")
+            warnings.append(f"wave {wave.name} restarts nothing: {'; '.join(why) or 'it names no namespace'}")
+        earlier |= set(planned.namespaces)
+    return warnings
 
 
 def _estimate(
@@ -419,6 +503,8 @@ def make_plan(
         "window": spec.window.model_dump(by_alias=True) if spec.window else None,
         "gates": _gates(spec),
         "values_overrides": redact_values(spec.values.overrides),
+        "high_availability": observed.high_availability if observed.ha_evidence else None,
+        "high_availability_evidence": list(observed.ha_evidence),
     }
     if observed.control_plane is not None and not observed.kubernetes:
         notes.append("Kubernetes version unknown (offline): supported ranges were not checked; pass --kubernetes")
@@ -426,12 +512,46 @@ def make_plan(
         hops = _plan_hops(
             observed, target, offering, catalog=catalog, spec=spec, acknowledged=set(acknowledged), notes=notes
         )
+        warnings = _check_waves(spec, observed) if hops else []
     except _Refused as refused:
         return Plan(**base, refused=Refusal(code=refused.code, reason=refused.reason))
+    pins = find_pins(observed, spec, [h.to for h in hops], [ns for h in hops for w in h.waves for ns in w.namespaces])
+    if pins and spec.pins == "refuse":
+        reason = f"versions are pinned: {describe(pins)}. {remedies(pins)}"
+        return Plan(**base, pins=pins, refused=Refusal(code="pinned-versions", reason=reason))
+    base["pins"] = pins
     unknown = sorted({h.major for h in hops if catalog.major(int(h.major.split(".")[1])) is None})
     if unknown:
         notes.append(f"no catalog entry for {', '.join(unknown)}: Kubernetes range and notes unchecked")
-    return Plan(**base, hops=hops, estimated_minutes=sum(h.estimated_minutes for h in hops))
+    return Plan(**base, hops=hops, warnings=warnings, estimated_minutes=sum(h.estimated_minutes for h in hops))
+
+
+def find_pins(observed: Observed, spec: Spec, targets: list[str], namespaces: list[str]) -> list[Pin]:
+    """Image versions pinned in the control plane's values (with the spec's overrides), then workloads in
+    ``namespaces`` whose proxy a restart would not move to every target (the values' own proxy pin is
+    listed once, not per workload)."""
+    if not targets:
+        return []
+    release = observed.control_plane_release
+    pins = value_pins(
+        observed.control_plane_values,
+        spec.values.overrides,
+        release=release,
+        namespace=observed.namespace_of(release),
+        targets=targets,
+    )
+    view = observed.data_plane_view
+    if view is not None and namespaces:
+        dp = spec.data_plane
+        inv = inventory(
+            view,
+            namespaces,
+            exclude_namespaces=dp.exclude_namespaces,
+            include_selector=dp.include_selector or None,
+            exclude_selector=dp.exclude_selector or None,
+        )
+        pins += workload_pins(inv.targets, view.namespaces, view.pods, targets=targets)
+    return pins
 
 
 def _check_skew(observed: Observed, current: Version, catalog: Catalog, notes: list[str]) -> set[str]:
@@ -675,19 +795,22 @@ def _release_steps(
     """The Helm steps of a hop, and the hop's kind (they decide each other)."""
     ns = observed.control_plane_namespace
     if LEGACY in charts:  # before 2.12 one chart held CRDs and control plane
+        ha, ha_detail = _ha_values(spec, observed, LEGACY, charts[LEGACY])
         step = UpgradeRelease(
             state=RunState.UPGRADING_CONTROL_PLANE,
             name=LEGACY,
             chart=LEGACY,
             chart_version=charts[LEGACY],
-            detail=f"helm upgrade in {observed.namespace_of(LEGACY)}; values: {spec.values.strategy}",
+            detail=f"helm upgrade in {observed.namespace_of(LEGACY)}; values: {spec.values.strategy}{ha_detail}",
             release=LEGACY,
             namespace=observed.namespace_of(LEGACY),
             send_values=True,
+            ha_values=ha,
         )
         return ("rollback" if rollback else "linkerd2-upgrade"), [step]
     if previous.major < 12 <= stop.major:  # the 2.12 chart split (a blocking, acknowledged note)
         legacy = {"legacy_release": LEGACY, "legacy_namespace": observed.namespace_of(LEGACY), "namespace": ns}
+        ha, ha_detail = _ha_values(spec, observed, CONTROL_PLANE, charts.get(CONTROL_PLANE))
         return "chart-split", [
             AdoptSplitCharts(
                 state=RunState.UPGRADING_CRDS,
@@ -704,14 +827,25 @@ def _release_steps(
                 name=CONTROL_PLANE,
                 chart=CONTROL_PLANE,
                 chart_version=charts.get(CONTROL_PLANE),
-                detail=f"helm install adopting the control plane, then remove the {LEGACY} release record",
+                detail=f"helm install adopting the control plane, then remove the {LEGACY} release record{ha_detail}",
                 part="control-plane",
                 release=CONTROL_PLANE,
+                ha_values=ha,
                 **legacy,
             ),
         ]
     crds: Step
-    if rollback:
+    installed_crds = observed.release_charts.get(CRDS)
+    if not rollback and crds_would_go_back(installed_crds, charts.get(CRDS)):
+        crds = KeepRelease(
+            state=RunState.UPGRADING_CRDS,
+            name=CRDS,
+            chart=CRDS,
+            detail=f"kept at {installed_crds}: the {stop} chart {charts.get(CRDS)} is older (CRDs never move back)",
+            release=CRDS,
+            namespace=ns,
+        )
+    elif rollback:
         crds = KeepRelease(
             state=RunState.UPGRADING_CRDS,
             name=CRDS,
@@ -730,17 +864,28 @@ def _release_steps(
             release=CRDS,
             namespace=ns,
         )
+    ha, ha_detail = _ha_values(spec, observed, CONTROL_PLANE, charts.get(CONTROL_PLANE))
     control_plane = UpgradeRelease(
         state=RunState.UPGRADING_CONTROL_PLANE,
         name=CONTROL_PLANE,
         chart=CONTROL_PLANE,
         chart_version=charts.get(CONTROL_PLANE),
-        detail=f"values: {spec.values.strategy}",
+        detail=f"values: {spec.values.strategy}{ha_detail}",
         release=CONTROL_PLANE,
         namespace=ns,
         send_values=True,
+        ha_values=ha,
     )
     return ("rollback" if rollback else "upgrade"), [crds, control_plane]
+
+
+def _ha_values(spec: Spec, observed: Observed, chart: str, version: str | None) -> tuple[bool, str]:
+    """Whether a control-plane step layers the target chart's values-ha.yaml, and what its detail says."""
+    if not observed.high_availability:
+        return False, ""
+    if spec.values.ha_values == "keep":
+        return False, f"; HA: {HA_FILE} kept as installed (values.haValues: keep)"
+    return True, f"; HA: {HA_FILE} of {chart} {version or '?'} applied under your values"
 
 
 def _hop(
@@ -805,7 +950,7 @@ def _hop(
         to=str(stop),
         major=stop.major_name,
         kind=kind,
-        charts=charts,
+        charts={c: v for c, v in charts.items() if c not in EXTENSIONS or c in installed_ext},  # what it touches
         steps=steps,
         waves=waves,
         values_changes=changes,
@@ -815,22 +960,62 @@ def _hop(
 
 
 def hop_values(
-    hop: Hop, spec: Spec, catalog: Catalog, *, user_values: dict[str, Any], target_defaults: dict[str, Any]
+    hop: Hop,
+    spec: Spec,
+    catalog: Catalog,
+    *,
+    user_values: dict[str, Any],
+    target_defaults: dict[str, Any],
+    ha_target: dict[str, Any] | None = None,
+    ha_installed: dict[str, Any] | None = None,
 ) -> Outgoing:
     """The values a hop sends with its control-plane chart: one rule for apply, --dry-run and preflight.
 
     The release's user values, migrated by the catalog's values changes of the hop's major
     (upgrades only), the spec's overrides, under the spec's strategy (see ``values.outgoing``).
+    When the hop's control-plane step says ``ha_values`` (an HA installation, ``values.haValues:
+    target``), ``ha_target`` (the target chart's values-ha.yaml, see ``ha_layers``) goes under the
+    user's own values: the user values without ``ha_installed`` (the installed chart's
+    values-ha.yaml). A rollback hop does the same with the older chart's file: the result is what
+    a fresh HA install of that chart with the user's own values holds.
     """
     major = int(hop.major.split(".")[1])
     changes = [m.values for m in catalog.majors if m.major == major]
+    layered = wants_ha_values(hop, spec) and ha_target is not None
     return outgoing(
         spec.values.strategy,
         target_defaults=target_defaults,
         user_values=user_values,
         overrides=spec.values.overrides,
         changes=changes if hop.kind != "rollback" else [],
+        ha_target=ha_target if layered else None,
+        ha_installed=ha_installed if layered else None,
     )
+
+
+def wants_ha_values(hop: Hop, spec: Spec) -> bool:
+    """Whether the hop's control-plane step layers the target chart's values-ha.yaml (then fetch the files)."""
+    step = control_plane_step(hop)
+    return step is not None and step.ha_values and spec.values.ha_values == "target"
+
+
+def ha_layers(
+    hop: Hop, spec: Spec, installed: tuple[str, str] | None, read: Callable[[str, str], str | None]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The two values-ha.yaml layers ``hop_values`` takes: the target chart's and the installed chart's.
+
+    ``installed`` is the chart name and version of the release the user values are read from
+    (the linkerd2 release in the 2.12 split); ``read(chart, version)`` is the text of that
+    chart's values-ha.yaml (None when it ships none). (None, None) when the hop layers nothing.
+    """
+    step = control_plane_step(hop)
+    if step is None or step.chart_version is None or not wants_ha_values(hop, spec):
+        return None, None
+    chart = step.chart or step.release
+    target = values_file(read(chart, step.chart_version), f"{HA_FILE} of {chart} {step.chart_version}")
+    if installed is None:
+        return target, None
+    return target, values_file(read(*installed), f"{HA_FILE} of {installed[0]} {installed[1]}")
 
 
 def control_plane_step(hop: Hop) -> UpgradeRelease | AdoptSplitCharts | None:

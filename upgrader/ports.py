@@ -92,6 +92,14 @@ class KubePort(Protocol):
         """A ConfigMap's data, or None when it does not exist."""
         ...
 
+    def list_workloads(self, namespace: str | None = None) -> list[Workload]:
+        """Deployments, StatefulSets and DaemonSets in ``namespace`` (every namespace when None)."""
+        ...
+
+    def list_budgets(self, namespace: str | None = None) -> list[Budget]:
+        """PodDisruptionBudgets in ``namespace`` (every namespace when None)."""
+        ...
+
 
 class HelmPort(Protocol):
     """The helm commands we use, one method each; values always travel on stdin."""
@@ -114,6 +122,10 @@ class HelmPort(Protocol):
 
     def get_values(self, release: str, namespace: str, *, all_values: bool = False) -> dict[str, Any]:
         """User-supplied values of the current revision (or computed ones with ``all_values``)."""
+        ...
+
+    def chart_file(self, chart: str, version: str, name: str) -> str | None:
+        """The text of a file shipped inside ``chart`` at ``version`` (``values-ha.yaml``); None if absent."""
         ...
 
 
@@ -146,6 +158,7 @@ class Workload:
     strategy: str = "RollingUpdate"  # RollingUpdate | Recreate | OnDelete
     max_unavailable: str | None = None  # as written in the rolling-update strategy ("25%", "1"); None = default
     max_surge: str | None = None
+    required_anti_affinity: bool = False  # the pod template has requiredDuringScheduling pod anti-affinity
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -153,10 +166,50 @@ class Workload:
 
 
 @dataclass(frozen=True)
+class SelectorRequirement:
+    """One ``matchExpressions`` entry of a LabelSelector."""
+
+    key: str
+    operator: str  # In | NotIn | Exists | DoesNotExist
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A Kubernetes LabelSelector as written (an empty one selects everything)."""
+
+    match_labels: dict[str, str] = field(default_factory=dict)
+    match_expressions: tuple[SelectorRequirement, ...] = ()
+
+
+@dataclass(frozen=True)
+class WebhookRule:
+    """One rule of an admission webhook: which operations on which resources it intercepts."""
+
+    operations: tuple[str, ...] = ()
+    api_groups: tuple[str, ...] = ()
+    resources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WebhookEntry:
+    """One webhook of a configuration, with what it selects (None selectors select everything)."""
+
+    name: str
+    failure_policy: str = "Fail"  # admissionregistration/v1's default
+    namespace_selector: LabelSelector | None = None
+    object_selector: LabelSelector | None = None
+    rules: tuple[WebhookRule, ...] = ()
+
+
+@dataclass(frozen=True)
 class Webhook:
+    """A Mutating/ValidatingWebhookConfiguration: ``failure_policies`` per webhook, ``entries`` in full."""
+
     kind: str  # mutating | validating
     name: str
     failure_policies: tuple[str, ...] = ()
+    entries: tuple[WebhookEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -207,11 +260,7 @@ class PreflightKubePort(KubePort, Protocol):
 
     def list_namespaces(self) -> list[Namespace]: ...
 
-    def list_workloads(self, namespace: str | None = None) -> list[Workload]: ...
-
     def list_webhooks(self) -> list[Webhook]: ...
-
-    def list_budgets(self) -> list[Budget]: ...
 
     def list_crds(self) -> list[CustomResourceDefinition]: ...
 

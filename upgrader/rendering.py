@@ -39,14 +39,26 @@ def _summary(plan: Plan) -> str:
     return f"{len(plan.hops)} hop(s): {path}; estimated {plan.estimated_minutes} min"
 
 
+def _high_availability(plan: Plan) -> str | None:
+    """One line on whether the installation is HA and on what evidence (None when not observed)."""
+    if plan.high_availability is None:
+        return None
+    evidence = f" ({'; '.join(plan.high_availability_evidence)})" if plan.high_availability_evidence else ""
+    return f"control plane installed HA: {'yes' if plan.high_availability else 'no'}{evidence}"
+
+
 def _markdown(plan: Plan) -> str:
     out = [f"# Linkerd upgrade plan: {plan.from_ or 'unknown'} -> {plan.to}", "", f"**{_summary(plan)}**", ""]
     out += [f"- spec: `{plan.spec}`; values strategy: `{plan.values_strategy}`"]
+    if (ha := _high_availability(plan)) is not None:
+        out.append(f"- {ha}")
     if plan.acknowledged:
         out.append(f"- acknowledged notes: {', '.join(f'`{a}`' for a in plan.acknowledged)}")
     if plan.waivers:
         out.append(f"- waived preflight checks: {', '.join(f'`{w}`' for w in plan.waivers)}")
     out += [f"- note: {n}" for n in plan.notes]
+    out += [f"- **warning**: {w}" for w in plan.warnings]
+    out += [f"- **pinned**: {p}" for p in plan.pins]
     out.append(f"- on failure: `{plan.on_failure}`{'; dry run (server-side only)' if plan.dry_run else ''}")
     if plan.window:
         days = ",".join(plan.window.get("days") or []) or "every day"
@@ -97,8 +109,14 @@ def _table(plan: Plan) -> str:
     buffer = io.StringIO()
     console = Console(file=buffer, width=120, color_system=None)
     console.print(f"Plan {plan.from_ or 'unknown'} -> {plan.to} (spec {plan.spec}): {_summary(plan)}")
+    if (ha := _high_availability(plan)) is not None:
+        console.print(ha)
     for note in plan.notes:
         console.print(f"note: {note}")
+    for warning in plan.warnings:
+        console.print(f"warning: {warning}")
+    for pin in plan.pins:
+        console.print(f"pinned: {pin}" + ("" if plan.refused else " (reported as pinned, not upgraded)"))
     for i, hop in enumerate(plan.hops, 1):
         table = Table(
             "#",

@@ -24,31 +24,42 @@ import secrets
 import shutil
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from upgrader.catalog import Catalog, default_catalog
-from upgrader.checkpoints import Checkpoint, CheckpointStore, FileStore, parse_state_store, plan_hash
+from upgrader.checkpoints import (
+    Checkpoint,
+    CheckpointStore,
+    FileStore,
+    ReleaseRevisions,
+    parse_state_store,
+    plan_hash,
+)
 from upgrader.dataplane import Inventory, inventory
-from upgrader.discovery import observe
-from upgrader.errors import InputError, UpgraderError
-from upgrader.execution import Executor, PreflightStoppedError, RunStoppedError
+from upgrader.discovery import DATA_PLANE_SELECTOR, Installation, last_deployed, observe
+from upgrader.errors import InputError, NotFoundError, UpgraderError
+from upgrader.execution import Executor, PreflightStoppedError, RollbackScope, RunStoppedError
 from upgrader.locking import LockLostError, pid_alive
 from upgrader.metrics import public_url
 from upgrader.planning import (
+    HA_FILE,
     AdoptSplitCharts,
+    Hop,
     Observed,
     Plan,
     UpgradeRelease,
     build_offering,
     control_plane_step,
+    ha_layers,
     hop_values,
     make_plan,
+    wants_ha_values,
 )
-from upgrader.ports import DataPlaneView
+from upgrader.ports import DataPlaneView, HelmRevision
 from upgrader.preflight import CheckResult
 from upgrader.preflight.checks import Context, run_checks
 from upgrader.preflight.observe import gather
@@ -151,6 +162,31 @@ def _namespace_labels(kube: Any, notes: list[str]) -> dict[str, dict[str, str]]:
         return {}
 
 
+def _with_pin_inputs(observed: Observed, kube: Any, helm: Any, inst: Installation, notes: list[str]) -> Observed:
+    """``observed`` with what the planner finds version pins in: the control plane's user values and the
+    data plane (namespaces, workloads, meshed pods). Unreadable ones leave pins unchecked, with a note."""
+    cp = next((r for r in inst.releases if r.chart_name in ("linkerd-control-plane", "linkerd2")), None)
+    try:
+        values = helm.get_values(cp.name, cp.namespace) if cp is not None else {}
+        view = DataPlaneView(
+            namespaces=tuple(kube.list_namespaces()),
+            workloads=tuple(kube.list_workloads()),
+            pods=tuple(kube.list_pods(label_selector=DATA_PLANE_SELECTOR)),
+            budgets=(),
+        )
+    except UpgraderError as exc:
+        if exc.retryable:
+            raise
+        notes.append(f"version pins not checked ({exc.message})")
+        return observed
+    return replace(
+        observed,
+        control_plane_release=cp.name if cp is not None else observed.control_plane_release,
+        control_plane_values=values or {},
+        data_plane_view=view,
+    )
+
+
 def plan_session(
     *,
     to: str | None,
@@ -197,15 +233,21 @@ def plan_session(
         inst = None
     observed = Observed(control_plane=None)
     if inst is not None:
+        labels = _namespace_labels(kube, notes)
         observed = Observed(
             control_plane=catalog.parse(inst.control_plane_version) if inst.control_plane_version else None,
             data_plane=inst.proxies,
             kubernetes=inst.kubernetes_version,
             extensions=inst.extensions,
             control_plane_namespace=inst.control_plane_namespace or "linkerd",
-            namespace_labels=_namespace_labels(kube, notes),
+            namespace_labels=labels,
+            namespaces=frozenset(labels) or None,  # a cluster always has namespaces: none read is unknown
             release_namespaces={r.name: r.namespace for r in inst.releases},
+            release_charts={r.name: r.chart_version for r in inst.releases},
+            high_availability=inst.high_availability,
+            ha_evidence=inst.ha_evidence,
         )
+        observed = _with_pin_inputs(observed, kube, helm_port, inst, notes)
         log.info(
             "observed",
             control_plane=str(observed.control_plane),
@@ -335,10 +377,44 @@ def values_sender(session: Session, plan: Plan, repo: str) -> Callable[[dict[str
 
     def send(user: dict[str, Any]) -> dict[str, Any]:
         defaults = session.helm.show_values(f"{repo}/{chart}", version) if version else {}
-        out = hop_values(hop, session.spec, session.catalog, user_values=user, target_defaults=defaults)
+        ha_target, ha_installed = _ha_layers(session, hop, step, repo)
+        out = hop_values(
+            hop,
+            session.spec,
+            session.catalog,
+            user_values=user,
+            target_defaults=defaults,
+            ha_target=ha_target,
+            ha_installed=ha_installed,
+        )
         return out.effective
 
     return send
+
+
+def _values_release(step: UpgradeRelease | AdoptSplitCharts) -> tuple[str, str]:
+    """The release whose user values a control-plane step sends (the split: the linkerd2 release it replaces)."""
+    if isinstance(step, AdoptSplitCharts):
+        return step.legacy_release, step.legacy_namespace
+    return step.release, step.namespace
+
+
+def _ha_layers(
+    session: Session, hop: Hop, step: UpgradeRelease | AdoptSplitCharts, repo: str
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The values-ha.yaml layers of ``hop`` (target chart's, installed chart's), read with helm; see ``ha_layers``."""
+    if not wants_ha_values(hop, session.spec):
+        return None, None
+    try:
+        installed = session.helm.status(*_values_release(step))
+    except NotFoundError:
+        installed = None
+    return ha_layers(
+        hop,
+        session.spec,
+        (installed.chart_name, installed.chart_version) if installed is not None else None,
+        lambda c, v: session.helm.chart_file(f"{repo}/{c}", v, HA_FILE),
+    )
 
 
 def preflight(
@@ -372,6 +448,27 @@ class DryRun:
     chart_version: str | None = None
     values_diff: list[dict[str, Any]] = field(default_factory=list)
     server_accepted: list[tuple[str, str]] = field(default_factory=list)  # (chart, version)
+    ha_values: str = ""  # which chart's values-ha.yaml the values layer (HA installations)
+    values_source: str = ""  # whose user values are carried (the last deployed revision's when the last failed)
+
+
+def carried_values(helm: Any, release: str, namespace: str) -> tuple[dict[str, Any], str]:
+    """The user values a hop carries, and whose they are: the current revision's, or, when that
+    revision is not deployed (a failed upgrade), the last deployed revision's (the executor's rule)."""
+    history = helm.history(release, namespace)
+    current = max(history, key=lambda r: r.revision) if history else None
+    if current is None or current.status == "deployed":
+        where = f"revision {current.revision}" if current else "its current revision"
+        return helm.get_values(release, namespace), f"user values of {release} {where}"
+    deployed = last_deployed(history, at_most=current.revision)
+    if deployed is None:
+        return helm.get_values(release, namespace), (
+            f"user values of {release} revision {current.revision} ({current.status}; no revision was ever deployed)"
+        )
+    return helm.get_values(release, namespace, revision=deployed.revision), (
+        f"user values of {release} revision {deployed.revision}, the last deployed one "
+        f"(revision {current.revision} is {current.status}: its values are not carried)"
+    )
 
 
 def dry_run(session: Session, options: RunOptions) -> DryRun:
@@ -399,14 +496,23 @@ def dry_run(session: Session, options: RunOptions) -> DryRun:
     else:
         release, release_ns = step.release, step.namespace
     chart = step.chart or step.release
+    ha_target, ha_installed = _ha_layers(session, hop, step, options.repo)
+    user, report.values_source = carried_values(session.helm, release, release_ns)
     out = hop_values(
         hop,
         session.spec,
         session.catalog,
-        user_values=session.helm.get_values(release, release_ns),
+        user_values=user,
         target_defaults=session.helm.show_values(f"{options.repo}/{chart}", step.chart_version),
+        ha_target=ha_target,
+        ha_installed=ha_installed,
     )
     report.chart, report.chart_version = chart, step.chart_version
+    if out.ha_values:
+        report.ha_values = (
+            f"HA: {HA_FILE} of {chart} {step.chart_version} applied under your values "
+            f"({len(out.ha_removed)} setting(s) of the installed chart's {HA_FILE} taken out of them)"
+        )
     report.values_diff = diff(session.helm.get_values(release, release_ns, all_values=True), out.effective)
     if split:
         return report  # the split installs new releases: helm cannot dry-run an adoption
@@ -461,6 +567,41 @@ class RunHooks:
 
     on_progress: Callable[[str, int, int], None] | None = None
     close: Callable[[], None] = lambda: None
+
+
+def rollback_scope(
+    session: Session,
+    store: CheckpointStore,
+    checkpoint: Checkpoint,
+    *,
+    options: RunOptions,
+    include_crds: bool = False,
+    to_checkpoint: int | None = None,
+) -> RollbackScope:
+    """What ``rollback`` would do, observed now with nothing changed (shown before it asks to go on)."""
+    from upgrader.adapters.cluster_ports import ClusterPorts  # noqa: PLC0415
+
+    ports = ClusterPorts(
+        session.kube,
+        session.helm,
+        preflight=lambda _plan, _index: [],
+        timeout_seconds=parse_duration(session.spec.gates.rollout_timeout),
+    )
+    try:
+        executor = Executor(
+            session.plan,
+            session.spec,
+            session.catalog,
+            ports,
+            store,
+            checkpoint.model_copy(deep=True),  # deciding writes nothing
+            clock=utc_now,
+            namespace=session.namespace,
+            repo=options.repo,
+        )
+        return executor.rollback_scope(include_crds=include_crds, to_checkpoint=to_checkpoint)
+    finally:
+        ports.close()
 
 
 def execute(
@@ -542,7 +683,7 @@ def execute(
         if session.spec.on_failure == "rollback" and action != "rollback":
             log.warning("on-failure-rollback", run_id=checkpoint.run_id, reason=exc.message)
             try:
-                executor.rollback(include_crds=False)
+                executor.rollback(hop=checkpoint.hop)  # the failed hop only: back to where it started
             except UpgraderError as failed:
                 raise UpgraderError(
                     f"{exc.message}; the rollback (on_failure: rollback) did not finish: {failed.message}",
@@ -574,6 +715,32 @@ def _already_done(session: Session, checkpoint: Checkpoint, executor: Executor) 
         return False
     executor.finish_elsewhere(f"the cluster is already at {session.plan.to}: control plane and proxies")
     return True
+
+
+def release_line(record: ReleaseRevisions, history: list[HelmRevision] | None) -> str:
+    """A release as ``status`` shows it: the revisions the run recorded, then what helm says now when that
+    differs (a failed revision the checkpoint never recorded, a rollback done by hand)."""
+    line = f"revision {record.before} -> {record.after or 'unchanged'}"
+    if not history:
+        return line
+    now = max(history, key=lambda r: r.revision)
+    failed = [r.revision for r in history if r.status == "failed" and r.revision > (record.before or 0)]
+    if now.revision != record.revision or now.status != "deployed":
+        line += f"; helm now: revision {now.revision} {now.status} ({now.chart})"
+    if failed:
+        line += f"; failed revision(s): {', '.join(map(str, failed))}"
+    return line
+
+
+def live_histories(
+    checkpoint: Checkpoint, kubeconfig: Path | None, context: str | None, helm: str | None
+) -> tuple[dict[str, list[HelmRevision]], str | None]:
+    """helm history of each release the run touched (best effort: status works offline); why not, if not."""
+    try:
+        port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context)
+        return {name: port.history(name, r.namespace) for name, r in checkpoint.releases.items()}, None
+    except UpgraderError as exc:
+        return {}, exc.message
 
 
 def lock_status(checkpoint: Checkpoint, kubeconfig: Path | None, context: str | None, clock: Clock = utc_now) -> str:

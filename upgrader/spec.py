@@ -74,6 +74,9 @@ class ValuesSpec(_Model):
     strategy: Literal["reset-then-reuse", "reuse", "reset"] = "reset-then-reuse"
     overrides: dict[str, Any] = Field(default_factory=dict)
     file: str | None = None
+    # HA installations: ``target`` layers the target chart's values-ha.yaml under the user's own values
+    # (the installed chart's values-ha.yaml taken out of them); ``keep`` sends the user values as they are
+    ha_values: Literal["target", "keep"] = "target"
 
 
 class Gates(_Model):
@@ -136,6 +139,8 @@ class Spec(_Model):
     acknowledge: list[str] = Field(default_factory=list)
     waivers: list[str] = Field(default_factory=list)
     dry_run: bool = False
+    # Versions pinned in the values or on workloads (upgrader.pins): refuse to plan, or upgrade the rest and report.
+    pins: Literal["refuse", "report"] = "refuse"
 
     @model_validator(mode="after")
     def _window_not_enforced(self) -> Spec:

@@ -5,8 +5,11 @@ UpgradingControlPlane -> VerifyingControlPlane -> UpgradingExtensions ->
 RestartingDataPlane -> VerifyingDataPlane`` and then either starts the next hop
 (``Preflight``) or ends ``Done``. Any acting state may fail (``Failed``) or be paused by an
 operator, a closing maintenance window or a gate with ``on_failure: pause`` (``Paused``).
-A failed, paused or done run may be rolled back (``RollingBack -> RolledBack``).
-``RolledBack`` is terminal; ``Done`` leads nowhere but to a rollback.
+A failed, paused or done run may be rolled back (``RollingBack -> RolledBack``), one hop
+(one major) per rollback: a ``RolledBack`` run whose earlier hops changed something may be
+rolled back again (``RolledBack -> RollingBack``). ``RolledBack`` and ``Done`` are terminal
+(no forward progress); they lead nowhere but to a rollback. A rollback that fails ends
+``Failed`` (stopped in ``RollingBack``), one interrupted ends ``Paused``: never in ``RollingBack``.
 
 ``TRANSITIONS`` is the table reviewers see (and the only one). It lists every move some run
 can make, derived from ``ROUTES``, the shapes of hop the planner makes (each hop's route is
@@ -104,6 +107,7 @@ def _transitions() -> dict[RunState, frozenset[RunState]]:
     table[S.FAILED] = set(ACTING) | {S.PAUSED, S.ROLLING_BACK}  # retry the failed step
     table[S.ROLLING_BACK] = {S.ROLLED_BACK, S.FAILED, S.PAUSED}
     table[S.DONE] = {S.ROLLING_BACK}  # a finished run can still be rolled back
+    table[S.ROLLED_BACK] = {S.ROLLING_BACK}  # one hop per rollback: the next one goes one more major back
     return {s: frozenset(t) for s, t in table.items()}
 
 

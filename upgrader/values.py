@@ -16,6 +16,16 @@ Strategies (the spec's ``values.strategy``):
   identity certificates, are dropped. Refused here unless the overrides carry the
   certificates.
 
+HA installations (``ha_target``/``ha_installed`` given): Linkerd installs HA with ``-f
+values-ha.yaml`` of the chart, so the release's user values hold that file's settings too.
+An upgrade layers the *target* chart's values-ha.yaml under the user's own values, as
+Linkerd's docs do with the new chart's file: first the installed chart's values-ha.yaml
+contributions are taken out of the user values (a user value equal to what that file sets at
+the same path is the file's; a different value is the user's and stays; the identity values
+always stay), then target file <- user's own values (migrated) <- overrides. Without this the
+old file's settings travel as user values and what a major adds to the file (2.14:
+``highAvailability``, ``policyControllerResources``) never arrives.
+
 Migration moves renamed keys to their new place and drops removed ones (both reported).
 The identity values (trust anchors, issuer certificate and key) must come out unchanged
 unless the spec's overrides change them on purpose. ``diff`` compares old and new effective
@@ -27,6 +37,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import yaml
 
 from upgrader.catalog import ValuesChanges
 from upgrader.errors import UpgraderError
@@ -98,6 +110,48 @@ def migrate(user_values: dict[str, Any], changes: list[ValuesChanges]) -> Migrat
     return Migration(values, moved, dropped)
 
 
+def own_values(user_values: dict[str, Any], shipped: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``user_values`` without what the values file ``shipped`` contributed, and the paths taken out.
+
+    A user value equal to what ``shipped`` sets at the same path is the file's contribution; a
+    different value (or one the file does not set) is the user's own. The identity values always stay.
+    """
+    removed: list[str] = []
+
+    def strip(user: dict[str, Any], theirs: dict[str, Any], prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in user.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if key not in theirs or path in IDENTITY_KEYS:
+                out[key] = copy.deepcopy(value)
+            elif isinstance(value, dict) and value and isinstance(theirs[key], dict):
+                inner = strip(value, theirs[key], path)
+                if inner:
+                    out[key] = inner
+            elif value == theirs[key]:
+                removed.append(path)
+            else:
+                out[key] = copy.deepcopy(value)
+        return out
+
+    return strip(user_values, shipped, ""), removed
+
+
+def values_file(text: str | None, what: str) -> dict[str, Any] | None:
+    """A values file's text parsed (YAML anchors and aliases as Linkerd's values-ha.yaml uses them); None if absent."""
+    if text is None:
+        return None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValuesError(f"{what} is not valid YAML: {exc}", hint=f"check {what} in the chart repository") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValuesError(f"{what} is not a map of values", hint=f"check {what} in the chart repository")
+    return loaded
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """What to send to ``helm upgrade``, and the values the release will end up with."""
@@ -107,6 +161,8 @@ class Outgoing:
     reuse_values: bool
     migration: Migration
     effective: dict[str, Any] = field(default_factory=dict)
+    ha_values: bool = False  # the target chart's values-ha.yaml is layered under the user's values
+    ha_removed: list[str] = field(default_factory=list)  # the installed values-ha.yaml's contributions taken out
 
 
 VERSION_PIN = "linkerdVersion"  # the target chart's own value must win
@@ -119,27 +175,45 @@ def outgoing(
     user_values: dict[str, Any],
     overrides: dict[str, Any],
     changes: list[ValuesChanges],
+    ha_target: dict[str, Any] | None = None,
+    ha_installed: dict[str, Any] | None = None,
 ) -> Outgoing:
-    """The values and flags for ``helm upgrade`` under ``strategy``; ValuesError if identity would change."""
-    migration = migrate(user_values, changes)
+    """The values and flags for ``helm upgrade`` under ``strategy``; ValuesError if identity would change.
+
+    ``ha_target`` (an HA installation: the target chart's values-ha.yaml) is layered under the
+    user's own values: ``user_values`` without ``ha_installed``'s contributions (the installed
+    chart's values-ha.yaml; see ``own_values``). None: no HA layers, the user values as they are.
+    """
+    own: dict[str, Any] = user_values
+    ha_removed: list[str] = []
+    if ha_target is not None:
+        own, ha_removed = own_values(user_values, ha_installed or {})
+    base = copy.deepcopy(ha_target) if ha_target is not None else {}
+    migration = migrate(own, changes)
     if strategy == "reset-then-reuse":
         kept = dict(migration.values)
         if VERSION_PIN in kept and VERSION_PIN not in overrides:
             kept.pop(VERSION_PIN)
             migration = Migration(kept, migration.moved, [*migration.dropped, VERSION_PIN])
-        sent = deep_merge(kept, overrides)
+        sent = deep_merge(deep_merge(base, kept), overrides)
         effective = deep_merge(target_defaults, sent)
-        result = Outgoing(sent, reset_values=True, reuse_values=False, migration=migration, effective=effective)
     elif strategy == "reuse":
-        effective = deep_merge(user_values, overrides)
-        result = Outgoing(
-            copy.deepcopy(overrides), reset_values=False, reuse_values=True, migration=migration, effective=effective
-        )
+        # helm keeps the old user values and merges what is sent over them: the target file, then the
+        # user's own values again (so the file does not override them), then the overrides
+        sent = deep_merge(deep_merge(base, own), overrides) if ha_target is not None else copy.deepcopy(overrides)
+        effective = deep_merge(user_values, sent)
     else:
-        effective = deep_merge(target_defaults, overrides)
-        result = Outgoing(
-            copy.deepcopy(overrides), reset_values=True, reuse_values=False, migration=migration, effective=effective
-        )
+        sent = deep_merge(base, overrides)
+        effective = deep_merge(target_defaults, sent)
+    result = Outgoing(
+        copy.deepcopy(sent),
+        reset_values=strategy != "reuse",
+        reuse_values=strategy == "reuse",
+        migration=migration,
+        effective=effective,
+        ha_values=ha_target is not None,
+        ha_removed=ha_removed,
+    )
     changed = [
         key for key in IDENTITY_KEYS if _get(effective, key) != _get(user_values, key) and _get(overrides, key) is None
     ]

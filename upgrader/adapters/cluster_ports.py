@@ -27,7 +27,7 @@ from upgrader.errors import AccessDeniedError, NotFoundError, UpgraderError
 from upgrader.metrics import MetricsPort, Sample
 from upgrader.permissions import PROBE_NAMESPACE
 from upgrader.planning import Plan
-from upgrader.ports import DataPlaneView, HelmRelease, Pod, ReleaseObject, Workload
+from upgrader.ports import DataPlaneView, HelmRelease, HelmRevision, Pod, ReleaseObject, Workload
 from upgrader.preflight import CheckResult
 
 CONTROL_PLANE_DEPLOYMENTS = ("linkerd-destination", "linkerd-identity", "linkerd-proxy-injector")
@@ -62,14 +62,20 @@ class ClusterPorts:
         except NotFoundError:
             return None
 
-    def user_values(self, name: str, namespace: str) -> dict[str, Any]:
-        return self.helm.get_values(name, namespace)
+    def user_values(self, name: str, namespace: str, revision: int | None = None) -> dict[str, Any]:
+        return self.helm.get_values(name, namespace, revision=revision)
+
+    def history(self, name: str, namespace: str) -> list[HelmRevision]:
+        return self.helm.history(name, namespace)
 
     def all_values(self, name: str, namespace: str) -> dict[str, Any]:
         return self.helm.get_values(name, namespace, all_values=True)
 
     def chart_defaults(self, chart: str, version: str) -> dict[str, Any]:
         return self.helm.show_values(chart, version)
+
+    def chart_file(self, chart: str, version: str, name: str) -> str | None:
+        return self.helm.chart_file(chart, version, name)
 
     def upgrade(
         self,

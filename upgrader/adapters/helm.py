@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -145,6 +146,21 @@ class HelmAdapter:
         return loaded if isinstance(loaded, dict) else {}
 
     @retried
+    def chart_file(self, chart: str, version: str, name: str) -> str | None:
+        """The text of file ``name`` shipped inside ``chart`` at ``version`` (e.g. ``values-ha.yaml``); None if absent.
+
+        ``helm pull --untar`` into a temporary folder: ``helm show`` has no command for other files.
+        """
+        with tempfile.TemporaryDirectory(prefix="upgrader-chart-") as folder:
+            self._call(self._command.run(["pull", chart, "--version", version, "--untar", "--untardir", folder]))
+            root = Path(folder)
+            for top in sorted(p for p in root.iterdir() if p.is_dir()):
+                path = top / name
+                if path.resolve().is_relative_to(top.resolve()) and path.is_file():
+                    return path.read_text()
+        return None
+
+    @retried
     def history(self, release: str, namespace: str) -> list[HelmRevision]:
         rows = self._call(self._command.history(release, namespace=namespace))
         return [
@@ -159,8 +175,13 @@ class HelmAdapter:
         ]
 
     @retried
-    def get_values(self, release: str, namespace: str, *, all_values: bool = False) -> dict[str, Any]:
-        values: dict[str, Any] = self._call(self._command.get_values(release, computed=all_values, namespace=namespace))
+    def get_values(
+        self, release: str, namespace: str, *, all_values: bool = False, revision: int | None = None
+    ) -> dict[str, Any]:
+        """``helm get values`` (``--all``: computed; ``--revision N``: that revision's, e.g. the last deployed)."""
+        values: dict[str, Any] = self._call(
+            self._command.get_values(release, computed=all_values, namespace=namespace, revision=revision)
+        )
         return values
 
     @retried

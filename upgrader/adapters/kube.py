@@ -25,9 +25,13 @@ from upgrader.ports import (
     CertificateSecret,
     Container,
     CustomResourceDefinition,
+    LabelSelector,
     Namespace,
     Pod,
+    SelectorRequirement,
     Webhook,
+    WebhookEntry,
+    WebhookRule,
     Workload,
 )
 
@@ -124,16 +128,19 @@ class KubeAdapter:
         with mapped("listing validating webhooks"):
             validating = adm.list_validating_webhook_configuration(_request_timeout=30).items
         return [
-            Webhook(kind, w.metadata.name, tuple(h.failure_policy or "Fail" for h in w.webhooks or []))
+            webhook_record(kind, w)
             for kind, items in (("mutating", mutating), ("validating", validating))
             for w in items
         ]
 
     @retried
-    def list_budgets(self) -> list[Budget]:
+    def list_budgets(self, namespace: str | None = None) -> list[Budget]:
         policy: Any = client.PolicyV1Api(self._api)
-        with mapped("listing PodDisruptionBudgets"):
-            items = policy.list_pod_disruption_budget_for_all_namespaces(_request_timeout=30).items
+        with mapped(f"listing PodDisruptionBudgets{' in ' + namespace if namespace else ''}"):
+            if namespace:
+                items = policy.list_namespaced_pod_disruption_budget(namespace, _request_timeout=30).items
+            else:
+                items = policy.list_pod_disruption_budget_for_all_namespaces(_request_timeout=30).items
         return [budget_record(b) for b in items]
 
     @retried
@@ -249,7 +256,48 @@ def workload_record(kind: str, obj: Any) -> Workload:
         strategy=(strategy.type if strategy else None) or "RollingUpdate",
         max_unavailable=_text(rolling.max_unavailable) if rolling else None,
         max_surge=_text(getattr(rolling, "max_surge", None)) if rolling else None,
+        required_anti_affinity=_required_anti_affinity(spec.template.spec if spec.template else None),
     )
+
+
+def _required_anti_affinity(pod_spec: Any) -> bool:
+    affinity = pod_spec.affinity if pod_spec is not None else None
+    anti = affinity.pod_anti_affinity if affinity is not None else None
+    return bool(anti is not None and anti.required_during_scheduling_ignored_during_execution)
+
+
+def selector_record(obj: Any) -> LabelSelector | None:
+    """A V1LabelSelector as a LabelSelector record (None stays None: the API's "select everything")."""
+    if obj is None:
+        return None
+    return LabelSelector(
+        match_labels=dict(obj.match_labels or {}),
+        match_expressions=tuple(
+            SelectorRequirement(e.key, e.operator, tuple(e.values or ())) for e in obj.match_expressions or []
+        ),
+    )
+
+
+def webhook_record(kind: str, obj: Any) -> Webhook:
+    """A V1Mutating/ValidatingWebhookConfiguration (named by ``kind``) as a Webhook record."""
+    entries = tuple(
+        WebhookEntry(
+            name=h.name,
+            failure_policy=h.failure_policy or "Fail",
+            namespace_selector=selector_record(h.namespace_selector),
+            object_selector=selector_record(h.object_selector),
+            rules=tuple(
+                WebhookRule(
+                    operations=tuple(r.operations or ()),
+                    api_groups=tuple(r.api_groups or ()),
+                    resources=tuple(r.resources or ()),
+                )
+                for r in h.rules or []
+            ),
+        )
+        for h in obj.webhooks or []
+    )
+    return Webhook(kind, obj.metadata.name, tuple(e.failure_policy for e in entries), entries)
 
 
 def budget_record(obj: Any) -> Budget:

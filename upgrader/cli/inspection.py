@@ -45,6 +45,7 @@ def discover(
         "discovered",
         found=found.found,
         control_plane_version=found.control_plane_version,
+        high_availability=found.high_availability,
         releases=len(found.releases),
         meshed_namespaces=len(found.proxies),
     )
@@ -154,17 +155,36 @@ def preflight(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         raise typer.Exit(EXIT_PREFLIGHT)
 
 
-def _print_installation(inst: Installation) -> None:
+NOT_A_TERMINAL_WIDTH = 10_000  # pipes and CI logs get whole values, never `linkerd-…`
+
+
+def stdout_console() -> Console:
+    """A console for stdout: the terminal's width on a terminal, unbounded (nothing cut) otherwise."""
     console = Console()
-    console.print(f"Kubernetes {inst.kubernetes_version}")
+    if not console.is_terminal:
+        console = Console(width=NOT_A_TERMINAL_WIDTH)
+    return console
+
+
+def _print_installation(inst: Installation) -> None:
+    console = stdout_console()
+    console.print(f"Kubernetes {inst.kubernetes_version}", highlight=False)
     if not inst.found:
         console.print("No Linkerd installation found (no Linkerd Helm release, linkerd-config or meshed pod).")
         return
     cp = inst.control_plane_version or "not found"
     console.print(
         f"Control plane: {cp} in namespace {inst.control_plane_namespace or '-'}"
-        f"{' (HA)' if inst.high_availability else ''}"
+        f"{' (HA)' if inst.high_availability else ''}",
+        highlight=False,
     )
+    if inst.control_plane_version:
+        console.print(
+            f"High availability: {'yes' if inst.high_availability else 'no'}"
+            + (f" ({'; '.join(inst.ha_evidence)})" if inst.ha_evidence else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
     releases = Table(
         "release", "namespace", "chart", "version", "app version", "revision", "status", title="Helm releases"
     )

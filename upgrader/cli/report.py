@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -11,23 +11,25 @@ from rich.table import Table
 
 from upgrader.cli.common import (
     ContextOpt,
+    HelmOpt,
     KubeconfigOpt,
     Output,
     StateStoreOpt,
     app,
 )
-from upgrader.runs import load_run, lock_status, store_for
+from upgrader.runs import live_histories, load_run, lock_status, release_line, store_for
 
 
 @app.command()
-def status(
+def status(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     run: Annotated[str | None, typer.Argument(help="Run id (default: the latest run).")] = None,
     output: Annotated[Output, typer.Option("-o", "--output", help="table or json.")] = Output.table,
     state_store: StateStoreOpt = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
+    helm: HelmOpt = "helm",
 ) -> None:
-    """Where a run is: state, hop, what it changed, errors, and what to run next."""
+    """Where a run is: state, hop, what it changed (and what helm says now), errors, and what to run next."""
     store = store_for(state_store, kubeconfig, context)
     cp = load_run(store, run)
     if output is Output.json:
@@ -38,11 +40,16 @@ def status(
         f"run {cp.run_id}: {cp.state}{f' (stopped in {cp.stopped_in})' if cp.stopped_in else ''}; "
         f"hop {min(cp.hop + 1, len(hops))}/{len(hops)} {cp.plan.get('from')} -> {cp.plan.get('to')}"
     )
+    histories, unreachable = live_histories(cp, kubeconfig, context, helm) if cp.releases else ({}, None)
     for name, rel in cp.releases.items():
-        typer.echo(f"  {rel.namespace}/{name}: revision {rel.before} -> {rel.after or 'unchanged'}")
+        typer.echo(f"  {rel.namespace}/{name}: {release_line(rel, histories.get(name))}")
+    if unreachable:
+        typer.echo(f"  helm: releases not checked live ({unreachable})")
     typer.echo(f"  workloads restarted: {len(cp.restarted)}; values changes: {len(cp.values_diff)}")
-    if cp.waves_done:
-        typer.echo(f"  waves passed: {', '.join(cp.waves_done)}")
+    for line in waves_passed(hops, cp.waves_done):
+        typer.echo(f"  {line}")
+    for item in cp.pinned:
+        typer.echo(f"  pinned: {item}")
     for item in cp.reported:
         typer.echo(f"  not restarted: {item}")
     for error in cp.errors:
@@ -55,9 +62,29 @@ def status(
             f"    {mark.id:>3}  {mark.at:%Y-%m-%d %H:%M:%S}  hop {mark.hop + 1} {mark.state}: {revisions}; "
             f"{mark.restarted} restarted"
         )
+    if cp.state == "RolledBack" and cp.next_command:
+        typer.echo(f"next: {cp.next_command}")
     if cp.state not in ("Done", "RolledBack"):
         typer.echo(f"  lock: {lock_status(cp, kubeconfig, context)}")
         typer.echo(f"next: {cp.next_command or f'upgrader resume {cp.run_id}'}  (or upgrader rollback {cp.run_id})")
+
+
+def waves_passed(hops: list[dict[str, Any]], done: list[str]) -> list[str]:
+    """Per hop, the waves that passed by name (``done`` holds internal ``<hop>/<wave>`` tags)."""
+    lines = []
+    for index, hop in enumerate(hops):
+        waves = hop.get("waves") or []
+        names = [
+            f"{w.get('name')}{'' if w.get('namespaces') else ' (nothing to restart)'}"
+            for number, w in enumerate(waves)
+            if f"{index}/{number}" in done
+        ]
+        if names:
+            lines.append(
+                f"hop {index + 1} ({hop.get('from')} -> {hop.get('to')}): waves passed: "
+                f"{', '.join(names)} ({len(names)} of {len(waves)})"
+            )
+    return lines
 
 
 @app.command()

@@ -53,11 +53,15 @@ def _print_dry_run(report: runs.DryRun, session: runs.Session) -> None:
         typer.echo(f"  wave {name} would restart {len(inv.targets)}: {names}")
         for item in inv.reported:
             typer.echo(f"    not restarted: {item}")
+    if report.values_source:
+        typer.echo(f"values carried: {report.values_source}")
     if report.chart:
         typer.echo(
             f"values diff for {report.chart} {report.chart_version} "
             f"({len(report.values_diff)} change(s), secrets redacted):"
         )
+        if report.ha_values:
+            typer.echo(f"  {report.ha_values}")
         for row in report.values_diff:
             typer.echo(f"  {row['key']}: {json.dumps(row['old'])} -> {json.dumps(row['new'])}")
     for chart, version in report.server_accepted:
@@ -118,6 +122,8 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         session, store, checkpoint, "apply", options=options, take_over=take_over_lock, hooks=_hooks()
     )
     typer.echo(f"run {checkpoint.run_id}: {result.state}")
+    for item in result.pinned:
+        typer.echo(f"  pinned: {item}")
 
 
 @app.command()
@@ -142,6 +148,8 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         session, store, checkpoint, "resume", options=options, take_over=take_over_lock, hooks=_hooks()
     )
     typer.echo(f"run {checkpoint.run_id}: {result.state}")
+    for item in result.pinned:
+        typer.echo(f"  pinned: {item}")
 
 
 @app.command()
@@ -152,6 +160,7 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         int | None,
         typer.Option("--to-checkpoint", help="Roll back only to this checkpoint id (see `status`), not the start."),
     ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     state_store: StateStoreOpt = None,
     take_over_lock: TakeOverOpt = False,
     repo: Annotated[str | None, typer.Option(help="Helm repository name (default: the run's own).")] = None,
@@ -159,7 +168,8 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     context: ContextOpt = None,
     helm: HelmOpt = "helm",
 ) -> None:
-    """Return the control plane to the revisions before the run, then restart what the run restarted."""
+    """Undo the run's last hop (one major back): its control plane to the revisions before that hop, then
+    what it restarted. Run it again to go one more hop back; --to-checkpoint returns to any checkpoint."""
     store = runs.store_for(state_store, kubeconfig, context)
     checkpoint: Checkpoint = runs.load_run(store, run)
     if to_checkpoint is not None:
@@ -168,6 +178,16 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         checkpoint, spec_file=None, kubeconfig=kubeconfig, context=context, helm=helm, need_values=False
     )
     options = runs.RunOptions.stored(checkpoint, repo=repo)
+    scope = runs.rollback_scope(
+        session, store, checkpoint, options=options, include_crds=include_crds, to_checkpoint=to_checkpoint
+    )
+    typer.echo("\n".join(scope.describe()))
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InputError(
+                "refusing to roll back without confirmation", hint="review the rollback above, then add --yes"
+            )
+        typer.confirm("Roll back?", abort=True)
     result = runs.execute(
         session,
         store,
@@ -180,3 +200,7 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         hooks=_hooks(),
     )
     typer.echo(f"run {checkpoint.run_id}: {result.state}")
+    for item in result.pinned:
+        typer.echo(f"  pinned: {item}")
+    if result.next_command:
+        typer.echo(f"next: {result.next_command}")

@@ -16,23 +16,26 @@ from typing import Any
 import yaml
 
 from upgrader.catalog import Catalog
-from upgrader.dataplane import budget_block
+from upgrader.dataplane import budget_block, budget_hint
 from upgrader.discovery import FINISHED, Installation, proxy_version
 from upgrader.errors import InputError, UpgraderError
 from upgrader.permissions import access
-from upgrader.planning import CONTROL_PLANE, CRDS, KUBERNETES_WAIVER, LEGACY, Plan
+from upgrader.pins import VALUES, Pin, describe, remedies
+from upgrader.planning import CONTROL_PLANE, CRDS, KUBERNETES_WAIVER, LEGACY, Observed, Plan, find_pins
 from upgrader.ports import (
     Access,
     Budget,
     CertificateSecret,
     CustomResourceDefinition,
+    DataPlaneView,
     Namespace,
     Pod,
     Webhook,
     Workload,
 )
-from upgrader.preflight import CheckResult, failed, passed
+from upgrader.preflight import CheckResult, Severity, failed, passed
 from upgrader.preflight.identity import check_identity
+from upgrader.preflight.selectors import blocks_pods_in, describe_selector, intercepts_pod_creation, namespace_labels
 from upgrader.spec import Spec
 
 CONTROL_PLANE_DEPLOYMENTS = ("linkerd-destination", "linkerd-identity", "linkerd-proxy-injector")
@@ -71,6 +74,7 @@ class Snapshot:
     meshed_pods: list[Pod] = field(default_factory=list)
     render_error: str | None = None  # helm template of the first hop's chart with the values to send
     target_crds: list[CustomResourceDefinition] | None = None  # for rollback plans
+    crd_steps: dict[str, list[CustomResourceDefinition]] = field(default_factory=dict)  # chart version -> its CRDs
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -324,27 +328,40 @@ def check_control_plane(ctx: Context) -> list[CheckResult]:
         for d in CONTROL_PLANE_DEPLOYMENTS
         if d in found and found[d].ready < found[d].replicas
     ]
+    # The Deployment counters can look fine while a rollout's new pods stay Pending (an unschedulable
+    # nodeSelector of a failed upgrade; the old ReplicaSet still serves): every pod counts.
+    stuck = sorted(
+        f"{p.name} ({p.phase or 'not ready'})"
+        for p in snap.meshed_pods
+        if p.namespace == ns and p.phase not in ("Succeeded", "Failed", "Terminating") and not p.ready
+    )
+    not_ready += stuck
     out.append(
         failed(
             "control-plane.pods-ready",
             "control-plane",
-            f"pods not ready: {', '.join(not_ready)}",
-            f"kubectl -n {ns} describe pods",
+            f"pods not ready: {', '.join(not_ready[:8])}{' ...' if len(not_ready) > 8 else ''}",
+            f"kubectl -n {ns} describe pods; pods kept Pending by a failed helm revision (helm history "
+            f"linkerd-control-plane -n {ns}) are replaced by the upgrade, which carries the last deployed "
+            "revision's values: then waive control-plane.pods-ready in the spec",
         )
         if not_ready
         else passed("control-plane.pods-ready", "control-plane", "every control-plane pod is ready")
     )
-    if snap.config_values.get("highAvailability"):
+    inst = snap.installation
+    if snap.config_values.get("highAvailability") or (inst is not None and inst.high_availability):
+        # HA is recognised by the flag (2.14+) or by what is installed (replicas, PDBs, anti-affinity)
         single = [d for d in CONTROL_PLANE_DEPLOYMENTS if d in found and found[d].replicas <= 1]
+        evidence = "; ".join(inst.ha_evidence) if inst is not None and inst.ha_evidence else "highAvailability: true"
         out.append(
             failed(
                 "control-plane.ha-replicas",
                 "control-plane",
-                f"HA is on but {', '.join(single)} run(s) a single replica",
+                f"HA is on ({evidence}) but {', '.join(single)} run(s) a single replica",
                 "install with the chart's values-ha.yaml (3 replicas)",
             )
             if single
-            else passed("control-plane.ha-replicas", "control-plane", "HA: >1 replica each")
+            else passed("control-plane.ha-replicas", "control-plane", f"HA ({evidence}): >1 replica each")
         )
     present = {(w.kind, w.name) for w in snap.webhooks}
     major = _installed_major(ctx)
@@ -571,7 +588,38 @@ def check_crds(ctx: Context) -> list[CheckResult]:
             if lost
             else passed("crds.rollback-stored-versions", "crds", "every stored version is served by the older chart")
         )
-    return out
+    return out + _check_crd_steps(ctx, linkerd)
+
+
+def _check_crd_steps(ctx: Context, live: dict[str, CustomResourceDefinition]) -> list[CheckResult]:
+    """Every CRD step that changes the linkerd-crds chart must serve each version the live CRDs store:
+    the API server refuses a CRD whose spec.versions lose a status.storedVersions entry, half-way."""
+    snap = ctx.snapshot
+    if (blocked := _cannot("crds.stored-versions", "crds", "crd-steps", ctx)) is not None:
+        return [blocked]
+    if not snap.crd_steps:
+        return []
+    lost = []
+    for version, rendered in sorted(snap.crd_steps.items()):
+        served = {c.name: set(c.served) for c in rendered}
+        lost += [
+            f"linkerd-crds {version}: {name} stores {', '.join(sorted(set(c.stored_versions) - served[name]))}"
+            for name, c in sorted(live.items())
+            if name in served and set(c.stored_versions) - served[name]
+        ]
+    charts = ", ".join(sorted(snap.crd_steps))
+    return [
+        failed(
+            "crds.stored-versions",
+            "crds",
+            f"a planned CRD step does not serve versions the live CRDs still store: {'; '.join(lost)}; "
+            "the API server would reject it (status.storedVersions ... missing from spec.versions)",
+            "plan to a target whose linkerd-crds chart serves them (upgrader plan shows the CRD steps), or keep the "
+            "installed CRDs; never downgrade linkerd-crds",
+        )
+        if lost
+        else passed("crds.stored-versions", "crds", f"linkerd-crds {charts} serve(s) every stored version")
+    ]
 
 
 # ---- HA hygiene and disruption -----------------------------------------------------------------------
@@ -579,35 +627,13 @@ def check_ha(ctx: Context) -> list[CheckResult]:
     snap = ctx.snapshot
     if (blocked := _cannot("ha.kube-system-exempt", "ha", "namespaces", ctx)) is not None:
         return [blocked]
-    out = []
     namespaces = {n.name: n for n in snap.namespaces}
     ns = snap.control_plane_namespace
-    major = None
-    if snap.installation and snap.installation.control_plane_version:
-        try:
-            major = ctx.catalog.parse(snap.installation.control_plane_version).major
-        except InputError:
-            major = None
-    fail_policy = snap.config_values.get("webhookFailurePolicy") == "Fail"
     kube_system = namespaces.get("kube-system")
-    if (
-        fail_policy
-        and major is not None
-        and major <= 14
-        and (kube_system is None or kube_system.labels.get(EXEMPT_LABEL) != "disabled")
-    ):
-        out.append(
-            failed(
-                "ha.kube-system-exempt",
-                "ha",
-                f"webhookFailurePolicy is Fail and Linkerd 2.{major} does not "
-                f"skip kube-system unless it is labelled {EXEMPT_LABEL}=disabled: a down injector would "
-                "block kube-system pods",
-                f"kubectl label namespace kube-system {EXEMPT_LABEL}=disabled",
-            )
-        )
-    else:
-        out.append(passed("ha.kube-system-exempt", "ha", "kube-system cannot be blocked by the injector"))
+    out = [
+        _cannot("ha.kube-system-exempt", "ha", "webhooks", ctx)
+        or kube_system_exempt(snap.webhooks, kube_system.labels if kube_system else {})
+    ]
     cp_ns = namespaces.get(ns)
     injected = cp_ns is not None and cp_ns.annotations.get("linkerd.io/inject") == "enabled"
     out.append(
@@ -623,6 +649,49 @@ def check_ha(ctx: Context) -> list[CheckResult]:
     return out
 
 
+def kube_system_exempt(webhooks: Iterable[Webhook], kube_system_labels: dict[str, str]) -> CheckResult:
+    """``ha.kube-system-exempt``: no Linkerd webhook with failurePolicy Fail may intercept kube-system's pods.
+
+    Judged on the live selectors, not on the version: from 2.12 the chart's injector selector
+    skips kube-system by name; through 2.11 (or with an overridden selector) only the label does.
+    """
+    linkerd = [w for w in webhooks if w.name.startswith("linkerd")]
+    hits = [(w, e) for w in linkerd for e in w.entries if blocks_pods_in(e, "kube-system", kube_system_labels)]
+    if not hits:
+        guarded = sorted(
+            {w.name for w in linkerd for e in w.entries if e.failure_policy == "Fail" and intercepts_pod_creation(e)}
+        )
+        if guarded:
+            return passed(
+                "ha.kube-system-exempt", "ha", f"{', '.join(guarded)} (failurePolicy Fail) skip(s) kube-system"
+            )
+        return passed(
+            "ha.kube-system-exempt", "ha", "no Linkerd webhook with failurePolicy Fail intercepts pod creation"
+        )
+    labels = namespace_labels("kube-system", kube_system_labels)
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    why = "; ".join(
+        f"{w.name} ({e.name}) intercepts pod creation with failurePolicy Fail and its namespaceSelector "
+        f"{describe_selector(e.namespace_selector)} matches kube-system"
+        for w, e in hits
+    )
+    labelled = {**kube_system_labels, EXEMPT_LABEL: "disabled"}
+    label_helps = not any(blocks_pods_in(e, "kube-system", labelled) for _, e in hits)
+    hint = (
+        "exclude kube-system from the webhook: set the chart's proxyInjector.namespaceSelector to one with "
+        "`kubernetes.io/metadata.name NotIn [kube-system]` (the chart default from 2.12), or use "
+        "webhookFailurePolicy: Ignore"
+    )
+    if label_helps:
+        hint = f"kubectl label namespace kube-system {EXEMPT_LABEL}=disabled; or {hint}"
+    return failed(
+        "ha.kube-system-exempt",
+        "ha",
+        f"{why} (kube-system's labels: {shown}): while the webhook is down no kube-system pod can be created",
+        hint,
+    )
+
+
 def check_disruption(ctx: Context) -> list[CheckResult]:
     """A budget that cannot absorb a restart (per the workload's own rollout strategy) would stall its wave."""
     snap = ctx.snapshot
@@ -630,7 +699,7 @@ def check_disruption(ctx: Context) -> list[CheckResult]:
         return [blocked]
     restarted = {ns for hop in ctx.plan.hops[:1] for w in hop.waves for ns in w.namespaces}
     stalls = sorted(
-        reason
+        (reason, budget_hint(w))
         for w in snap.workloads
         if w.namespace in restarted and (reason := budget_block(w, snap.budgets)) is not None
     )
@@ -638,13 +707,51 @@ def check_disruption(ctx: Context) -> list[CheckResult]:
         failed(
             "disruption.pdb-allows-restart",
             "disruption",
-            f"the wave would stall: {'; '.join(stalls)}",
-            "raise the budget's maxUnavailable / lower minAvailable, set the workload's maxUnavailable to 0 "
-            "(surge only), or exclude it (upgrader.io/skip or the spec)",
+            f"the wave would stall: {'; '.join(reason for reason, _ in stalls)}",
+            f"{'; '.join(hint for _, hint in stalls)} (or exclude it in the spec)",
         )
         if stalls
         else passed("disruption.pdb-allows-restart", "disruption", "every budget can absorb the restarts")
     ]
+
+
+def _pins(ctx: Context) -> list[Pin]:
+    """The plan's pins as observed now (a plan refused for its pins carries them)."""
+    snap, plan = ctx.snapshot, ctx.plan
+    if plan.refused is not None or not plan.hops:
+        return list(plan.pins)
+    releases = snap.installation.releases if snap.installation else ()
+    cp = next((r for r in releases if r.chart_name in (CONTROL_PLANE, LEGACY)), None)
+    observed = Observed(
+        control_plane=None,
+        control_plane_namespace=snap.control_plane_namespace,
+        release_namespaces={r.name: r.namespace for r in releases},
+        control_plane_release=cp.name if cp is not None else CONTROL_PLANE,
+        control_plane_values=snap.user_values or {},
+        data_plane_view=DataPlaneView(tuple(snap.namespaces), tuple(snap.workloads), tuple(snap.meshed_pods), ()),
+    )
+    namespaces = [ns for h in plan.hops for w in h.waves for ns in w.namespaces]
+    return find_pins(observed, ctx.spec, [h.to for h in plan.hops], namespaces)
+
+
+def check_pins(ctx: Context) -> list[CheckResult]:
+    """Versions pinned in the values or on workloads: an error under ``pins: refuse``, a warning under ``report``."""
+    severity: Severity = "error" if ctx.spec.pins == "refuse" else "warning"
+    found = _pins(ctx)
+    out = []
+    for id_, category, mine, what, blocked in (
+        ("values.pins", "values", [p for p in found if p.kind == VALUES], "values", ("values",)),
+        ("data-plane.pins", "data-plane", [p for p in found if p.kind != VALUES], "workloads", ("workloads", "pods")),
+    ):
+        cannot = next((c for b in blocked if (c := _cannot(id_, category, b, ctx)) is not None), None)
+        if cannot is not None:
+            out.append(cannot)
+        elif mine:
+            then = "the run refuses them (pins: refuse)" if severity == "error" else "reported as pinned, not upgraded"
+            out.append(failed(id_, category, f"pinned: {describe(mine)}; {then}", remedies(mine), severity=severity))
+        else:
+            out.append(passed(id_, category, f"no {what} pin a version", severity=severity))
+    return out
 
 
 CHECKS: tuple[Callable[[Context], list[CheckResult]], ...] = (
@@ -658,6 +765,7 @@ CHECKS: tuple[Callable[[Context], list[CheckResult]], ...] = (
     check_crds,
     check_ha,
     check_disruption,
+    check_pins,
 )
 
 
@@ -668,6 +776,9 @@ def run_checks(ctx: Context) -> list[CheckResult]:
         results.insert(
             0, failed("plan.refused", "plan", ctx.plan.refused.reason, f"see upgrader plan ({ctx.plan.refused.code})")
         )
+    if ctx.plan.warnings:  # e.g. a wave that restarts nothing
+        warnings = "; ".join(ctx.plan.warnings)
+        results.insert(0, failed("plan.warnings", "plan", warnings, "fix dataPlane.waves in the spec", "warning"))
     waived = set(ctx.spec.waivers)
     return [r.model_copy(update={"waived": True}) if r.id in waived and r.result != "passed" else r for r in results]
 

@@ -14,8 +14,16 @@ import yaml
 
 from upgrader.discovery import DATA_PLANE_SELECTOR, LINKERD_CHARTS, summarise
 from upgrader.errors import ChartNotFoundError, UpgraderError
-from upgrader.planning import CONTROL_PLANE, CRDS, Plan, control_plane_step
-from upgrader.ports import CustomResourceDefinition, HelmPort, HelmRelease, Pod, PreflightKubePort
+from upgrader.planning import CONTROL_PLANE, CRDS, Plan, UpgradeRelease, control_plane_step
+from upgrader.ports import (
+    Budget,
+    CustomResourceDefinition,
+    HelmPort,
+    HelmRelease,
+    Pod,
+    PreflightKubePort,
+    Workload,
+)
 from upgrader.preflight.checks import ISSUER_SECRET, Snapshot, config_values, required_access
 
 T = TypeVar("T")
@@ -38,6 +46,38 @@ def crds_from_manifests(text: str) -> list[CustomResourceDefinition]:
                     storage=next((v["name"] for v in versions if v.get("storage")), ""),
                 )
             )
+    return out
+
+
+def _crd_steps(  # noqa: PLR0917 - gather's own observations, passed on
+    helm: PreflightHelmPort,
+    plan: Plan,
+    releases: list[HelmRelease],
+    repo: str,
+    namespace: str,
+    attempt: Callable[[str, Callable[[], str], str], str],
+) -> dict[str, list[CustomResourceDefinition]]:
+    """The CRDs of every linkerd-crds chart the plan's CRD steps would install (those that change the chart)."""
+    installed = next((r.chart_version for r in releases if r.name == CRDS), None)
+    wanted = sorted(
+        {
+            s.chart_version
+            for h in plan.hops
+            for s in h.steps
+            if isinstance(s, UpgradeRelease) and s.release == CRDS and s.chart_version not in (None, installed)
+        }
+        - {None}
+    )
+    out = {}
+    for version in wanted:
+        chart_version: str = version or ""
+
+        def render(v: str = chart_version) -> str:
+            return helm.template(f"{repo}/{CRDS}", v, namespace, {})
+
+        rendered = attempt("crd-steps", render, "")
+        if rendered:
+            out[version] = crds_from_manifests(rendered)
     return out
 
 
@@ -74,7 +114,9 @@ def gather(
     linkerd_ns = sorted({namespace} | {r.namespace for r in releases if r.chart_name in LINKERD_CHARTS})
     pods: list[Pod] = attempt("pods", lambda: kube.list_pods(label_selector=DATA_PLANE_SELECTOR), [])
     raw_values = config.get("values", "") if config is not None else None
-    installation = summarise(version, releases, raw_values, pods, namespace)
+    workloads: list[Workload] = attempt("workloads", kube.list_workloads, [])
+    budgets: list[Budget] = attempt("budgets", kube.list_budgets, [])
+    installation = summarise(version, releases, raw_values, pods, namespace, workloads=workloads, budgets=budgets)
     roots = attempt("identity", lambda: kube.get_config_map(namespace, "linkerd-identity-trust-roots"), None)
     user_values = None
     if cp is not None:
@@ -97,14 +139,15 @@ def gather(
             )
             target_crds = crds_from_manifests(rendered) if rendered else None
     return Snapshot(
+        crd_steps=_crd_steps(helm, plan, releases, repo, namespace, attempt),
         control_plane_namespace=namespace,
         kubernetes_version=version,
         installation=installation,
         config_values=config_values(raw_values),
         namespaces=attempt("namespaces", kube.list_namespaces, []),
-        workloads=attempt("workloads", kube.list_workloads, []),
+        workloads=workloads,
         webhooks=attempt("webhooks", kube.list_webhooks, []),
-        budgets=attempt("budgets", kube.list_budgets, []),
+        budgets=budgets,
         crds=attempt("crds", kube.list_crds, []),
         access=attempt("access", lambda: kube.review_access(required_access(namespace, releases=linkerd_ns)), []),
         issuer=attempt("identity", lambda: kube.read_certificate_secret(namespace, ISSUER_SECRET), None),
