@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: demo test lint unit e2e binaries lock cluster-up cluster-down world-up bench clean venv
+.PHONY: demo test reliability lint unit e2e binaries lock cluster-up cluster-down world-up bench clean venv
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,21 @@ demo: binaries
 	@$(MAKE) --no-print-directory world-up || { $(MAKE) --no-print-directory cluster-down; exit 1; }
 	@$(BIN)/python -m e2e.demo; rc=$$?; $(MAKE) --no-print-directory cluster-down; exit $$rc
 
-## Lint, type-check, import contracts, unit tests and the e2e suite on a real local cluster.
+## Lint, type-check, import contracts, unit tests and the e2e suite on a real local cluster,
+## then the reliability summary of what those same tests recorded (no suite runs twice).
 test: lint binaries
-	$(BIN)/pytest --durations=15 tests e2e
+	@rm -f $(RELIABILITY_LOG)
+	@UPGRADER_RELIABILITY_LOG=$(abspath $(RELIABILITY_LOG)) $(BIN)/pytest --durations=15 tests e2e; rc=$$?; \
+	$(BIN)/python -m tests.reliability.summary $(RELIABILITY_LOG) || rc=1; exit $$rc
+
+## Bad inputs (generated and the corpus), secret hygiene and the fault e2e tests, then the summary:
+## inputs tried and handled, faults injected and survived, secrets found (must be 0).
+RELIABILITY_LOG ?= .reliability/results.jsonl
+RELIABILITY_E2E ?= $(wildcard e2e/test_faults.py)
+reliability: venv $(if $(RELIABILITY_E2E),binaries)
+	@rm -f $(RELIABILITY_LOG)
+	@UPGRADER_RELIABILITY_LOG=$(abspath $(RELIABILITY_LOG)) $(BIN)/pytest tests/reliability $(RELIABILITY_E2E); rc=$$?; \
+	$(BIN)/python -m tests.reliability.summary $(RELIABILITY_LOG) || rc=1; exit $$rc
 
 lint: venv
 	$(BIN)/ruff check upgrader tests e2e
@@ -62,4 +74,4 @@ bench: binaries
 	$(BIN)/python -m e2e.bench --data-plane
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache *.egg-info
+	rm -rf $(VENV) .reliability .pytest_cache .mypy_cache .ruff_cache .import_linter_cache *.egg-info

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client, config
 
 from e2e.fixtures.world import World
-from e2e.harness import binaries, leaks
+from e2e.harness import binaries, leaks, reliability
 from e2e.harness.backends import ClusterHandle, open_cluster
 from e2e.harness.processes import Processes
 from e2e.harness.waits import wait_for
@@ -120,6 +120,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
             found += [f"Secret {s}" for s in leaks.secret_leaks(api)]
         finally:
             api.close()
+    reliability.record("secret-scan", item.nodeid, "failed" if found else "clean", "; ".join(found))
     assert not found, f"private-key material outside its homes: {found}"
     return result
 
@@ -135,6 +136,12 @@ def helm_binary(request: pytest.FixtureRequest) -> Path:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
     report: pytest.TestReport = yield
+    if call.when == "call":  # what pytest captured (stdout, stderr, log records) is scanned as well
+        captured = [name for name, text in report.sections if leaks.leaks_in(text)]
+        if captured:
+            reliability.record("secret-scan", f"{item.nodeid} (captured)", "failed", ", ".join(captured))
+            report.outcome = "failed"
+            report.longrepr = f"private-key material in captured output: {captured}"
     handle = _ACTIVE.get("cluster")
     if report.failed and handle is not None:
         report.sections.append(("cluster component logs (last lines)", handle.log_tails()))

@@ -78,7 +78,8 @@ def test_dry_run_changes_nothing_and_shows_what_would(clean_world: World, tmp_pa
 
 
 def test_a_reviewed_plan_file_is_applied_and_a_stale_one_refused(clean_world: World, tmp_path: Path) -> None:
-    """apply --plan runs the plan written by `plan -o json`; once the cluster moved, the same file is refused."""
+    """apply --plan runs the plan written by `plan -o json`; an edited copy, or the file once the cluster moved, is
+    refused."""
     world = clean_world
     world.install("stable-2.13.7")
     env = _env(world, tmp_path, world.helm)
@@ -98,6 +99,14 @@ def test_a_reviewed_plan_file_is_applied_and_a_stale_one_refused(clean_world: Wo
         str(plan),
     )
     assert made.returncode == 0, made.stderr[-2000:]
+    edited = tmp_path / "edited.json"
+    data = json.loads(plan.read_text())
+    data["hops"][0]["waves"] = []  # a reviewer approved waves; someone removed them afterwards
+    edited.write_text(json.dumps(data))
+    refused = _run(world, env, world.helm, "apply", "--plan", str(edited), "--spec", _spec(tmp_path), "--yes")
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "does not match its digest: it was edited after it was written" in refused.stderr
+    assert _charts(world) == ["linkerd-control-plane-1.12.7"], "an edited plan changes nothing"
     out = _run(world, env, world.helm, "apply", "--plan", str(plan), "--spec", _spec(tmp_path), "--yes")
     assert out.returncode == 0, out.stderr[-2000:]
     assert _charts(world)[-1] == "linkerd-control-plane-1.16.11"

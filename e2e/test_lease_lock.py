@@ -23,6 +23,7 @@ API server does not produce on demand; no test covers LeaseLock adopting such a 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import itertools
@@ -30,6 +31,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,6 +41,7 @@ from kubernetes import client, config, watch
 from e2e.harness.backends import ClusterHandle
 from e2e.harness.waits import wait_for
 from upgrader.adapters.kube_state import LeaseLock, LockRefusedError
+from upgrader.adapters.retrying import UNREACHABLE_PATIENCE, wait_for_the_api
 from upgrader.errors import ClusterUnreachableError, UpgraderError
 from upgrader.locking import (
     Heartbeat,
@@ -83,8 +86,11 @@ def _ended_pid() -> int:
     return child.pid
 
 
-def _lock(api: client.ApiClient, namespace: str, control_plane: str = "linkerd") -> LeaseLock:
-    return LeaseLock(api, namespace, control_plane)
+def _lock(
+    api: client.ApiClient, namespace: str, control_plane: str = "linkerd", sleeps: list[float] | None = None
+) -> LeaseLock:
+    """The lock; with ``sleeps``, the retry policy's waits are recorded there instead of slept."""
+    return LeaseLock(api, namespace, control_plane, sleep=time.sleep if sleeps is None else sleeps.append)
 
 
 def _lease(api: client.ApiClient, namespace: str, name: str = LEASE) -> Any:
@@ -357,23 +363,30 @@ def test_a_lease_written_by_someone_else_fails_the_fence(api: client.ApiClient, 
 
 
 def test_an_unreachable_api_is_a_retryable_error(namespace: str) -> None:
-    """A LeaseLock whose API does not answer (a closed port) raises a retryable error naming the lock."""
+    """A LeaseLock whose API does not answer (a closed port) waits for it with backoff while a run holds the
+    lock (the waits are recorded, not slept), then raises a retryable error naming the lock."""
     configuration = client.Configuration()
     configuration.host = f"https://127.0.0.1:{_closed_port()}"
-    with client.ApiClient(configuration) as nowhere:
-        lock = _lock(nowhere, namespace)
+    sleeps: list[float] = []
+    wait_for_the_api(True)
+    with client.ApiClient(configuration) as nowhere, contextlib.ExitStack() as stack:
+        stack.callback(wait_for_the_api, False)
+        lock = _lock(nowhere, namespace, sleeps=sleeps)
         with pytest.raises(
             ClusterUnreachableError, match=f"lock {namespace}/{LEASE}: the Kubernetes API did not answer"
         ) as error:
             lock.acquire(ALICE, T0)
     assert error.value.retryable
+    assert sleeps[0] < sleeps[-1], sleeps  # backoff, not a burst
+    assert sum(sleeps) >= UNREACHABLE_PATIENCE
 
 
 def test_an_api_outage_while_holding_the_lock_is_retryable_and_does_not_lose_it(
     own_api: client.ApiClient, namespace: str
 ) -> None:
-    """Renewing while the API does not answer raises a retryable error; once it answers, renewing goes on."""
-    lock = _lock(own_api, namespace)
+    """Renewing while the API does not answer raises a retryable error once the retry policy gives up (its
+    waits recorded, not slept); once the API answers, renewing goes on."""
+    lock = _lock(own_api, namespace, sleeps=[])
     lock.acquire(ALICE, T0)
     reachable = own_api.configuration.host
     own_api.configuration.host = f"https://127.0.0.1:{_closed_port()}"  # the API goes away

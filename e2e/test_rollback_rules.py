@@ -97,7 +97,7 @@ def test_each_rollback_goes_one_major_back_and_a_later_apply_keeps_the_newer_crd
     assert cp[-1]["description"] == "Rollback to 1"
     assert _history(world, env, "linkerd-crds")[-1]["chart"] == crds_215, "CRDs are kept by every rollback"
     third = _upgrader(world, env, "rollback", run_id, "--yes")
-    assert third.returncode == 2
+    assert third.returncode == 3, "nothing left to roll back is a refusal"
     assert "already rolled back" in third.stderr
 
     plan = _upgrader(world, env, "plan", "--to", "stable-2.14.10", "--spec", str(spec), "-o", "json")

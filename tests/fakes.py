@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from upgrader.checkpoints import Checkpoint, serialise
+from upgrader.checkpoints import Checkpoint, Survey, serialise
 from upgrader.ports import Budget, HelmRelease, HelmRevision, Pod, Workload
 
 
@@ -91,6 +91,9 @@ class MemoryStore:
 
     def runs(self) -> list[Checkpoint]:
         return [Checkpoint.model_validate_json(t) for t in self._runs.values()]
+
+    def survey(self) -> Survey:
+        return Survey(self.runs()).sorted()
 
     def purge(self, *, run_id: str) -> None:
         self._runs.pop(run_id, None)

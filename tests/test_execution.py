@@ -432,8 +432,9 @@ def test_rollback_of_crds_to_a_checkpoint_checks_the_chart_of_that_checkpoint() 
 
 
 def test_a_rollback_of_a_two_hop_run_undoes_only_its_last_hop_and_the_next_one_the_hop_before() -> None:
-    """2.12 -> 2.14 rolled back: first to 2.13 (hop 2 only), then to 2.12; a third rollback is refused."""
-    from upgrader.errors import InputError  # noqa: PLC0415
+    """2.12 -> 2.14 rolled back: first to 2.13 (hop 2 only), then to 2.12; a third rollback is refused (exit 3)."""
+    from upgrader.errors import EXIT_REFUSED  # noqa: PLC0415
+    from upgrader.execution import NothingToRollBackError  # noqa: PLC0415
 
     cluster, store = FakeCluster(), MemoryStore()
     executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.14.10"), store)
@@ -463,8 +464,9 @@ def test_a_rollback_of_a_two_hop_run_undoes_only_its_last_hop_and_the_next_one_t
     assert second.rolled_back_hops == [0, 1]
     assert second.next_command is None, "nothing is left to roll back"
     cluster.actions.clear()
-    with pytest.raises(InputError, match="already rolled back to where it started"):
+    with pytest.raises(NothingToRollBackError, match="already rolled back to where it started") as refused:
         executor.rollback()
+    assert refused.value.exit_code == EXIT_REFUSED
     assert cluster.actions == []
 
 

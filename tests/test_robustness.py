@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from upgrader.adapters.errors import classify
 from upgrader.adapters.helm import HelmAdapter
 from upgrader.adapters.kube import KubeAdapter
 from upgrader.adapters.kube_state import SecretCheckpointStore
-from upgrader.adapters.retrying import ATTEMPTS, retrying
+from upgrader.adapters.retrying import ATTEMPTS, UNREACHABLE_PATIENCE, retrying, wait_for_the_api
 from upgrader.checkpoints import Checkpoint
 from upgrader.errors import (
     AccessDeniedError,
@@ -48,17 +49,66 @@ def test_transient_errors_are_retried_until_the_call_succeeds() -> None:
     assert (len(calls), len(sleeps)) == (3, 2)
 
 
-def test_retries_are_bounded() -> None:
-    """A cluster that never answers fails after five attempts with the original error."""
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(TransientError("unable to handle the request", status=503), id="a busy API"),
+        pytest.param(ClusterUnreachableError("connection refused"), id="an API that does not answer (no run)"),
+    ],
+)
+def test_retries_are_bounded(error: TransientError) -> None:
+    """An API that keeps failing for a passing reason fails after five attempts with the original error
+    (outside a run an unanswering API gets no more: one-shot commands answer, not wait)."""
     calls: list[int] = []
+
+    def busy() -> str:
+        calls.append(1)
+        raise error
+
+    with pytest.raises(type(error)):
+        retrying(busy, sleep=lambda _s: None)
+    assert len(calls) == ATTEMPTS
+
+
+@pytest.fixture
+def waiting() -> Iterator[None]:
+    """As while a run holds the lock: an unanswering API is waited for."""
+    wait_for_the_api(True)
+    yield
+    wait_for_the_api(False)
+
+
+@pytest.mark.usefixtures("waiting")
+def test_an_api_that_does_not_answer_is_waited_for_with_backoff_then_given_up() -> None:
+    """While a run holds the lock, connection refused is retried past five attempts, each wait longer or
+    capped, until about UNREACHABLE_PATIENCE seconds of backoff; then the original error comes back
+    (the sleep is injected)."""
+    calls: list[int] = []
+    sleeps: list[float] = []
 
     def down() -> str:
         calls.append(1)
         raise ClusterUnreachableError("connection refused")
 
     with pytest.raises(ClusterUnreachableError):
-        retrying(down, sleep=lambda _s: None)
-    assert len(calls) == 5
+        retrying(down, sleep=sleeps.append)
+    assert len(calls) > ATTEMPTS
+    assert len(calls) == len(sleeps) + 1
+    assert sleeps[0] < 2 <= sleeps[3], sleeps  # backoff, never a burst
+    assert UNREACHABLE_PATIENCE <= sum(sleeps) < UNREACHABLE_PATIENCE + 10
+
+
+@pytest.mark.usefixtures("waiting")
+def test_an_api_back_within_the_patience_is_ridden_out() -> None:
+    """Twenty seconds of connection refused (a restarting API server) end in the call's answer."""
+    sleeps: list[float] = []
+
+    def restarting() -> str:
+        if sum(sleeps) < 20:
+            raise ClusterUnreachableError("connection refused")
+        return "ok"
+
+    assert retrying(restarting, sleep=sleeps.append) == "ok"
 
 
 @pytest.mark.parametrize(

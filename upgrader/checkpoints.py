@@ -21,21 +21,32 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
-import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from upgrader.errors import InputError, UpgraderError
+from upgrader.inputs import DOCUMENT_CAP, decode, json_digest, load_json, read_json_file, validation_error
 from upgrader.redaction import redact_text
 from upgrader.states import RunState
 
 RUN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,50}[a-z0-9]$")
+NAMESPACE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    """Checkpoint times are UTC; a naive one (only a hand-edited file has them) is read as UTC."""
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+UtcDatetime = Annotated[dt.datetime, AfterValidator(_utc)]
 
 
 class ReleaseRevisions(BaseModel):
@@ -77,7 +88,7 @@ class Mark(BaseModel):
     """
 
     id: int
-    at: dt.datetime
+    at: UtcDatetime
     hop: int
     state: RunState
     revisions: dict[str, int] = Field(default_factory=dict)
@@ -86,7 +97,7 @@ class Mark(BaseModel):
 
 
 class Event(BaseModel):
-    at: dt.datetime
+    at: UtcDatetime
     state: RunState
     reason: str = ""
 
@@ -106,8 +117,8 @@ class Checkpoint(BaseModel):
     releases: dict[str, ReleaseRevisions] = Field(default_factory=dict)
     values_diff: list[dict[str, Any]] = Field(default_factory=list)
     restarted: list[Restarted] = Field(default_factory=list)
-    started_at: dt.datetime
-    updated_at: dt.datetime
+    started_at: UtcDatetime
+    updated_at: UtcDatetime
     errors: list[str] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
     marks: list[Mark] = Field(default_factory=list)
@@ -157,7 +168,32 @@ class Checkpoint(BaseModel):
 
 def plan_hash(plan: dict[str, Any]) -> str:
     """A stable hash of a plan's JSON, so a resumed run knows it runs the same plan."""
-    return hashlib.sha256(json.dumps(plan, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return json_digest(plan)
+
+
+CHECKPOINT_HINT = "restore it from a backup, or move it away and start a new run"
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint in ``path``; anything wrong with it is an InputError naming the file (and the field)."""
+    data = read_json_file(path, what="checkpoint", cap=DOCUMENT_CAP, hint=CHECKPOINT_HINT)
+    return _validated(data, f"checkpoint {path}", CHECKPOINT_HINT)
+
+
+def parse_checkpoint(data: bytes, *, source: str, hint: str = CHECKPOINT_HINT) -> Checkpoint:
+    """A checkpoint from bytes kept elsewhere (a Secret); ``source`` names it in every error."""
+    if len(data) > DOCUMENT_CAP:
+        raise InputError(f"{source} is larger than {DOCUMENT_CAP} bytes", hint=hint)
+    return _validated(load_json(decode(data, source=source, hint=hint), source=source, hint=hint), source, hint)
+
+
+def _validated(data: Any, source: str, hint: str) -> Checkpoint:
+    if not isinstance(data, dict):
+        raise InputError(f"{source} is not a JSON object", hint=hint)
+    try:
+        return Checkpoint.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc, source=source, hint=hint) from None
 
 
 def serialise(checkpoint: Checkpoint) -> str:
@@ -172,9 +208,36 @@ def serialise(checkpoint: Checkpoint) -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID.match(run_id):
+    if not RUN_ID.fullmatch(run_id):
         raise InputError(f"{run_id!r} is not a run id", hint="run ids are lowercase letters, digits and dashes")
     return run_id
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A checkpoint a store holds but cannot read: where it is (a file, a Secret) and what is wrong."""
+
+    where: str
+    problem: str
+
+
+@dataclass
+class Survey:
+    """Every run in a store, oldest first, and the checkpoints it could not read (one bad file hides no run)."""
+
+    runs: list[Checkpoint] = field(default_factory=list)
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+    def add(self, read: Callable[[], Checkpoint], where: str) -> None:
+        try:
+            self.runs.append(read())
+        except InputError as exc:
+            self.unreadable.append(Unreadable(where, exc.message))
+        except (OSError, ValueError, RecursionError) as exc:  # what the readers above did not foresee
+            self.unreadable.append(Unreadable(where, f"{type(exc).__name__}: {exc}"))
+
+    def sorted(self) -> Survey:
+        return Survey(sorted(self.runs, key=lambda c: c.started_at), self.unreadable)
 
 
 class CheckpointStore(Protocol):
@@ -182,7 +245,9 @@ class CheckpointStore(Protocol):
 
     def store(self, *, checkpoint: Checkpoint) -> None: ...
 
-    def runs(self) -> list[Checkpoint]: ...
+    def runs(self) -> list[Checkpoint]: ...  # the readable ones, oldest first
+
+    def survey(self) -> Survey: ...
 
     def purge(self, *, run_id: str) -> None: ...
 
@@ -198,14 +263,22 @@ class FileStore:
 
     def fetch(self, *, run_id: str) -> Checkpoint | None:
         path = self._path(run_id)
-        if not path.exists():
+        if not os.path.lexists(path):  # a dangling symlink is there, and unreadable
             return None
-        try:
-            return Checkpoint.model_validate_json(path.read_text())
-        except ValueError as exc:
-            raise InputError(f"checkpoint {path} is unreadable: {exc}", hint="restore it or start a new run") from exc
+        return read_checkpoint(path)
 
     def store(self, *, checkpoint: Checkpoint) -> None:
+        """Write the checkpoint whole (a temporary file renamed over the old one) or not at all."""
+        try:
+            self._write(checkpoint)
+        except OSError as exc:  # a read-only, full or vanished folder: the last checkpoint stays as it was
+            raise UpgraderError(
+                f"cannot write checkpoint {self._path(checkpoint.run_id)}: {exc.strerror or exc}; the run stopped "
+                f"and the checkpoint keeps its last state ({self.folder} must be a writable folder)",
+                hint=f"make {self.folder} writable again, then upgrader resume {checkpoint.run_id}",
+            ) from exc
+
+    def _write(self, checkpoint: Checkpoint) -> None:
         text = serialise(checkpoint)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         target = self._path(checkpoint.run_id)
@@ -228,10 +301,21 @@ class FileStore:
             os.close(dir_fd)
 
     def runs(self) -> list[Checkpoint]:
-        if not self.folder.exists():
-            return []
-        found = [Checkpoint.model_validate_json(p.read_text()) for p in self.folder.glob("*.json")]
-        return sorted(found, key=lambda c: c.started_at)
+        return self.survey().runs
+
+    def survey(self) -> Survey:
+        found = Survey()
+        if not self.folder.is_dir():
+            return found
+        try:
+            paths = sorted(self.folder / name for name in os.listdir(self.folder) if name.endswith(".json"))
+        except OSError as exc:  # an unreadable folder is an error, not an empty history
+            raise InputError(
+                f"cannot list the state store {self.folder}: {exc.strerror}", hint="check the folder's permissions"
+            ) from exc
+        for path in paths:
+            found.add(partial(read_checkpoint, path), str(path))
+        return found.sorted()
 
     def purge(self, *, run_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -241,9 +325,14 @@ class FileStore:
 def parse_state_store(text: str) -> tuple[str, str]:
     """``file:DIR`` or ``kubernetes:NAMESPACE`` -> (kind, argument)."""
     kind, _, arg = text.partition(":")
-    if kind not in ("file", "kubernetes") or not arg:
+    if kind not in ("file", "kubernetes") or not arg or "\0" in arg:
         raise InputError(
             f"--state-store {text!r} is not understood",
             hint="use file:DIR (default file:~/.local/state/upgrader) or kubernetes:NAMESPACE",
+        )
+    if kind == "kubernetes" and not NAMESPACE.fullmatch(arg):
+        raise InputError(
+            f"--state-store {text!r}: {arg!r} is not a Kubernetes namespace name",
+            hint="namespaces are at most 63 lowercase letters, digits and dashes, e.g. kubernetes:linkerd-upgrader",
         )
     return kind, arg

@@ -38,7 +38,7 @@ from upgrader.dataplane import (
     next_starts,
 )
 from upgrader.discovery import chart_version_of, last_deployed, proxy_version
-from upgrader.errors import InputError, ReleaseLockedError, UpgraderError
+from upgrader.errors import EXIT_REFUSED, InputError, ReleaseLockedError, UpgraderError
 from upgrader.locking import LockLostError
 from upgrader.metrics import MetricsPort, Sample, describe
 from upgrader.metrics import assess as assess_metrics
@@ -88,6 +88,12 @@ class PreflightStoppedError(RunStoppedError):
     """The run stopped before a hop because preflight found errors. Exit 4."""
 
     exit_code = 4
+
+
+class NothingToRollBackError(UpgraderError):
+    """``rollback`` of a run with nothing left to undo (already rolled back, or it changed nothing). Exit 3: refused."""
+
+    exit_code = EXIT_REFUSED
 
 
 class ExecutorPorts(Protocol):
@@ -355,9 +361,12 @@ class Executor:
         except (RunStoppedError, LockLostError):
             raise  # a run that lost its lock writes nothing more: the other run owns the installation
         except UpgraderError as exc:
+            then = f"{resume} (or upgrader rollback {self.checkpoint.run_id})"
             raise self._stop(
                 f"hop {index + 1}, step {step.name}: {exc.message}",
-                exc.hint or f"fix the cause, then {resume} (or upgrader rollback {self.checkpoint.run_id})",
+                f"{exc.hint}; then {then}"  # a passing failure that outlasted the retries: say how to go on
+                if exc.retryable and exc.hint and resume not in exc.hint
+                else exc.hint or f"fix the cause, then {then}",
             ) from exc
         except Exception as exc:
             self._stop(
@@ -426,7 +435,7 @@ class Executor:
         started, then the workloads it restarted get their previous pod template. ``to_checkpoint``
         returns to any recorded step boundary instead. Each release's target is the newest revision
         at or before that point that was ever deployed (never a ``failed`` one, from helm history).
-        Refused (bad input) when nothing is left to roll back, or past the 2.12 chart split.
+        Refused (exit 3) when nothing is left to roll back; bad input (exit 2) past the 2.12 chart split.
         """
         cp, hops = self.checkpoint, self.plan.hops
         done = set(cp.rolled_back_hops)
@@ -440,7 +449,7 @@ class Executor:
             found = self._hop_to_roll_back(hop, done)
             if found is None:
                 already = cp.state == S.ROLLED_BACK or bool(done)
-                raise InputError(
+                raise NothingToRollBackError(
                     f"run {cp.run_id} is already rolled back to where it started"
                     if already
                     else f"run {cp.run_id} changed nothing that a rollback could undo",

@@ -3,12 +3,48 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import Literal
+from collections.abc import MutableMapping
+from typing import Any, Literal
 
 import structlog
+from rich.markup import escape
 
 LogFormat = Literal["console", "json"]
+
+# C0 and C1 controls but newline and tab, DEL, and the bidirectional overrides that reorder text on screen
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
+def _visible(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters (but newline and tab) shown as escapes: ``\\x1b`` for ESC.
+
+    Everything a person's terminal shows goes through here, so nothing read from a file, a
+    checkpoint or the cluster can move the cursor, recolour the screen or hide text.
+    """
+    return _UNPRINTABLE.sub(_visible, str(text))
+
+
+def bounded(text: object, limit: int = 200) -> str:
+    """``text`` printable and, past ``limit`` characters, cut with an ellipsis (tables; never JSON or YAML)."""
+    shown = printable(text)
+    return shown if len(shown) <= limit else f"{shown[: limit - 1]}…"
+
+
+def markup_safe(text: object) -> str:
+    """``text`` made printable and with rich markup escaped, for the few places that print markup."""
+    return escape(printable(text))
+
+
+def _printable_event(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Console log lines: string values made printable (JSON lines escape control characters themselves)."""
+    return {printable(k): printable(v) if isinstance(v, str) else v for k, v in event.items()}
 
 
 def configure(fmt: LogFormat = "console", level: str = "info") -> None:
@@ -24,6 +60,7 @@ def configure(fmt: LogFormat = "console", level: str = "info") -> None:
         renderer = structlog.processors.JSONRenderer()
         shared.append(structlog.processors.format_exc_info)
     else:
+        shared.append(_printable_event)
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

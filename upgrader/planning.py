@@ -35,11 +35,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from upgrader.catalog import Catalog, KubernetesRange, Major, Note
 from upgrader.dataplane import inventory, selects
 from upgrader.errors import InputError
+from upgrader.inputs import validation_error
 from upgrader.metrics import public_url
 from upgrader.pins import Pin, describe, remedies, value_pins, workload_pins
 from upgrader.ports import DataPlaneView
@@ -233,14 +234,37 @@ class Plan(_Out):
         return self.model_dump(mode="json", by_alias=True)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Plan:
-        """A plan from its JSON contract (a checkpoint's stored plan); ``data`` is left as it was."""
-        copy = {k: v for k, v in data.items() if k != "from"}
-        copy["from_"] = data.get("from")
-        copy["hops"] = [
-            {**{k: v for k, v in h.items() if k != "from"}, "from_": h.get("from")} for h in data.get("hops", [])
-        ]
-        return cls.model_validate(copy)
+    def from_json(cls, data: Any, *, source: str = "plan") -> Plan:
+        """A plan from its JSON contract (a plan file, a checkpoint's stored plan); ``data`` is left as it was.
+
+        Anything that is not a plan is one InputError naming ``source`` and each field path -> what was expected.
+        """
+        hint = "write a plan with: upgrader plan --to VERSION -o json --out plan.json"
+        if not isinstance(data, dict):
+            raise InputError(f"{source} is not a plan: expected a JSON object, found {_json_kind(data)}", hint=hint)
+        copy = {k: v for k, v in data.items() if k not in ("from", "digest")}
+        if "from" in data:
+            copy["from_"] = data["from"]
+        hops = data.get("hops", [])
+        if isinstance(hops, list):
+            copy["hops"] = [
+                {**{k: v for k, v in h.items() if k != "from"}, **({"from_": h["from"]} if "from" in h else {})}
+                if isinstance(h, dict)
+                else h
+                for h in hops
+            ]
+        try:
+            return cls.model_validate(copy)
+        except ValidationError as exc:
+            raise validation_error(exc, source=source, hint=hint, aliases={"from_": "from"}) from None
+
+
+def _json_kind(data: object) -> str:
+    if data is None:
+        return "null"
+    if isinstance(data, bool):
+        return "a boolean"
+    return {int: "a number", float: "a number", str: "a string", list: "a list"}.get(type(data), type(data).__name__)
 
 
 @dataclass(frozen=True)

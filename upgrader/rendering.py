@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from rich.console import Console
 from rich.table import Table
 
+from upgrader.inputs import json_digest
+from upgrader.logs import bounded
 from upgrader.planning import Plan
 from upgrader.preflight import CheckResult
 from upgrader.states import mermaid
@@ -19,12 +21,18 @@ from upgrader.states import mermaid
 Format = Literal["table", "markdown", "json", "yaml"]
 
 
+def plan_document(plan: Plan) -> dict[str, Any]:
+    """The plan's JSON contract plus ``digest``: sha256 of the rest, so ``apply --plan`` can tell an edited plan."""
+    data = plan.as_json()
+    return {**data, "digest": f"sha256:{json_digest(data)}"}
+
+
 def render(plan: Plan, fmt: Format) -> str:
     """``plan`` in ``fmt``, ending with a newline."""
     if fmt == "json":
-        return json.dumps(plan.as_json(), indent=2) + "\n"
+        return json.dumps(plan_document(plan), indent=2) + "\n"
     if fmt == "yaml":
-        return yaml.safe_dump(plan.as_json(), sort_keys=False)
+        return yaml.safe_dump(plan_document(plan), sort_keys=False)
     if fmt == "markdown":
         return _markdown(plan)
     return _table(plan)
@@ -105,10 +113,17 @@ def _markdown(plan: Plan) -> str:
     return "\n".join(out)
 
 
+def _plain(buffer: io.StringIO, width: int) -> Console:
+    """A console that prints names and values as they are: no markup or emoji codes read, nothing
+    highlighted (rich's highlighter is quadratic in a very long word). The CLI makes control
+    characters visible when it prints the result."""
+    return Console(file=buffer, width=width, color_system=None, markup=False, emoji=False, highlight=False)
+
+
 def _table(plan: Plan) -> str:
     buffer = io.StringIO()
-    console = Console(file=buffer, width=120, color_system=None)
-    console.print(f"Plan {plan.from_ or 'unknown'} -> {plan.to} (spec {plan.spec}): {_summary(plan)}")
+    console = _plain(buffer, 120)
+    console.print(f"Plan {plan.from_ or 'unknown'} -> {plan.to} (spec {bounded(plan.spec)}): {_summary(plan)}")
     if (ha := _high_availability(plan)) is not None:
         console.print(ha)
     for note in plan.notes:
@@ -166,7 +181,7 @@ def render_checks(results: list[CheckResult], fmt: Literal["table", "json"]) -> 
         ]
         return json.dumps({"success": success, "checks": checks}, indent=2) + "\n"
     buffer = io.StringIO()
-    console = Console(file=buffer, width=140, color_system=None)
+    console = _plain(buffer, 140)
     marks = {"passed": "ok", "warning": "WARN", "error": "ERROR"}
     for category in sorted(
         {r.category for r in results},

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import json
+import hmac
 import os
 import secrets
 import shutil
@@ -26,7 +26,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -41,8 +41,9 @@ from upgrader.checkpoints import (
 )
 from upgrader.dataplane import Inventory, inventory
 from upgrader.discovery import DATA_PLANE_SELECTOR, Installation, last_deployed, observe
-from upgrader.errors import InputError, NotFoundError, UpgraderError
+from upgrader.errors import ClusterUnreachableError, InputError, NotFoundError, TransientError, UpgraderError
 from upgrader.execution import Executor, PreflightStoppedError, RollbackScope, RunStoppedError
+from upgrader.inputs import DOCUMENT_CAP, check_regular_file, json_digest, read_json_file
 from upgrader.locking import LockLostError, pid_alive
 from upgrader.metrics import public_url
 from upgrader.planning import (
@@ -66,6 +67,10 @@ from upgrader.preflight.observe import gather
 from upgrader.spec import Spec, load_spec, parse_duration
 from upgrader.states import TERMINAL, RunState
 from upgrader.values import diff
+
+if TYPE_CHECKING:
+    from upgrader.adapters.kube_state import LeaseLock
+    from upgrader.locking import Heartbeat
 
 log = structlog.get_logger("upgrader")
 Clock = Callable[[], dt.datetime]
@@ -133,6 +138,8 @@ def helm_adapter(
 def kube_adapter(kubeconfig: Path | None, context: str | None, impersonate: str | None = None) -> Any:
     from upgrader.adapters.kube import KubeAdapter  # noqa: PLC0415
 
+    if kubeconfig is not None:  # the kubernetes client reads it; a pipe or a device must not reach it
+        check_regular_file(kubeconfig, what="kubeconfig", hint="pass --kubeconfig PATH of a cluster")
     return KubeAdapter(kubeconfig=kubeconfig, context=context, impersonate=impersonate)
 
 
@@ -145,8 +152,8 @@ def cluster_adapters(
     impersonate: str | None = None,
 ) -> tuple[Any, Any]:
     """The kube and helm adapters of one cluster; a missing kubeconfig or helm is bad input."""
-    if kubeconfig is not None and not kubeconfig.is_file():
-        raise InputError(f"kubeconfig {kubeconfig} does not exist", hint="pass --kubeconfig PATH of a cluster")
+    if kubeconfig is not None:
+        check_regular_file(kubeconfig, what="kubeconfig", hint="pass --kubeconfig PATH of a cluster")
     helm_port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context, spec, impersonate=impersonate)
     return kube_adapter(kubeconfig, context, impersonate), helm_port
 
@@ -272,14 +279,27 @@ def plan_session(
 
 
 def load_plan_file(path: Path) -> dict[str, Any]:
-    """A plan written by ``plan -o json`` (only what apply compares: from, to, hops' targets)."""
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read plan {path}: {exc}", hint="write one with upgrader plan -o json") from exc
-    if not isinstance(saved, dict) or not isinstance(saved.get("to"), str):
-        raise InputError(f"{path} is not a plan (no 'to')", hint="write one with upgrader plan -o json")
-    return saved
+    """A plan written by ``plan -o json``, checked against its digest (apply compares from, to, hops' targets).
+
+    Every problem is bad input (exit 2, nothing was changed): not a file, not JSON, not a plan (each
+    field named), no digest, or content that no longer matches its digest (edited after review).
+    """
+    hint = "write one with: upgrader plan --to VERSION -o json --out plan.json"
+    saved = read_json_file(path, what="plan", cap=DOCUMENT_CAP, hint=hint)
+    Plan.from_json(saved, source=f"plan {path}")  # its shape: InputError naming each field
+    body = {k: v for k, v in saved.items() if k != "digest"}
+    digest = saved.get("digest")
+    if not isinstance(digest, str) or not digest.startswith("sha256:"):
+        raise InputError(
+            f"plan {path} has no digest, so it cannot be told from an edited plan",
+            hint="plan again with: upgrader plan --to VERSION -o json --out plan.json, review it, then apply it",
+        )
+    if not hmac.compare_digest(digest.removeprefix("sha256:"), json_digest(body)):
+        raise InputError(
+            f"plan {path} does not match its digest: it was edited after it was written",
+            hint="plan again with: upgrader plan --to VERSION -o json --out plan.json, review it, then apply it",
+        )
+    return body
 
 
 def check_plan_file(saved: dict[str, Any], plan: Plan, path: Path) -> None:
@@ -311,7 +331,7 @@ def resume_session(
             f"run {checkpoint.run_id}: its stored plan does not match its hash",
             hint="the checkpoint was edited; start a new run",
         )
-    saved = Plan.from_json(checkpoint.plan)
+    saved = Plan.from_json(checkpoint.plan, source=f"run {checkpoint.run_id}'s stored plan")
     if spec_file is None and checkpoint.spec_has_values and need_values:
         raise InputError(
             f"run {checkpoint.run_id} was started with value overrides or URL credentials, which checkpoints "
@@ -338,7 +358,14 @@ def default_store() -> str:
 def open_store(state_store: str | None, kube: Any | None) -> CheckpointStore:
     kind, arg = parse_state_store(state_store or default_store())
     if kind == "file":
-        return FileStore(Path(arg).expanduser())
+        folder = Path(arg).expanduser()
+        if os.path.lexists(folder) and not folder.is_dir():
+            what = "a file" if folder.exists() else "a dangling link"
+            raise InputError(
+                f"--state-store file:{folder} is {what}, not a folder",
+                hint="pass file:DIR of a folder (it is created if missing), or kubernetes:NAMESPACE",
+            )
+        return FileStore(folder)
     if kube is None:
         raise InputError("kubernetes: state stores need a cluster", hint="pass --kubeconfig, or use file:DIR")
     from upgrader.adapters.kube_state import SecretCheckpointStore  # noqa: PLC0415
@@ -348,7 +375,7 @@ def open_store(state_store: str | None, kube: Any | None) -> CheckpointStore:
 
 def store_for(state_store: str | None, kubeconfig: Path | None, context: str | None) -> CheckpointStore:
     """The state store of a command that has no session: a cluster client only for kubernetes: stores."""
-    needs_cluster = (state_store or default_store()).startswith("kubernetes:")
+    needs_cluster = parse_state_store(state_store or default_store())[0] == "kubernetes"  # bad input before a client
     return open_store(state_store, kube_adapter(kubeconfig, context) if needs_cluster else None)
 
 
@@ -358,8 +385,17 @@ def load_run(store: CheckpointStore, run: str | None, *, unfinished: bool = Fals
         if found is None:
             raise InputError(f"no run {run} in the state store", hint="upgrader history lists the runs")
         return found
-    runs = [c for c in store.runs() if not unfinished or c.state not in TERMINAL]
+    survey = store.survey()
+    for bad in survey.unreadable:
+        log.warning("unreadable-checkpoint", where=bad.where, problem=bad.problem)
+    runs = [c for c in survey.runs if not unfinished or c.state not in TERMINAL]
     if not runs:
+        if survey.unreadable:
+            last = survey.unreadable[-1]
+            raise InputError(
+                f"no readable run to act on in the state store: cannot read {last.where}: {last.problem}",
+                hint="restore the checkpoint from a backup or move it away; or name a run: upgrader history",
+            )
         raise InputError("no run to act on in the state store", hint="upgrader history lists the runs")
     return runs[-1]
 
@@ -618,10 +654,9 @@ def execute(
     clock: Clock = utc_now,
 ) -> Checkpoint:
     """Run (``apply``), resume or roll back under the lock, with the heartbeat and onFailure."""
+    from upgrader.adapters import retrying  # noqa: PLC0415
     from upgrader.adapters.cluster_ports import ClusterPorts, RetryingMetrics  # noqa: PLC0415
-    from upgrader.adapters.kube_state import LeaseLock  # noqa: PLC0415
     from upgrader.adapters.prometheus import PrometheusMetrics  # noqa: PLC0415
-    from upgrader.locking import Heartbeat, holder_alive_here, holder_gone_here  # noqa: PLC0415
 
     hooks = hooks or RunHooks()
     if action == "resume" and RunState.ROLLING_BACK in (checkpoint.state, checkpoint.stopped_in):
@@ -630,18 +665,7 @@ def execute(
             hint=f"upgrader rollback {checkpoint.run_id}",
         )
     checkpoint.options = {**options.as_dict(), "namespace": session.namespace}
-    lock = LeaseLock(session.kube.api_client, session.namespace, session.namespace)
-    me = holder_id(checkpoint.run_id)
-    lock.acquire(
-        me,
-        clock(),
-        take_over=take_over,
-        holder_gone=lambda holder: holder_gone_here(holder, socket.gethostname(), pid_alive),
-        holder_alive=lambda holder: holder_alive_here(holder, socket.gethostname(), _other_pid_alive),
-    )
-    log.info("lock", holder=me, lease=f"{session.namespace}/{lock.name}")
-    heartbeat = Heartbeat(lock, clock, interval=lock.duration_seconds / 3, lease_seconds=lock.duration_seconds)
-    heartbeat.start()
+    lock, me, heartbeat = _hold_lock(session, checkpoint, take_over=take_over, clock=clock)
 
     def preflight_for(plan: Plan, _index: int) -> list[CheckResult]:
         return preflight(session, plan, min_cert_days=options.min_cert_days, repo=options.repo, now=clock())
@@ -675,8 +699,6 @@ def execute(
         if action == "resume" and _already_done(session, checkpoint, executor):
             return checkpoint
         return executor.run()
-    except LockLostError:
-        raise  # another run owns the installation now: no rollback, no checkpoint write
     except PreflightStoppedError:
         raise  # nothing was changed: there is nothing to roll back, whatever onFailure says
     except RunStoppedError as exc:
@@ -693,6 +715,8 @@ def execute(
                 f"{exc.message}; rolled back (on_failure: rollback)", hint=f"upgrader status {checkpoint.run_id}"
             ) from exc
         raise
+    except Exception as exc:  # a lost lock or API: no rollback, no checkpoint write (see _stopped_outside)
+        raise _stopped_outside(exc, checkpoint) from exc
     except KeyboardInterrupt:
         log.warning("interrupted", run_id=checkpoint.run_id, state=str(checkpoint.state))
         raise UpgraderError(
@@ -701,12 +725,72 @@ def execute(
         ) from None
     finally:
         heartbeat.stop()
+        retrying.wait_for_the_api(False)
         ports.close()
         hooks.close()
         try:
             lock.release(me)
         except UpgraderError as exc:  # never hide why the run ended; the lease expires by itself
             log.warning("lock-release-failed", reason=exc.message)
+
+
+def _hold_lock(
+    session: Session, checkpoint: Checkpoint, *, take_over: bool, clock: Clock
+) -> tuple[LeaseLock, str, Heartbeat]:
+    """Take the installation's lock and start its heartbeat; from here the retry policy waits for an API
+    that does not answer (a restarting API server is ridden out) until ``wait_for_the_api(False)``."""
+    from upgrader.adapters import retrying  # noqa: PLC0415
+    from upgrader.adapters.kube_state import LeaseLock  # noqa: PLC0415
+    from upgrader.locking import Heartbeat, holder_alive_here, holder_gone_here  # noqa: PLC0415
+
+    lock = LeaseLock(session.kube.api_client, session.namespace, session.namespace)
+    me = holder_id(checkpoint.run_id)
+    lock.acquire(
+        me,
+        clock(),
+        take_over=take_over,
+        holder_gone=lambda holder: holder_gone_here(holder, socket.gethostname(), pid_alive),
+        holder_alive=lambda holder: holder_alive_here(holder, socket.gethostname(), _other_pid_alive),
+    )
+    log.info("lock", holder=me, lease=f"{session.namespace}/{lock.name}")
+    heartbeat = Heartbeat(lock, clock, interval=lock.duration_seconds / 3, lease_seconds=lock.duration_seconds)
+    retrying.wait_for_the_api(True)
+    heartbeat.start()
+    return lock, me, heartbeat
+
+
+def _stopped_outside(exc: Exception, checkpoint: Checkpoint) -> UpgraderError:
+    """The error of a run stopped outside a step, naming the command that continues it (else ``exc`` is re-raised).
+
+    A lost lock: another run may own the installation now. A TransientError (or an outside failure that
+    escaped an adapter, e.g. urllib3's MaxRetryError): the retry policy gave up fencing an action or
+    writing the checkpoint. Either way the checkpoint keeps the last state written whole, and resume
+    starts by observing again.
+    """
+    from upgrader.adapters.errors import classify, outside  # noqa: PLC0415 - the client only where a run acts
+
+    resume = f"upgrader resume {checkpoint.run_id}"
+    if isinstance(exc, LockLostError):
+        return LockLostError(exc.message, hint=exc.hint if resume in exc.hint else f"{exc.hint} ({resume})")
+    failure: UpgraderError
+    if isinstance(exc, UpgraderError):
+        failure = exc
+    elif outside(exc) and (not isinstance(exc, OSError) or isinstance(exc, ConnectionError | TimeoutError)):
+        failure = classify(exc)  # a client failure that escaped an adapter (a file's OSError is not the API's)
+    else:
+        raise exc  # not a lost lock or API: a bug stays a bug for the CLI to report
+    if not isinstance(failure, TransientError):
+        if failure is exc:
+            raise exc  # a run's own error (input, refusal): it already says what to do
+        return failure  # a lasting outside failure (a TLS or RBAC change): classified, with its hint
+    api = isinstance(failure, ClusterUnreachableError)
+    lost = "lost the Kubernetes API" if api else "the Kubernetes API kept failing"
+    where = checkpoint.stopped_in or checkpoint.state
+    log.error("api-lost", run_id=checkpoint.run_id, state=str(where), reason=failure.message)
+    return UpgraderError(
+        f"{lost} in {where}: {failure.message}; the checkpoint keeps where the run stopped",
+        hint=f"once the API answers again, {resume} (or upgrader rollback {checkpoint.run_id})",
+    )
 
 
 def _already_done(session: Session, checkpoint: Checkpoint, executor: Executor) -> bool:

@@ -11,24 +11,31 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from upgrader.errors import InputError
+from upgrader.inputs import SPEC_CAP, read_yaml_file, validation_error
 
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-_CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+# ASCII digits only (``\d`` and ``int()`` take any Unicode digit), at most 7 of them per unit
+_DURATION = re.compile(r"(?:([0-9]{1,7})h)?(?:([0-9]{1,7})m)?(?:([0-9]{1,7})s)?", re.ASCII)
+_CLOCK = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])", re.ASCII)
+MAX_DURATION = 7 * 24 * 3600  # a week: any wait longer than that is a typo
 
 
 def parse_duration(text: str) -> int:
-    """``1h30m``, ``5m``, ``45s`` or ``0s`` -> seconds."""
-    m = _DURATION.match(text.strip())
+    """``1h30m``, ``5m``, ``45s`` or ``0s`` -> seconds (at most 7 days)."""
+    m = _DURATION.fullmatch(text.strip())
     if not text.strip() or not m:
-        raise ValueError(f"{text!r} is not a duration like 90s, 5m or 1h30m")
+        shown = repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+        raise ValueError(f"{shown} is not a duration like 90s, 5m or 1h30m")
     hours, minutes, seconds = (int(g or 0) for g in m.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    total = hours * 3600 + minutes * 60 + seconds
+    if total > MAX_DURATION:
+        raise ValueError(f"{text.strip()!r} is longer than 7 days (168h); use a duration like 90s, 5m or 1h30m")
+    return total
 
 
 class _Model(BaseModel):
@@ -94,7 +101,7 @@ class Gates(_Model):
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         # the value is never echoed: it may hold user:pass@
-        if value is not None and not re.match(r"^https?://[^/?#\s]+", value, re.IGNORECASE):
+        if value is not None and not _http_url_with_host(value):
             raise ValueError(
                 "must be an http:// or https:// URL with a host, like http://prometheus.linkerd-viz.svc:9090"
             )
@@ -108,6 +115,18 @@ class Gates(_Model):
         return value
 
 
+def _http_url_with_host(value: str) -> bool:
+    """``value`` is an http(s) URL with a host and a valid port (never printed: it may hold credentials)."""
+    if len(value) > 2048 or not value.isascii() or any(c.isspace() or not c.isprintable() for c in value):
+        return False
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and port != 0
+
+
 class Window(_Model):
     """A maintenance window; a run pauses at its end and does not start outside it."""
 
@@ -119,7 +138,7 @@ class Window(_Model):
     @field_validator("start", "end")
     @classmethod
     def _clock(cls, value: str) -> str:
-        if not _CLOCK.match(value):
+        if not _CLOCK.fullmatch(value):
             raise ValueError(f"{value!r} is not a time like 02:00")
         return value
 
@@ -142,15 +161,17 @@ class Spec(_Model):
     # Versions pinned in the values or on workloads (upgrader.pins): refuse to plan, or upgrade the rest and report.
     pins: Literal["refuse", "report"] = "refuse"
 
-    @model_validator(mode="after")
-    def _window_not_enforced(self) -> Spec:
-        # A field we accept is enforced: a run would neither wait for a window nor pause at its end.
-        if self.window is not None:
+    @field_validator("window", mode="before")
+    @classmethod
+    def _window_not_enforced(cls, value: Any) -> Any:
+        # A field we accept is enforced: a run would neither wait for a window nor pause at its end. Refused
+        # before its contents are read, so `start: 1:00` (a number to YAML) gets this message, not a type error.
+        if value is not None:
             raise ValueError(
-                "window: maintenance windows are not enforced yet (a run would not wait for it or pause at its "
+                "maintenance windows are not enforced yet (a run would not wait for it or pause at its "
                 "end); remove `window` and start the run from your scheduler inside the window"
             )
-        return self
+        return value
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -162,31 +183,41 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def load_spec(path: Path) -> Spec:
-    """Read and validate a spec file; every problem is an InputError naming file and field."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise InputError(f"cannot read spec {path}: {exc.strerror}", hint="pass --spec PATH of a plan spec") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"spec {path} is not UTF-8 text", hint="pass --spec PATH of a YAML plan spec") from exc
-    except yaml.YAMLError as exc:
-        raise InputError(f"spec {path} is not valid YAML: {exc}") from exc
+    """Read and validate a spec file; every problem is an InputError naming file, line and field."""
+    hint = "pass --spec PATH of a YAML plan spec; see plans/ for examples"
+    data, marks = read_yaml_file(path, what="spec", cap=SPEC_CAP, hint=hint)
+    if not isinstance(data, dict):
+        found = "empty" if data is None else f"a {_shape(data)}"
+        raise InputError(f"spec {path} must be a map of fields (like plans/*.yaml), found {found}", hint=hint)
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in exc.errors())
-        raise InputError(f"spec {path} is invalid: {problems}", hint="see plans/ for examples") from exc
+        raise validation_error(exc, source=f"spec {path}", marks=marks, hint="see plans/ for examples") from None
     if spec.values.file:
         values_path = (path.parent / spec.values.file).expanduser()
         try:
-            loaded = yaml.safe_load(values_path.read_text()) or {}
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise InputError(
-                f"spec {path}: cannot read values.file {values_path}: {exc}",
-                hint="values.file is relative to the spec's folder",
-            ) from exc
+            loaded, _ = read_yaml_file(
+                values_path,
+                what="values.file",
+                cap=SPEC_CAP,
+                aliases=True,  # values files copy Linkerd's values-ha.yaml, anchors and all (expansion capped)
+                hint="values.file is a YAML map of chart values, relative to the spec's folder",
+            )
+        except InputError as exc:
+            raise InputError(f"spec {path}: {exc.message}", hint=exc.hint) from None
+        if loaded is None:
+            loaded = {}
         if not isinstance(loaded, dict):
-            raise InputError(f"spec {path}: values.file {values_path} is not a map of values")
+            raise InputError(
+                f"spec {path}: values.file {values_path} is not a map of values (found a {_shape(loaded)})",
+                hint="values.file is a YAML map of chart values, relative to the spec's folder",
+            )
         merged = deep_merge(loaded, spec.values.overrides)  # the spec's own overrides win over the file
         spec = spec.model_copy(update={"values": spec.values.model_copy(update={"overrides": merged})})
     return spec
+
+
+def _shape(data: object) -> str:
+    if isinstance(data, bool):
+        return "boolean"
+    return {int: "number", float: "number", str: "string", list: "list"}.get(type(data), type(data).__name__)

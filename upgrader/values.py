@@ -38,10 +38,9 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
-
 from upgrader.catalog import ValuesChanges
-from upgrader.errors import UpgraderError
+from upgrader.errors import InputError, UpgraderError
+from upgrader.inputs import SPEC_CAP, load_yaml
 from upgrader.redaction import REDACTED, redact_values
 from upgrader.spec import deep_merge
 
@@ -141,10 +140,12 @@ def values_file(text: str | None, what: str) -> dict[str, Any] | None:
     """A values file's text parsed (YAML anchors and aliases as Linkerd's values-ha.yaml uses them); None if absent."""
     if text is None:
         return None
-    try:
-        loaded = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValuesError(f"{what} is not valid YAML: {exc}", hint=f"check {what} in the chart repository") from exc
+    if len(text) > SPEC_CAP:
+        raise ValuesError(f"{what} is larger than 1 MiB", hint=f"check {what} in the chart repository")
+    try:  # aliases allowed (values-ha.yaml uses anchors) but their expansion, the depth and duplicate keys are capped
+        loaded, _ = load_yaml(text, source=what, aliases=True)
+    except InputError as exc:
+        raise ValuesError(exc.message, hint=f"check {what} in the chart repository") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

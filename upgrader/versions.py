@@ -31,10 +31,17 @@ from upgrader.errors import InputError
 
 ACCEPTED_FORMS = "stable-2.X.Y, edge-YY.M.N or enterprise-2.X.Y[-N] (e.g. stable-2.14.10, edge-24.8.2)"
 
-_STABLE = re.compile(r"^stable-2\.(\d+)\.(\d+)$")
-_EDGE = re.compile(r"^edge-(\d{2})\.(\d{1,2})\.(\d+)$")
-_ENTERPRISE = re.compile(r"^enterprise-2\.(\d+)\.(\d+)(?:-(\d+))?$")
-_CALENDAR_CHART = re.compile(r"^(20\d{2})\.(\d{1,2})\.(\d+)$")
+# ASCII digits only (``\d`` and ``int()`` accept any Unicode digit), at most 6 per component
+_N = "([0-9]{1,6})"
+_STABLE = re.compile(rf"stable-2\.{_N}\.{_N}", re.ASCII)
+_EDGE = re.compile(rf"edge-([0-9]{{2}})\.([0-9]{{1,2}})\.{_N}", re.ASCII)
+_ENTERPRISE = re.compile(rf"enterprise-2\.{_N}\.{_N}(?:-{_N})?", re.ASCII)
+_CALENDAR_CHART = re.compile(rf"(20[0-9]{{2}})\.([0-9]{{1,2}})\.{_N}", re.ASCII)
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for a message, cut when long (a 5,000-digit version is not worth printing)."""
+    return repr(text) if len(text) <= 60 else f"{text[:60]!r}... ({len(text)} characters)"
 
 
 class Channel(StrEnum):
@@ -98,27 +105,27 @@ def _edge_major(numbers: tuple[int, int, int], markers: EdgeMarkers, text: str) 
 def parse(text: str, markers: EdgeMarkers | None = None) -> Version:
     """Parse a release version; InputError names the accepted forms."""
     raw = text.strip()
-    if m := _STABLE.match(raw):
+    if m := _STABLE.fullmatch(raw):
         minor, patch = int(m[1]), int(m[2])
         return Version(Channel.STABLE, (patch, 0), minor, f"stable-2.{minor}.{patch}")
-    if m := _ENTERPRISE.match(raw):
+    if m := _ENTERPRISE.fullmatch(raw):
         minor, patch, hot = int(m[1]), int(m[2]), int(m[3] or 0)
         suffix = f"-{hot}" if hot else ""  # a -0 hotpatch is the release itself
         return Version(Channel.ENTERPRISE, (patch, hot), minor, f"enterprise-2.{minor}.{patch}{suffix}")
-    if m := _EDGE.match(raw):
+    if m := _EDGE.fullmatch(raw):
         numbers = (int(m[1]), int(m[2]), int(m[3]))
         if not 1 <= numbers[1] <= 12:
-            raise InputError(f"{text!r} has no month {numbers[1]}", hint=f"use {ACCEPTED_FORMS}")
+            raise InputError(f"{_shown(text)} has no month {numbers[1]}", hint=f"use {ACCEPTED_FORMS}")
         if markers is None:
             from upgrader.catalog import default_catalog  # noqa: PLC0415 - catalog imports this module
 
             markers = default_catalog().edge_markers()
         canonical = f"edge-{numbers[0]:02d}.{numbers[1]}.{numbers[2]}"
         return Version(Channel.EDGE, numbers, _edge_major(numbers, markers, canonical), canonical)
-    raise InputError(f"{text!r} is not a Linkerd version", hint=f"use {ACCEPTED_FORMS}")
+    raise InputError(f"{_shown(text)} is not a Linkerd version", hint=f"use {ACCEPTED_FORMS}")
 
 
-_SEMVER_CHART = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)(-edge)?$")
+_SEMVER_CHART = re.compile(rf"v?{_N}\.{_N}\.{_N}(-edge)?", re.ASCII)
 
 
 class ChartKind(StrEnum):
@@ -147,29 +154,31 @@ class ChartVersion:
 def parse_chart_version(text: str) -> ChartVersion:
     """Parse ``1.16.11``, ``1.18.10-edge`` or ``2024.8.2``; InputError otherwise."""
     raw = text.strip()
-    if m := _CALENDAR_CHART.match(raw):
+    if m := _CALENDAR_CHART.fullmatch(raw):
         return ChartVersion((1, int(m[1]), int(m[2]), int(m[3]), 1), ChartKind.CALENDAR, raw)
-    if m := _SEMVER_CHART.match(raw):
+    if m := _SEMVER_CHART.fullmatch(raw):
         kind = ChartKind.EDGE if m[4] else ChartKind.SEMVER
         final = 0 if kind is ChartKind.EDGE else 1
         return ChartVersion((0, int(m[1]), int(m[2]), int(m[3]), final), kind, raw.lstrip("v"))
-    raise InputError(f"{text!r} is not a Linkerd chart version", hint="use e.g. 1.16.11, 1.18.10-edge or 2024.8.2")
+    raise InputError(
+        f"{_shown(text)} is not a Linkerd chart version", hint="use e.g. 1.16.11, 1.18.10-edge or 2024.8.2"
+    )
 
 
 def edge_from_calendar_chart(chart_version: str) -> str | None:
     """``2024.8.2`` -> ``edge-24.8.2`` (charts from edge-24.3.1 on); None for other forms."""
-    m = _CALENDAR_CHART.match(chart_version.strip())
+    m = _CALENDAR_CHART.fullmatch(chart_version.strip())
     return f"edge-{int(m[1]) - 2000:02d}.{int(m[2])}.{int(m[3])}" if m else None
 
 
-_KUBERNETES = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?(?:[-+].*)?$")
+_KUBERNETES = re.compile(rf"v?{_N}\.{_N}(?:\.{_N})?(?:[-+].*)?", re.ASCII)
 
 
 def kubernetes_version(text: str) -> _Pep440:
     """``v1.28.3-eks-1a2b`` or ``1.28.3+k3s1`` -> 1.28.3 (vendor suffixes dropped; ``1.28`` = 1.28.0)."""
-    m = _KUBERNETES.match(text.strip())
+    m = _KUBERNETES.fullmatch(text.strip())
     if m is None:
-        raise InputError(f"{text!r} is not a Kubernetes version", hint="use e.g. v1.28.3")
+        raise InputError(f"{_shown(text)} is not a Kubernetes version", hint="use e.g. v1.28.3")
     return _Pep440(f"{int(m[1])}.{int(m[2])}.{int(m[3] or 0)}")
 
 

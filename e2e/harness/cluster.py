@@ -452,6 +452,38 @@ class LocalCluster:
     def peak_rss_kib(self) -> int:
         return self.processes.peak_rss_kib()
 
+    def stop_component(self, component: str) -> None:
+        """Stop one component (etcd, kube-apiserver, ...) until ``start_component``: its port refuses connections."""
+        if component not in COMPONENTS:
+            raise ClusterError(f"unknown component {component!r}; one of {', '.join(COMPONENTS)}")
+        self.processes.kill(component)
+
+    def start_component(self, component: str, timeout: float = 120.0) -> None:
+        """Start a stopped component again on the same port with the same flags; wait until it answers
+        (etcd: its /health; any other: the API server's /readyz)."""
+        self.processes.respawn(component)
+        if self._owns_dir and (self.root / "state.json").exists():
+            self._write_state()
+        if component == "etcd":
+            health = f"http://127.0.0.1:{self.ports['etcd-client']}/health"
+            _wait(
+                "etcd health after its restart",
+                lambda: b'"health":"true"' in urllib.request.urlopen(health, timeout=2).read(),
+                timeout,
+                self.log_tails,
+            )
+            return
+        pki = self.root / "pki"
+        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        api = f"https://127.0.0.1:{self.ports['apiserver']}"
+        _wait(
+            f"kube-apiserver /readyz after restarting {component}",
+            lambda: urllib.request.urlopen(f"{api}/readyz", context=ctx, timeout=5).status == 200,  # noqa: S310
+            timeout,
+            self.log_tails,
+        )
+
     def stop(self, *, remove_dir: bool = True, grace: float = 10.0) -> None:
         """Stop every component (SIGTERM, then SIGKILL after ``grace``) and remove the folder."""
         if self._processes is not None:

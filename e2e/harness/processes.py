@@ -62,6 +62,7 @@ class Processes:
     detach: bool = False
     pids: dict[str, int] = field(default_factory=dict)
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _commands: dict[str, tuple[list[str], Path | None, dict[str, str] | None]] = field(default_factory=dict)
 
     def log(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
@@ -92,6 +93,7 @@ class Processes:
             )
         self._procs[name] = proc
         self.pids[name] = proc.pid
+        self._commands[name] = (cmd, cwd, env)
         time.sleep(0.1)
         if proc.poll() is not None:
             raise ProcessError(f"{name} exited at once with {proc.returncode}\n{self.log_tails()}")
@@ -105,6 +107,29 @@ class Processes:
 
     def peak_rss_kib(self) -> int:
         return peak_rss_kib(list(self.pids.values()))
+
+    def kill(self, name: str, *, grace: float = 10.0) -> None:
+        """Stop one program (SIGTERM, then SIGKILL after ``grace``); ``respawn`` starts it again."""
+        pid = self.pids[name]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+        proc = self._procs.get(name)
+        deadline = time.monotonic() + grace
+        while alive(pid) and time.monotonic() < deadline and not (proc is not None and proc.poll() is not None):
+            time.sleep(0.05)
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        if proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+
+    def respawn(self, name: str) -> int:
+        """Start ``name`` again with the command, folder and environment it was first started with."""
+        cmd, cwd, env = self._commands[name]
+        if alive(self.pids[name]):
+            raise ProcessError(f"{name} (pid {self.pids[name]}) still runs: kill it first")
+        return self.spawn(name, cmd, cwd=cwd, env=env)
 
     def stop(self, *, grace: float = 10.0) -> None:
         """Stop every program, last started first: SIGTERM, then SIGKILL after ``grace``."""

@@ -51,6 +51,11 @@ _TRANSIENT = re.compile(
     r"|client\.timeout exceeded|kubernetes cluster unreachable",
     re.IGNORECASE,
 )
+_UNREACHABLE = re.compile(
+    r"kubernetes cluster unreachable|connection refused|connection reset by peer|broken pipe|unexpected eof"
+    r"|http2: client connection lost|tls handshake timeout",
+    re.IGNORECASE,
+)
 _LOCKED = re.compile(r"another operation (?:\(install/upgrade/rollback\) )?is in progress", re.IGNORECASE)
 _RELEASE_NOT_FOUND = re.compile(r"\brelease: not found|\brelease not found", re.IGNORECASE)
 _CHART_NOT_FOUND = re.compile(
@@ -211,7 +216,7 @@ def _denied(cls: type[_Denied], message: str, said: str, status: int | None) -> 
     )
 
 
-def _from_helm(text: str) -> HelmError:
+def _from_helm(text: str) -> HelmError:  # noqa: PLR0911 - one return per kind of helm failure
     """helm's stderr (already redacted) as a typed error whose message is helm's own words."""
     if _LOCKED.search(text):
         return ReleaseLockedError(
@@ -230,8 +235,12 @@ def _from_helm(text: str) -> HelmError:
     if _HELM_DENIED.search(text):
         return _denied(HelmAccessDeniedError, text, text, None)
     if _TRANSIENT.search(text):
-        unreachable = "cluster unreachable" in text.lower() or "connection refused" in text.lower()
-        return TransientHelmError(
-            text, hint=f"{_UNREACHABLE_HINT}; trying again may help" if unreachable else _TRANSIENT_HINT
-        )
+        if _UNREACHABLE.search(text):
+            return HelmUnreachableError(text, hint=f"{_UNREACHABLE_HINT}; trying again may help")
+        return TransientHelmError(text, hint=_TRANSIENT_HINT)
     return HelmError(text)
+
+
+class HelmUnreachableError(TransientHelmError, ClusterUnreachableError):
+    """helm could not reach the Kubernetes API (refused, reset, cluster unreachable): waited for like
+    any unanswering API (``upgrader.adapters.retrying``), not only retried a few times."""

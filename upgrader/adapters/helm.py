@@ -14,7 +14,9 @@ retries an upgrade only after looking whether the lost attempt landed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import re
 import tempfile
 import time
@@ -33,6 +35,7 @@ from upgrader.ports import HelmRelease, HelmRevision, ReleaseObject
 
 T = TypeVar("T")
 
+_log = logging.getLogger("pyhelm3.command")  # quiet below --log-level debug, as pyhelm3's own runner was
 _CHART = re.compile(r"^(?P<name>.+?)-(?P<version>v?\d+\.\d+\.\d+\S*)$")
 
 
@@ -43,15 +46,47 @@ def split_chart(chart: str) -> tuple[str, str]:
 
 
 class _Command(pyhelm3.Command):  # type: ignore[misc]  # pyhelm3 ships no types
-    """pyhelm3's runner plus global flags it has no parameter for (impersonation)."""
+    """pyhelm3's commands, run without a shell, plus global flags it has no parameter for (impersonation).
+
+    pyhelm3's own ``run`` joins the command into one string for ``/bin/sh``; ours hands helm
+    its arguments as a list (``exec``), so no release name, namespace or path is ever read by a
+    shell. Values go on stdin, the cluster as a kubeconfig path; never a token.
+    """
 
     def __init__(self, *, extra: list[str], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._extra = extra
 
+    def argv(self, command: list[Any]) -> list[str]:
+        argv = [str(self._executable), *(str(part) for part in command), *self._extra]
+        if self._kubeconfig:
+            argv += ["--kubeconfig", str(self._kubeconfig)]
+        if self._kubecontext:
+            argv += ["--kube-context", str(self._kubecontext)]
+        return argv
+
     async def run(self, command: list[Any], input: bytes | None = None) -> bytes:
-        result: bytes = await super().run([*command, *self._extra], input)
-        return result
+        argv = self.argv(command)
+        _log.debug("running helm %s", " ".join(argv[1:3]))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE if input is not None else None,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:  # the helm binary is missing or not executable: helm's own "not found" words
+            raise helm_errors.Error(127, b"", f"{argv[0]}: {exc.strerror}".encode()) from exc
+        try:
+            stdout, stderr = await proc.communicate(input)
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+                await proc.communicate()
+            raise
+        if proc.returncode != 0:
+            raise helm_errors.Error(proc.returncode, stdout, stderr)  # classify() reads helm's stderr
+        return stdout
 
 
 class HelmAdapter:

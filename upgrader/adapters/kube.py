@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client, config
 
@@ -46,6 +47,9 @@ def _containers(items: list[Any] | None) -> tuple[Container, ...]:
     )
 
 
+CONNECT_RETRIES = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.2)
+
+
 class KubeAdapter:
     """Reads the cluster with one client bound to one kubeconfig/context."""
 
@@ -58,14 +62,22 @@ class KubeAdapter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         try:
-            self._api = config.new_client_from_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig) if kubeconfig else None, context=context
+            configuration = client.Configuration()
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=str(kubeconfig) if kubeconfig else None,
+                context=context,
+                client_configuration=configuration,
             )
+            # urllib3 would retry three times at once (no backoff): keep two quick connect retries (nothing
+            # was sent) and leave the rest to our retry policy, which backs off (upgrader.adapters.retrying).
+            configuration.retries = CONNECT_RETRIES
+            api: Any = client.ApiClient(configuration=configuration)
         except (config.ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
             raise InputError(
                 f"cannot load kubeconfig {kubeconfig or '(default)'}: {exc}",
                 hint="pass --kubeconfig PATH (and --context NAME) of the cluster running Linkerd",
             ) from exc
+        self._api = api
         if impersonate:
             self._api.set_default_header("Impersonate-User", impersonate)
         self._core = client.CoreV1Api(self._api)

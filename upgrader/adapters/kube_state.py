@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import urllib3
@@ -15,9 +16,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from upgrader.adapters.errors import mapped
-from upgrader.adapters.retrying import retried
-from upgrader.checkpoints import Checkpoint, check_run_id, serialise
-from upgrader.errors import ClusterUnreachableError, NotFoundError, UpgraderError
+from upgrader.adapters.retrying import retried, retrying
+from upgrader.checkpoints import CHECKPOINT_HINT, Checkpoint, Survey, check_run_id, parse_checkpoint, serialise
+from upgrader.errors import ClusterUnreachableError, InputError, NotFoundError, UpgraderError
 from upgrader.locking import LEASE_SECONDS, FencingToken, LeaseView, LockLostError, decide, lease_name, lost_error
 
 RUN_LABEL = "upgrader.io/run"
@@ -52,7 +53,7 @@ class SecretCheckpointStore:
                 secret = self._core.read_namespaced_secret(self._name(run_id), self.namespace, _request_timeout=10)
         except NotFoundError:
             return None
-        return Checkpoint.model_validate_json(base64.b64decode(secret.data["checkpoint.json"]))
+        return self._checkpoint(secret)
 
     @retried
     def store(self, *, checkpoint: Checkpoint) -> None:
@@ -73,14 +74,31 @@ class SecretCheckpointStore:
             with mapped(f"creating checkpoint Secret {self.namespace}/{name}"):
                 self._core.create_namespaced_secret(self.namespace, body, _request_timeout=10)
 
-    @retried
+    def _checkpoint(self, secret: Any) -> Checkpoint:
+        """The checkpoint a Secret holds; a missing key, bad base64 or a bad document is an InputError naming it."""
+        source = f"checkpoint Secret {self.namespace}/{getattr(secret.metadata, 'name', '?')}"
+        encoded = (secret.data or {}).get("checkpoint.json")
+        if not isinstance(encoded, str):
+            raise InputError(f"{source} has no checkpoint.json", hint="delete the Secret if it is not a run")
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raise InputError(f"{source}: checkpoint.json is not base64", hint=CHECKPOINT_HINT) from None
+        return parse_checkpoint(data, source=source)
+
     def runs(self) -> list[Checkpoint]:
+        return self.survey().runs
+
+    @retried
+    def survey(self) -> Survey:
         with mapped(f"listing checkpoint Secrets in {self.namespace}"):
             items = self._core.list_namespaced_secret(
                 self.namespace, label_selector=f"{RUN_LABEL}=true", _request_timeout=30
             ).items
-        found = [Checkpoint.model_validate_json(base64.b64decode(s.data["checkpoint.json"])) for s in items]
-        return sorted(found, key=lambda c: c.started_at)
+        found = Survey()
+        for secret in items:
+            found.add(partial(self._checkpoint, secret), f"Secret {self.namespace}/{secret.metadata.name}")
+        return found.sorted()
 
     @retried
     def purge(self, *, run_id: str) -> None:
@@ -111,12 +129,14 @@ class LeaseLock:
         *,
         duration_seconds: int = LEASE_SECONDS,
         coordination: Any = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         # dict bodies; the client types them as models
         self._coord: Any = coordination if coordination is not None else client.CoordinationV1Api(api)
         self.namespace = namespace
         self.name = lease_name(control_plane_namespace)
         self.duration_seconds = duration_seconds
+        self._sleep = sleep  # between the retry policy's attempts (reads and renewals; see observe and _renew)
         self._writing = threading.Lock()  # one write at a time: a renewal racing another would conflict with it
         self._token: FencingToken | None = None
         self._ours: tuple[str, ...] = ()  # resourceVersions of our own last writes, newest last (swapped whole)
@@ -129,7 +149,10 @@ class LeaseLock:
         return self._token
 
     def observe(self) -> LeaseView | None:
-        """The Lease as it is now, or None when there is none."""
+        """The Lease as it is now, or None when there is none (a read: retried while the API does not answer)."""
+        return retrying(self._observe, sleep=self._sleep, what=f"reading the lock {self.namespace}/{self.name}")
+
+    def _observe(self) -> LeaseView | None:
         try:
             lease = self._coord.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.REQUEST_TIMEOUT)
         except ApiException as exc:
@@ -148,8 +171,8 @@ class LeaseLock:
         )
 
     def describe(self) -> LeaseView | None:
-        """Holder and last renewal of the lock, for `upgrader status` (see locking.lock_summary)."""
-        return self.observe()
+        """Holder and last renewal of the lock, for `upgrader status` (see locking.lock_summary): one read, no retry."""
+        return self._observe()
 
     def acquire(
         self,
@@ -261,12 +284,10 @@ class LeaseLock:
                 # A merge patch carrying our resourceVersion: 409 when someone else wrote the Lease,
                 # 404 when it is gone. Never a PUT: the API server creates a missing Lease on update,
                 # which would let a run that lost the lock hold it again.
-                lease = self._coord.patch_namespaced_lease(
-                    self.name,
-                    self.namespace,
-                    body,
-                    _request_timeout=self.REQUEST_TIMEOUT,
-                    _content_type="application/merge-patch+json",
+                # Retried while the API does not answer: an attempt whose answer was lost but which
+                # landed makes the next one answer 409, and _adopt_if_landed below takes it as ours.
+                lease = retrying(
+                    lambda: self._patch(body), sleep=self._sleep, what=f"renewing the lock {self.namespace}/{self.name}"
                 )
             except ApiException as exc:
                 if exc.status not in (404, 409):
@@ -277,13 +298,29 @@ class LeaseLock:
                     raise self._lose(view) from exc
                 body["metadata"]["resourceVersion"] = self._ours[-1]
                 continue
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                self._unsure = (*self._unsure[-3:], body["spec"]["renewTime"])
-                raise self._failure("renew", exc) from exc
             self._token = FencingToken(token.holder, lease.metadata.resource_version, token.acquired_at, now)
             self._remember(self._token.resource_version)
             return self._token
         raise self._lose(self.observe())
+
+    def _patch(self, body: dict[str, Any]) -> Any:
+        """One renewal attempt: the patched Lease; ApiException for 404/409; a typed error otherwise."""
+        try:
+            return self._coord.patch_namespaced_lease(
+                self.name,
+                self.namespace,
+                body,
+                _request_timeout=self.REQUEST_TIMEOUT,
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                raise
+            self._unsure = (*self._unsure[-3:], body["spec"]["renewTime"])
+            raise self._failure("renew", exc) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            self._unsure = (*self._unsure[-3:], body["spec"]["renewTime"])
+            raise self._failure("renew", exc) from exc
 
     def _adopt_if_landed(self, view: LeaseView | None) -> FencingToken | None:
         """Take ``view`` as ours if it is our own write whose answer never came (our holder, our renewTime)."""

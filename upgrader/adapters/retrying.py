@@ -3,25 +3,35 @@
 Every read and every idempotent write in the adapters goes through it: adapter methods with
 ``@retried`` (which sleeps with the instance's injected ``_sleep``), other calls with
 ``retrying(call, sleep=...)``. What is retried is decided by ``upgrader.adapters.errors.classify``
-alone, which makes passing failures ``TransientError``s. Writes that are not idempotent
-(``helm install``, ``helm upgrade``) are not decorated: ``ClusterPorts.upgrade`` retries an upgrade
-only after looking whether the lost attempt landed.
+alone, which makes passing failures ``TransientError``s. While a run holds the lock
+(``wait_for_the_api(True)``, set by ``upgrader.runs``), a Kubernetes API that does not answer at all
+(``ClusterUnreachableError``: connection refused or reset, a restarting API server) is waited for
+longer than other passing failures: past the ATTEMPTS tries, until about UNREACHABLE_PATIENCE
+seconds of backoff were spent, so an API server restart is ridden out rather than ending the run.
+One-shot commands (plan, discover, history) keep the short budget: they answer, not wait.
+The kubernetes client's own urllib3 retries are cut to two connect retries (see
+``upgrader.adapters.kube``): this policy, with its backoff, is the one that counts.
+
+Writes that are not idempotent (``helm install``, ``helm upgrade``) are not decorated:
+``ClusterPorts.upgrade`` retries an upgrade only after looking whether the lost attempt landed.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 import structlog
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from upgrader.errors import TransientError
+from upgrader.errors import ClusterUnreachableError, TransientError
 
 ATTEMPTS = 5  # the first try and four retries
 MAX_DELAY = 30.0  # seconds: the most of a server's Retry-After we honour
+UNREACHABLE_PATIENCE = 45.0  # seconds of backoff spent waiting for an API that does not answer (under a lease)
 _JITTERED = wait_exponential_jitter(multiplier=0.5, max=8)  # about 0.5, 1, 2, 4 s, each plus up to 1 s
 
 T = TypeVar("T")
@@ -45,8 +55,33 @@ def _wait(state: RetryCallState) -> float:
     return max(_JITTERED(state), min(asked, MAX_DELAY))
 
 
+_waiting = threading.Event()  # set while a run holds the lock: every thread's retries wait for the API
+
+
+def wait_for_the_api(on: bool) -> None:
+    """Whether an unanswering API is waited for (UNREACHABLE_PATIENCE) or given the ATTEMPTS tries only."""
+    if on:
+        _waiting.set()
+    else:
+        _waiting.clear()
+
+
+def _patient(failure: BaseException | None) -> bool:
+    return _waiting.is_set() and isinstance(failure, ClusterUnreachableError)
+
+
+def _stop(state: RetryCallState) -> bool:
+    """Stop after ATTEMPTS tries; an unanswering API is waited for until UNREACHABLE_PATIENCE seconds of backoff
+    (while waiting is on). ``idle_for`` sums the waits asked for, not the clock, so an injected sleep bounds it."""
+    if state.attempt_number < ATTEMPTS:
+        return False
+    failure = state.outcome.exception() if state.outcome else None
+    return not _patient(failure) or state.idle_for >= UNREACHABLE_PATIENCE
+
+
 def retrying(call: Callable[[], T], *, sleep: Callable[[float], None] = time.sleep, what: str = "") -> T:
-    """``call()``, tried again on TransientError up to ATTEMPTS times in all; the last error is raised."""
+    """``call()``, tried again on TransientError up to ATTEMPTS times in all (longer while the API does not
+    answer); the last error is raised."""
 
     def logged(state: RetryCallState) -> None:
         failure = state.outcome.exception() if state.outcome else None
@@ -54,7 +89,8 @@ def retrying(call: Callable[[], T], *, sleep: Callable[[float], None] = time.sle
             "retry",
             operation=what,
             attempt=state.attempt_number,
-            of=ATTEMPTS,
+            **({"waiting_up_to_s": UNREACHABLE_PATIENCE} if _patient(failure) else {"of": ATTEMPTS}),
+            retry_in=round(state.upcoming_sleep, 1),
             error=getattr(failure, "message", str(failure)),
             status=getattr(failure, "status", None),
         )
@@ -62,7 +98,7 @@ def retrying(call: Callable[[], T], *, sleep: Callable[[float], None] = time.sle
     for attempt in Retrying(
         sleep=sleep,
         retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(ATTEMPTS),
+        stop=_stop,
         wait=_wait,
         before_sleep=logged,
         reraise=True,

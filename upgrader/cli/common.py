@@ -11,9 +11,11 @@ import structlog
 import typer
 from rich.console import Console
 from rich.progress import Progress, TaskID
+from rich.text import Text
 
 from upgrader import __version__, logs
 from upgrader.errors import InputError
+from upgrader.logs import bounded, markup_safe, printable
 
 app = typer.Typer(
     name="upgrader",
@@ -55,23 +57,69 @@ def _main(
         raise InputError(f"unknown --log-level {log_level!r}", hint="use debug, info, warning or error")
     logs.configure(log_format.value, log_level)
     OUTPUT["bars"] = log_format is LogFormat.console and sys.stderr.isatty()
+    OUTPUT["debug"] = log_level.lower() == "debug"
 
 
-OUTPUT = {"bars": False}  # progress bars only for people at a terminal; events otherwise
+# progress bars only for people at a terminal (events otherwise); tracebacks only at --log-level debug
+OUTPUT = {"bars": False, "debug": False}
+
+
+# ---- printing: every value we echo back goes through here ------------------------------------
+
+
+def echo(text: str = "", *, nl: bool = True, err: bool = False) -> None:
+    """Print ``text`` for people: control characters shown as escapes (typer.echo reads no markup)."""
+    typer.echo(printable(text), nl=nl, err=err)
+
+
+CELL_LIMIT = 500  # characters of one value in a table cell; JSON output is never cut
+
+
+def cell(value: object, limit: int = CELL_LIMIT) -> str:
+    """A value for a table cell: printable and, past ``limit`` characters, cut with an ellipsis."""
+    return bounded(value, limit)
+
+
+def plain_console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """A rich console that reads no markup or emoji codes in what it prints and highlights nothing.
+
+    Values from files and the cluster print as they are; not highlighting keeps a very long word
+    linear (rich's highlighter is quadratic in it).
+    """
+    return Console(stderr=stderr, width=width, markup=False, emoji=False, highlight=False)
+
+
+NOT_A_TERMINAL_WIDTH = 10_000  # pipes and CI logs get whole values, never `linkerd-…`
+
+
+def stdout_console() -> Console:
+    """A plain console for stdout: the terminal's width on a terminal, unbounded (nothing cut) otherwise."""
+    console = plain_console()
+    if not console.is_terminal:
+        console = plain_console(width=NOT_A_TERMINAL_WIDTH)
+    return console
+
+
+def print_error(label: str, message: str, hint: str = "") -> None:
+    """``label message`` and ``hint: ...`` on stderr; the label in bold red, the rest plain text."""
+    err = plain_console(stderr=True)
+    err.print(Text.assemble((label, "bold red"), " ", printable(message)), soft_wrap=True)
+    if hint:
+        err.print(Text.assemble(("hint:", "bold"), " ", printable(hint)), soft_wrap=True)
 
 
 class Bars:
     """Rich progress bars on stderr, one per wave (and one for a rollback's restarts)."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self._progress = Progress(console=console or Console(stderr=True), transient=False)
+        self._progress = Progress(console=console or plain_console(stderr=True), transient=False)
         self._tasks: dict[str, TaskID] = {}
 
     def __call__(self, what: str, done: int, total: int) -> None:
         if what not in self._tasks:
             if not self._tasks:
                 self._progress.start()
-            self._tasks[what] = self._progress.add_task(what, total=total)
+            self._tasks[what] = self._progress.add_task(markup_safe(what), total=total)  # its column reads markup
         self._progress.update(self._tasks[what], completed=done, total=total)
 
     def close(self) -> None:

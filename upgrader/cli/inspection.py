@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from upgrader.cli.common import (
@@ -21,11 +20,15 @@ from upgrader.cli.common import (
     SpecOpt,
     ToOpt,
     app,
+    cell,
+    echo,
     log,
+    stdout_console,
     write_file,
 )
 from upgrader.discovery import Installation, observe
 from upgrader.errors import EXIT_PREFLIGHT, EXIT_REFUSED, InputError
+from upgrader.logs import printable
 from upgrader.rendering import render, render_checks
 from upgrader.runs import cluster_adapters, plan_session
 from upgrader.runs import preflight as run_preflight
@@ -50,7 +53,7 @@ def discover(
         meshed_namespaces=len(found.proxies),
     )
     if output is Output.json:
-        typer.echo(json.dumps(found.as_dict(), indent=2))
+        echo(json.dumps(found.as_dict(), indent=2))
     else:
         _print_installation(found)
 
@@ -100,7 +103,7 @@ def plan(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     text = render(result, output.value)
     if out is not None:
         write_file(out, render(result, "json" if out.suffix == ".json" else output.value))
-    typer.echo(text, nl=False)
+    echo(text, nl=False)
     log.info(
         "planned",
         hops=len(result.hops),
@@ -147,7 +150,7 @@ def preflight(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     for r in results:
         if r.result != "passed":
             log.warning("check", id=r.id, result=r.result, waived=r.waived, message=r.message)
-    typer.echo(render_checks(results, output.value), nl=False)
+    echo(render_checks(results, output.value), nl=False)
     log.info(
         "preflight", checks=len(results), errors=len(blocking), warnings=sum(r.result == "warning" for r in results)
     )
@@ -155,44 +158,36 @@ def preflight(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         raise typer.Exit(EXIT_PREFLIGHT)
 
 
-NOT_A_TERMINAL_WIDTH = 10_000  # pipes and CI logs get whole values, never `linkerd-…`
-
-
-def stdout_console() -> Console:
-    """A console for stdout: the terminal's width on a terminal, unbounded (nothing cut) otherwise."""
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=NOT_A_TERMINAL_WIDTH)
-    return console
-
-
 def _print_installation(inst: Installation) -> None:
     console = stdout_console()
-    console.print(f"Kubernetes {inst.kubernetes_version}", highlight=False)
+    console.print(printable(f"Kubernetes {inst.kubernetes_version}"))
     if not inst.found:
         console.print("No Linkerd installation found (no Linkerd Helm release, linkerd-config or meshed pod).")
         return
     cp = inst.control_plane_version or "not found"
     console.print(
-        f"Control plane: {cp} in namespace {inst.control_plane_namespace or '-'}"
-        f"{' (HA)' if inst.high_availability else ''}",
-        highlight=False,
+        printable(
+            f"Control plane: {cp} in namespace {inst.control_plane_namespace or '-'}"
+            f"{' (HA)' if inst.high_availability else ''}"
+        ),
     )
     if inst.control_plane_version:
         console.print(
-            f"High availability: {'yes' if inst.high_availability else 'no'}"
-            + (f" ({'; '.join(inst.ha_evidence)})" if inst.ha_evidence else ""),
-            highlight=False,
+            printable(
+                f"High availability: {'yes' if inst.high_availability else 'no'}"
+                + (f" ({'; '.join(inst.ha_evidence)})" if inst.ha_evidence else "")
+            ),
             soft_wrap=True,
         )
     releases = Table(
         "release", "namespace", "chart", "version", "app version", "revision", "status", title="Helm releases"
     )
     for r in inst.releases:
-        releases.add_row(r.name, r.namespace, r.chart_name, r.chart_version, r.app_version, str(r.revision), r.status)
+        row = (r.name, r.namespace, r.chart_name, r.chart_version, r.app_version, r.revision, r.status)
+        releases.add_row(*(cell(v) for v in row))
     console.print(releases)
     proxies = Table("namespace", "proxy version", "pods", title="Data plane")
     for ns, versions in inst.proxies.items():
         for v, n in versions.items():
-            proxies.add_row(ns, v, str(n))
+            proxies.add_row(cell(ns), cell(v), cell(n))
     console.print(proxies)

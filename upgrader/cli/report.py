@@ -6,7 +6,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from upgrader.cli.common import (
@@ -16,6 +15,9 @@ from upgrader.cli.common import (
     Output,
     StateStoreOpt,
     app,
+    cell,
+    echo,
+    stdout_console,
 )
 from upgrader.runs import live_histories, load_run, lock_status, release_line, store_for
 
@@ -33,47 +35,52 @@ def status(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     store = store_for(state_store, kubeconfig, context)
     cp = load_run(store, run)
     if output is Output.json:
-        typer.echo(cp.model_dump_json(indent=2))
+        echo(json.dumps(cp.model_dump(mode="json"), indent=2))  # ASCII: escapes every control character
         return
-    hops = cp.plan.get("hops", [])
-    typer.echo(
+    hops = _dicts(cp.plan.get("hops"))
+    echo(
         f"run {cp.run_id}: {cp.state}{f' (stopped in {cp.stopped_in})' if cp.stopped_in else ''}; "
         f"hop {min(cp.hop + 1, len(hops))}/{len(hops)} {cp.plan.get('from')} -> {cp.plan.get('to')}"
     )
     histories, unreachable = live_histories(cp, kubeconfig, context, helm) if cp.releases else ({}, None)
     for name, rel in cp.releases.items():
-        typer.echo(f"  {rel.namespace}/{name}: {release_line(rel, histories.get(name))}")
+        echo(f"  {rel.namespace}/{name}: {release_line(rel, histories.get(name))}")
     if unreachable:
-        typer.echo(f"  helm: releases not checked live ({unreachable})")
-    typer.echo(f"  workloads restarted: {len(cp.restarted)}; values changes: {len(cp.values_diff)}")
+        echo(f"  helm: releases not checked live ({unreachable})")
+    echo(f"  workloads restarted: {len(cp.restarted)}; values changes: {len(cp.values_diff)}")
     for line in waves_passed(hops, cp.waves_done):
-        typer.echo(f"  {line}")
+        echo(f"  {line}")
     for item in cp.pinned:
-        typer.echo(f"  pinned: {item}")
+        echo(f"  pinned: {item}")
     for item in cp.reported:
-        typer.echo(f"  not restarted: {item}")
+        echo(f"  not restarted: {item}")
     for error in cp.errors:
-        typer.echo(f"  error: {error}")
+        echo(f"  error: {error}")
     if cp.marks:
-        typer.echo("  checkpoints (upgrader rollback --to-checkpoint ID):")
+        echo("  checkpoints (upgrader rollback --to-checkpoint ID):")
     for mark in cp.marks:
         revisions = ", ".join(f"{n} r{r}" for n, r in mark.revisions.items()) or "no release touched yet"
-        typer.echo(
+        echo(
             f"    {mark.id:>3}  {mark.at:%Y-%m-%d %H:%M:%S}  hop {mark.hop + 1} {mark.state}: {revisions}; "
             f"{mark.restarted} restarted"
         )
     if cp.state == "RolledBack" and cp.next_command:
-        typer.echo(f"next: {cp.next_command}")
+        echo(f"next: {cp.next_command}")
     if cp.state not in ("Done", "RolledBack"):
-        typer.echo(f"  lock: {lock_status(cp, kubeconfig, context)}")
-        typer.echo(f"next: {cp.next_command or f'upgrader resume {cp.run_id}'}  (or upgrader rollback {cp.run_id})")
+        echo(f"  lock: {lock_status(cp, kubeconfig, context)}")
+        echo(f"next: {cp.next_command or f'upgrader resume {cp.run_id}'}  (or upgrader rollback {cp.run_id})")
+
+
+def _dicts(items: object) -> list[dict[str, Any]]:
+    """The objects of a list read from a checkpoint's plan (a hand-edited one may hold anything)."""
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def waves_passed(hops: list[dict[str, Any]], done: list[str]) -> list[str]:
     """Per hop, the waves that passed by name (``done`` holds internal ``<hop>/<wave>`` tags)."""
     lines = []
     for index, hop in enumerate(hops):
-        waves = hop.get("waves") or []
+        waves = _dicts(hop.get("waves"))
         names = [
             f"{w.get('name')}{'' if w.get('namespaces') else ' (nothing to restart)'}"
             for number, w in enumerate(waves)
@@ -94,11 +101,11 @@ def history(
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """Every run in the state store, oldest first."""
+    """Every run in the state store, oldest first; a checkpoint it cannot read is named on stderr, not fatal."""
     store = store_for(state_store, kubeconfig, context)
-    runs = store.runs()
+    found = store.survey()
     if output is Output.json:
-        typer.echo(
+        echo(
             json.dumps(
                 [
                     {
@@ -109,20 +116,29 @@ def history(
                         "started_at": c.started_at.isoformat(),
                         "updated_at": c.updated_at.isoformat(),
                     }
-                    for c in runs
+                    for c in found.runs
                 ],
                 indent=2,
             )
         )
-        return
-    table = Table("run", "state", "from", "to", "started", "updated", title="upgrader runs", min_width=110)
-    for c in runs:
-        table.add_row(
-            c.run_id,
-            str(c.state),
-            str(c.plan.get("from")),
-            str(c.plan.get("to")),
-            c.started_at.strftime("%Y-%m-%d %H:%M"),
-            c.updated_at.strftime("%Y-%m-%d %H:%M"),
-        )
-    Console().print(table)
+    else:
+        table = Table("run", "state", "from", "to", "started", "updated", title="upgrader runs", min_width=110)
+        for c in found.runs:
+            table.add_row(
+                *(
+                    cell(v)
+                    for v in (
+                        c.run_id,
+                        c.state,
+                        c.plan.get("from"),
+                        c.plan.get("to"),
+                        f"{c.started_at:%Y-%m-%d %H:%M}",
+                        f"{c.updated_at:%Y-%m-%d %H:%M}",
+                    )
+                )
+            )
+        stdout_console().print(table)
+    for bad in found.unreadable:
+        echo(f"warning: cannot read {bad.where}: {bad.problem}", err=True)
+    if found.unreadable:
+        echo("hint: restore each from a backup, or move it out of the state store", err=True)

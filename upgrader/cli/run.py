@@ -23,6 +23,7 @@ from upgrader.cli.common import (
     StateStoreOpt,
     ToOpt,
     app,
+    echo,
     log,
 )
 from upgrader.errors import EXIT_REFUSED, InputError
@@ -43,30 +44,30 @@ def _hooks() -> runs.RunHooks:
 
 
 def _print_dry_run(report: runs.DryRun, session: runs.Session) -> None:
-    typer.echo(render_checks(report.checks, "table"), nl=False)
+    echo(render_checks(report.checks, "table"), nl=False)
     dp = session.spec.data_plane
-    typer.echo(
+    echo(
         f"data plane, hop 1 ({dp.max_concurrent_per_namespace} per namespace, {dp.max_namespaces} namespaces at once):"
     )
     for name, inv in report.waves:
         names = ", ".join(f"{w.kind} {w.namespace}/{w.name}" for w in inv.targets) or "nothing"
-        typer.echo(f"  wave {name} would restart {len(inv.targets)}: {names}")
+        echo(f"  wave {name} would restart {len(inv.targets)}: {names}")
         for item in inv.reported:
-            typer.echo(f"    not restarted: {item}")
+            echo(f"    not restarted: {item}")
     if report.values_source:
-        typer.echo(f"values carried: {report.values_source}")
+        echo(f"values carried: {report.values_source}")
     if report.chart:
-        typer.echo(
+        echo(
             f"values diff for {report.chart} {report.chart_version} "
             f"({len(report.values_diff)} change(s), secrets redacted):"
         )
         if report.ha_values:
-            typer.echo(f"  {report.ha_values}")
+            echo(f"  {report.ha_values}")
         for row in report.values_diff:
-            typer.echo(f"  {row['key']}: {json.dumps(row['old'])} -> {json.dumps(row['new'])}")
+            echo(f"  {row['key']}: {json.dumps(row['old'])} -> {json.dumps(row['new'])}")
     for chart, version in report.server_accepted:
-        typer.echo(f"helm upgrade {chart} --version {version} --dry-run=server: accepted")
-    typer.echo("dry run: nothing was changed")
+        echo(f"helm upgrade {chart} --version {version} --dry-run=server: accepted")
+    echo("dry run: nothing was changed")
 
 
 @app.command()
@@ -102,7 +103,7 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     )
     if saved is not None and plan_file is not None:
         runs.check_plan_file(saved, session.plan, plan_file)
-    typer.echo(render(session.plan, "table"), nl=False)
+    echo(render(session.plan, "table"), nl=False)
     if session.plan.refused:
         raise typer.Exit(EXIT_REFUSED)
     if not session.plan.hops:
@@ -121,9 +122,9 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     result = runs.execute(
         session, store, checkpoint, "apply", options=options, take_over=take_over_lock, hooks=_hooks()
     )
-    typer.echo(f"run {checkpoint.run_id}: {result.state}")
+    echo(f"run {checkpoint.run_id}: {result.state}")
     for item in result.pinned:
-        typer.echo(f"  pinned: {item}")
+        echo(f"  pinned: {item}")
 
 
 @app.command()
@@ -147,9 +148,9 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     result = runs.execute(
         session, store, checkpoint, "resume", options=options, take_over=take_over_lock, hooks=_hooks()
     )
-    typer.echo(f"run {checkpoint.run_id}: {result.state}")
+    echo(f"run {checkpoint.run_id}: {result.state}")
     for item in result.pinned:
-        typer.echo(f"  pinned: {item}")
+        echo(f"  pinned: {item}")
 
 
 @app.command()
@@ -181,7 +182,7 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     scope = runs.rollback_scope(
         session, store, checkpoint, options=options, include_crds=include_crds, to_checkpoint=to_checkpoint
     )
-    typer.echo("\n".join(scope.describe()))
+    echo("\n".join(scope.describe()))
     if not yes:
         if not sys.stdin.isatty():
             raise InputError(
@@ -199,8 +200,8 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         to_checkpoint=to_checkpoint,
         hooks=_hooks(),
     )
-    typer.echo(f"run {checkpoint.run_id}: {result.state}")
+    echo(f"run {checkpoint.run_id}: {result.state}")
     for item in result.pinned:
-        typer.echo(f"  pinned: {item}")
+        echo(f"  pinned: {item}")
     if result.next_command:
-        typer.echo(f"next: {result.next_command}")
+        echo(f"next: {result.next_command}")

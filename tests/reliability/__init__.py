@@ -1,0 +1,1 @@
+"""Reliability: bad input never crashes upgrader (generated cases, a corpus of nasty ones, secret hygiene)."""
