@@ -49,6 +49,7 @@ from upgrader.planning import (
     CRDS,
     EXTENSIONS,
     HA_FILE,
+    LEGACY,
     AdoptSplitCharts,
     Hop,
     KeepRelease,
@@ -59,6 +60,7 @@ from upgrader.planning import (
     UpgradeRelease,
     VerifyControlPlane,
     VerifyDataPlane,
+    chart_older,
     crds_would_go_back,
     ha_layers,
     hop_values,
@@ -68,6 +70,7 @@ from upgrader.preflight import CheckResult
 from upgrader.spec import Spec, parse_duration
 from upgrader.states import ACTING, TERMINAL, Machine, RunState, route_of
 from upgrader.values import diff
+from upgrader.versions import major_distance
 
 log = structlog.get_logger("upgrader.execution")
 S = RunState
@@ -433,6 +436,14 @@ class Executor:
         mark: Mark | None
         if to_checkpoint is not None:
             mark = cp.find_mark(to_checkpoint)
+            if mark.hop in done:  # that hop's work is undone: its checkpoints now lie ahead of the installation
+                raise InputError(
+                    f"checkpoint {mark.id} is in hop {mark.hop + 1} ({hops[mark.hop].from_} -> {hops[mark.hop].to}), "
+                    f"which a rollback of run {cp.run_id} already undid: returning to it would move the "
+                    "installation forward",
+                    hint=f"roll back further with upgrader rollback {cp.run_id}, or go forward with a new run "
+                    f"(upgrader plan --to {hops[mark.hop].to}); upgrader status {cp.run_id} lists the checkpoints",
+                )
             first, where = mark.hop, f"checkpoint {mark.id} (hop {mark.hop + 1}, {mark.state})"
             restarts = cp.restarted[mark.restarted :]
             partial = mark != self._hop_start(mark.hop)  # the hop's earlier steps stay for the next rollback
@@ -473,7 +484,7 @@ class Executor:
             first_hop=first,
             rolled_hops=tuple(range(first + (1 if partial else 0), len(hops))),
             mark=mark,
-            releases=tuple(self._release_targets(include_crds, mark)),
+            releases=tuple(self._release_targets(include_crds, mark, one_hop=to_checkpoint is None)),
             crds=crds_line,
             restarts=tuple(seen.values()),
             further=further,
@@ -513,9 +524,14 @@ class Executor:
         last = min([self.checkpoint.hop, len(hops) - 1, *(h - 1 for h in done)])
         return next((i for i in range(last, -1, -1) if i not in done and self._hop_changed(i)), None)
 
-    def _release_targets(self, include_crds: bool, mark: Mark | None) -> list[ReleaseBack]:
+    def _release_targets(self, include_crds: bool, mark: Mark | None, *, one_hop: bool) -> list[ReleaseBack]:
         """Releases in the reverse order the run changed them: extensions, then the control plane
-        (linkerd-control-plane or, before 2.12, linkerd2), then the CRDs only when asked."""
+        (linkerd-control-plane or, before 2.12, linkerd2), then the CRDs only when asked.
+
+        A rollback only goes back: a target chart newer than the live one is refused (bad input), and
+        so, for a one-hop rollback, is a control-plane target more than one major below the live chart
+        (both possible when a release was changed outside the tool, or by an earlier rollback).
+        """
         cp = self.checkpoint
         touched = [n for n in cp.releases if n != CRDS]
         order = [n for n in touched if n in EXTENSIONS] + [n for n in touched if n not in EXTENSIONS]
@@ -537,18 +553,42 @@ class Executor:
                 )
             if current.revision == target.revision:
                 continue
-            out.append(
-                ReleaseBack(
-                    name=name,
-                    namespace=record.namespace,
-                    from_revision=current.revision,
-                    from_chart=current.chart_version,
-                    from_status=current.status,
-                    to_revision=target.revision,
-                    to_chart=chart_version_of(target, current.chart_name),
-                )
+            back = ReleaseBack(
+                name=name,
+                namespace=record.namespace,
+                from_revision=current.revision,
+                from_chart=current.chart_version,
+                from_status=current.status,
+                to_revision=target.revision,
+                to_chart=chart_version_of(target, current.chart_name),
             )
+            self._refuse_forward(back, current.chart_name, one_hop=one_hop)
+            out.append(back)
         return out
+
+    def _refuse_forward(self, back: ReleaseBack, chart_name: str, *, one_hop: bool) -> None:
+        """Bad input when ``back`` would move its release forward, or (one hop) the control plane over a major."""
+        where = f"{back.namespace}/{back.name}"
+        by_hand = (
+            f"helm history {back.name} -n {back.namespace}; if it was changed outside upgrader, roll it back by hand "
+            f"(helm rollback {back.name} <rev> -n {back.namespace}), one major at a time"
+        )
+        if chart_older(back.from_chart, back.to_chart):
+            raise InputError(
+                f"rolling back {where} to revision {back.to_revision} ({back.to_chart}) would move it forward: "
+                f"it runs {back.from_chart} (revision {back.from_revision})",
+                hint=by_hand,
+            )
+        if not one_hop or back.name not in (CONTROL_PLANE, LEGACY):
+            return
+        live = self.catalog.release_for_chart(chart_name, back.from_chart)
+        target = self.catalog.release_for_chart(chart_name, back.to_chart)
+        if live is not None and target is not None and major_distance(target, live) > 1:
+            raise InputError(
+                f"rolling back {where} from {back.from_chart} ({live}) to {back.to_chart} ({target}) would go "
+                f"{major_distance(target, live)} majors back; a rollback goes one major back at most",
+                hint=by_hand,
+            )
 
     def rollback(
         self, *, include_crds: bool = False, to_checkpoint: int | None = None, hop: int | None = None

@@ -351,9 +351,14 @@ def crds_would_go_back(installed: str | None, planned: str | None) -> bool:
     CRDs never move back except by an explicit CRD rollback (``rollback --include-crds``, which
     checks storedVersions first): an older chart may no longer serve a version still stored.
     """
-    if not installed or not planned:
+    return chart_older(planned, installed)
+
+
+def chart_older(version: str | None, than: str | None) -> bool:
+    """Whether chart ``version`` is older than ``than`` (False when either is missing or unreadable)."""
+    if not version or not than:
         return False
-    order = _chart_order(planned), _chart_order(installed)
+    order = _chart_order(version), _chart_order(than)
     return order[0] != (-1,) and order[1] != (-1,) and order[0] < order[1]
 
 
