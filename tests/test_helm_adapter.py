@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pyhelm3 import errors as helm_errors
 
-from upgrader.adapters.helm import HelmAdapter, split_chart
+from upgrader.adapters.helm import HelmAdapter
+from upgrader.discovery import split_chart
 from upgrader.errors import ChartNotFoundError
 
 

@@ -37,7 +37,14 @@ from upgrader.dataplane import (
     inventory,
     next_starts,
 )
-from upgrader.discovery import chart_version_of, last_deployed, proxy_version
+from upgrader.discovery import (
+    carried_revision,
+    chart_version_of,
+    last_deployed,
+    never_deployed,
+    proxy_version,
+    split_chart,
+)
 from upgrader.errors import InputError, ReleaseLockedError, UpgraderError
 from upgrader.locking import LockLostError
 from upgrader.metrics import MetricsPort, Sample, describe
@@ -718,8 +725,10 @@ class Executor:
         sent: dict[str, Any] = {}
         reset, reuse = False, False
         if values is not None:
-            user, strategy = self._carried_values(name, ns, current)
-            sent, reset, reuse = self._values_for(values, name, ns, chart, version, user=user, strategy=strategy)
+            user, strategy, installed = self._carried_values(name, ns)
+            sent, reset, reuse = self._values_for(
+                values, name, ns, chart, version, user=user, installed=installed, strategy=strategy
+            )
         log.info("helm-upgrade", release=name, namespace=ns, chart_version=version, revision=current.revision)
         self.lock.fence()
         try:
@@ -752,30 +761,32 @@ class Executor:
         record.charts_after.append(observed.chart_version)
         self._save()
 
-    def _carried_values(self, name: str, ns: str, current: HelmRelease) -> tuple[dict[str, Any], str | None]:
-        """The user values to carry: the current revision's, or the last deployed one's when it failed.
+    def _carried_values(self, name: str, ns: str) -> tuple[dict[str, Any], str | None, tuple[str, str]]:
+        """The user values to carry, the strategy they need, and the chart of the revision they are from.
 
-        A failed revision holds the values that made it fail (an unschedulable nodeSelector): they
-        are not carried, and neither may helm reuse them (``reuse`` becomes ``reset-then-reuse``).
+        From ``carried_revision``: the last deployed revision. A failed revision holds the values that
+        made it fail (an unschedulable nodeSelector): they are not carried, and neither may helm reuse
+        them (``reuse`` becomes ``reset-then-reuse``). The chart is the one whose values-ha.yaml those
+        values hold (HA layering takes that file out of them). Never deployed: the run stops.
         """
-        if current.status == "deployed":
-            return self.ports.user_values(name, ns), None
-        deployed = last_deployed(self.ports.history(name, ns), at_most=current.revision)
-        if deployed is None:
-            raise self._stop(
-                f"release {ns}/{name} is {current.status} at revision {current.revision} and was never deployed",
-                f"helm history {name} -n {ns}; repair or reinstall it with helm, then upgrader resume "
-                f"{self.checkpoint.run_id}",
-            )
+        history = self.ports.history(name, ns)
+        carried = carried_revision(history)
+        if carried is None:
+            error = never_deployed(name, ns, history, then=f"upgrader resume {self.checkpoint.run_id}")
+            raise self._stop(error.message, error.hint or "")
+        chart = split_chart(carried.chart)
+        current = max(history, key=lambda r: r.revision)
+        if current.revision == carried.revision:
+            return self.ports.user_values(name, ns, carried.revision), None, chart
         log.warning(
             "values-from-deployed-revision",
             release=name,
-            revision=deployed.revision,
+            revision=carried.revision,
             skipped_revision=current.revision,
             status=current.status,
         )
         strategy = "reset-then-reuse" if self.spec.values.strategy == "reuse" else None
-        return self.ports.user_values(name, ns, deployed.revision), strategy
+        return self.ports.user_values(name, ns, carried.revision), strategy, chart
 
     def _values_for(
         self,
@@ -786,18 +797,18 @@ class Executor:
         version: str,
         *,
         user: dict[str, Any],
+        installed: tuple[str, str] | None,
         strategy: str | None = None,
     ) -> tuple[dict[str, Any], bool, bool]:
-        """The hop's values for the control-plane chart; the redacted diff goes to the checkpoint."""
+        """The hop's values for the control-plane chart; the redacted diff goes to the checkpoint.
+
+        ``installed`` is the chart of the revision ``user`` comes from: whose values-ha.yaml they hold (HA).
+        """
         spec = self.spec
         if strategy is not None and strategy != spec.values.strategy:
             spec = spec.model_copy(update={"values": spec.values.model_copy(update={"strategy": strategy})})
-        installed = self.ports.release(name, ns)  # whose values-ha.yaml the user values hold (HA)
         ha_target, ha_installed = ha_layers(
-            hop,
-            spec,
-            (installed.chart_name, installed.chart_version) if installed is not None else None,
-            lambda c, v: self.ports.chart_file(f"{self.repo}/{c}", v, HA_FILE),
+            hop, spec, installed, lambda c, v: self.ports.chart_file(f"{self.repo}/{c}", v, HA_FILE)
         )
         out = hop_values(
             hop,
@@ -852,10 +863,20 @@ class Executor:
         chart = f"{self.repo}/{step.chart or step.release}"
         values: dict[str, Any] = {}
         if step.part == "control-plane":
-            user = self.ports.user_values(legacy, legacy_ns) if old is not None else {}
+            user: dict[str, Any] = {}
+            installed: tuple[str, str] | None = None
+            if old is not None:
+                user, _, installed = self._carried_values(legacy, legacy_ns)
             # helm install has no values to reuse: always the migrated user values plus the overrides
             values, _, _ = self._values_for(
-                hop, legacy, legacy_ns, step.chart or step.release, version, user=user, strategy="reset-then-reuse"
+                hop,
+                legacy,
+                legacy_ns,
+                step.chart or step.release,
+                version,
+                user=user,
+                installed=installed,
+                strategy="reset-then-reuse",
             )
         self._hand_over(hop, step, chart, values, legacy_present=old is not None)
         self.checkpoint.releases.setdefault(step.release, ReleaseRevisions(namespace=ns, before=None))

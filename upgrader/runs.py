@@ -40,8 +40,15 @@ from upgrader.checkpoints import (
     plan_hash,
 )
 from upgrader.dataplane import Inventory, inventory
-from upgrader.discovery import DATA_PLANE_SELECTOR, Installation, last_deployed, observe
-from upgrader.errors import InputError, NotFoundError, UpgraderError
+from upgrader.discovery import (
+    DATA_PLANE_SELECTOR,
+    Installation,
+    carried_revision,
+    carried_values,
+    observe,
+    split_chart,
+)
+from upgrader.errors import InputError, NeverDeployedError, NotFoundError, UpgraderError
 from upgrader.execution import Executor, PreflightStoppedError, RollbackScope, RunStoppedError
 from upgrader.locking import LockLostError, pid_alive
 from upgrader.metrics import public_url
@@ -163,27 +170,35 @@ def _namespace_labels(kube: Any, notes: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _with_pin_inputs(observed: Observed, kube: Any, helm: Any, inst: Installation, notes: list[str]) -> Observed:
-    """``observed`` with what the planner finds version pins in: the control plane's user values and the
-    data plane (namespaces, workloads, meshed pods). Unreadable ones leave pins unchecked, with a note."""
+    """``observed`` with what the planner finds version pins in: the control plane's user values (those an
+    upgrade carries, see ``carried_revision``) and the data plane (namespaces, workloads, meshed pods).
+    Unreadable ones leave pins unchecked, with a note. Also whose values are carried when the release's
+    last revision is not deployed (the plan says so). A release never deployed stops the plan."""
     cp = next((r for r in inst.releases if r.chart_name in ("linkerd-control-plane", "linkerd2")), None)
+    values: dict[str, Any] = {}
+    note = None
     try:
-        values = helm.get_values(cp.name, cp.namespace) if cp is not None else {}
+        if cp is not None:  # never deployed: NeverDeployedError stops the plan (no working values to carry)
+            values, _, note = carried_values(helm, cp.name, cp.namespace)
         view = DataPlaneView(
             namespaces=tuple(kube.list_namespaces()),
             workloads=tuple(kube.list_workloads()),
             pods=tuple(kube.list_pods(label_selector=DATA_PLANE_SELECTOR)),
             budgets=(),
         )
+    except NeverDeployedError:
+        raise
     except UpgraderError as exc:
         if exc.retryable:
             raise
         notes.append(f"version pins not checked ({exc.message})")
-        return observed
+        return replace(observed, values_carried=note)
     return replace(
         observed,
         control_plane_release=cp.name if cp is not None else observed.control_plane_release,
         control_plane_values=values or {},
         data_plane_view=view,
+        values_carried=note,
     )
 
 
@@ -402,17 +417,18 @@ def _values_release(step: UpgradeRelease | AdoptSplitCharts) -> tuple[str, str]:
 def _ha_layers(
     session: Session, hop: Hop, step: UpgradeRelease | AdoptSplitCharts, repo: str
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The values-ha.yaml layers of ``hop`` (target chart's, installed chart's), read with helm; see ``ha_layers``."""
+    """The values-ha.yaml layers of ``hop`` (target chart's, the carried revision's chart's), read with helm;
+    see ``ha_layers``."""
     if not wants_ha_values(hop, session.spec):
         return None, None
-    try:
-        installed = session.helm.status(*_values_release(step))
+    try:  # whose values-ha.yaml the carried user values hold: the last deployed revision's chart
+        carried = carried_revision(session.helm.history(*_values_release(step)))
     except NotFoundError:
-        installed = None
+        carried = None
     return ha_layers(
         hop,
         session.spec,
-        (installed.chart_name, installed.chart_version) if installed is not None else None,
+        split_chart(carried.chart) if carried is not None else None,
         lambda c, v: session.helm.chart_file(f"{repo}/{c}", v, HA_FILE),
     )
 
@@ -452,25 +468,6 @@ class DryRun:
     values_source: str = ""  # whose user values are carried (the last deployed revision's when the last failed)
 
 
-def carried_values(helm: Any, release: str, namespace: str) -> tuple[dict[str, Any], str]:
-    """The user values a hop carries, and whose they are: the current revision's, or, when that
-    revision is not deployed (a failed upgrade), the last deployed revision's (the executor's rule)."""
-    history = helm.history(release, namespace)
-    current = max(history, key=lambda r: r.revision) if history else None
-    if current is None or current.status == "deployed":
-        where = f"revision {current.revision}" if current else "its current revision"
-        return helm.get_values(release, namespace), f"user values of {release} {where}"
-    deployed = last_deployed(history, at_most=current.revision)
-    if deployed is None:
-        return helm.get_values(release, namespace), (
-            f"user values of {release} revision {current.revision} ({current.status}; no revision was ever deployed)"
-        )
-    return helm.get_values(release, namespace, revision=deployed.revision), (
-        f"user values of {release} revision {deployed.revision}, the last deployed one "
-        f"(revision {current.revision} is {current.status}: its values are not carried)"
-    )
-
-
 def dry_run(session: Session, options: RunOptions) -> DryRun:
     hop = session.plan.hops[0]
     report = DryRun(checks=preflight(session, min_cert_days=options.min_cert_days, repo=options.repo))
@@ -491,13 +488,11 @@ def dry_run(session: Session, options: RunOptions) -> DryRun:
     if step is None or step.chart_version is None:
         return report
     split = isinstance(step, AdoptSplitCharts)
-    if isinstance(step, AdoptSplitCharts):  # the values come from the linkerd2 release it replaces
-        release, release_ns = step.legacy_release, step.legacy_namespace
-    else:
-        release, release_ns = step.release, step.namespace
+    release, release_ns = _values_release(step)
     chart = step.chart or step.release
+    user, carried, note = carried_values(session.helm, release, release_ns)
+    report.values_source = note or f"user values of {release} revision {carried.revision}"
     ha_target, ha_installed = _ha_layers(session, hop, step, options.repo)
-    user, report.values_source = carried_values(session.helm, release, release_ns)
     out = hop_values(
         hop,
         session.spec,

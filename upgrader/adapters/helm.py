@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
@@ -28,18 +27,11 @@ from pyhelm3 import errors as helm_errors
 
 from upgrader.adapters.errors import classify
 from upgrader.adapters.retrying import retried
+from upgrader.discovery import split_chart
 from upgrader.errors import ChartNotFoundError
 from upgrader.ports import HelmRelease, HelmRevision, ReleaseObject
 
 T = TypeVar("T")
-
-_CHART = re.compile(r"^(?P<name>.+?)-(?P<version>v?\d+\.\d+\.\d+\S*)$")
-
-
-def split_chart(chart: str) -> tuple[str, str]:
-    """``linkerd-control-plane-1.18.10-edge`` -> (``linkerd-control-plane``, ``1.18.10-edge``)."""
-    m = _CHART.match(chart)
-    return (m["name"], m["version"]) if m else (chart, "")
 
 
 class _Command(pyhelm3.Command):  # type: ignore[misc]  # pyhelm3 ships no types
