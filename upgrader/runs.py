@@ -727,15 +727,65 @@ def release_line(record: ReleaseRevisions, history: list[HelmRevision] | None) -
     return line
 
 
-def live_histories(
-    checkpoint: Checkpoint, kubeconfig: Path | None, context: str | None, helm: str | None
+LIVE_TIMEOUT = 10.0  # seconds status waits for one helm history before it gives up on the live view
+
+
+def checks_live(checkpoint: Checkpoint, latest: bool) -> bool:
+    """Whether ``status`` compares ``checkpoint`` with helm's live history.
+
+    Only where it can tell something: a run that has not finished (a failed helm revision it never
+    recorded, a release changed by hand before resuming), or the latest run, finished or not (what
+    happened to the installation since). An older finished run was followed by other runs: helm's
+    history shows their work, not this run's, so the comparison says nothing and only costs time.
+    """
+    return bool(checkpoint.releases) and (latest or checkpoint.state not in TERMINAL)
+
+
+def live_histories(checkpoint: Checkpoint, helm: Any) -> tuple[dict[str, list[HelmRevision]], str | None]:
+    """helm history of each release the run touched (best effort: status works offline); why not, if not.
+
+    One attempt each, bounded by ``LIVE_TIMEOUT`` and outside the retry policy; the first failure
+    skips the remaining releases (an unreachable cluster fails them all alike). A release that is
+    gone has no history (``[]``).
+    """
+    histories: dict[str, list[HelmRevision]] = {}
+    for name, record in checkpoint.releases.items():
+        try:
+            histories[name] = helm.history_once(name, record.namespace, timeout=LIVE_TIMEOUT)
+        except NotFoundError:
+            histories[name] = []
+        except UpgraderError as exc:
+            skipped = len(checkpoint.releases) - len(histories) - 1
+            return histories, exc.message + (f" ({skipped} more release(s) not checked)" if skipped else "")
+    return histories, None
+
+
+def live_status(
+    checkpoint: Checkpoint, latest: bool, kubeconfig: Path | None, context: str | None, helm: str | None
 ) -> tuple[dict[str, list[HelmRevision]], str | None]:
-    """helm history of each release the run touched (best effort: status works offline); why not, if not."""
+    """``live_histories`` for ``status`` when ``checks_live`` says so, else {} and why not."""
+    if not checks_live(checkpoint, latest):
+        return {}, "a later run followed this finished one" if checkpoint.releases else None
     try:
         port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context)
-        return {name: port.history(name, r.namespace) for name, r in checkpoint.releases.items()}, None
-    except UpgraderError as exc:
+    except UpgraderError as exc:  # no helm binary: status still works from the checkpoint
         return {}, exc.message
+    return live_histories(checkpoint, port)
+
+
+def live_view(history: list[HelmRevision] | None) -> dict[str, Any] | None:
+    """A release as helm shows it now, for ``status -o json``: None when not checked."""
+    if history is None:
+        return None
+    if not history:
+        return {"revision": None, "status": "missing", "chart": None, "failed_revisions": []}
+    now = max(history, key=lambda r: r.revision)
+    return {
+        "revision": now.revision,
+        "status": now.status,
+        "chart": now.chart,
+        "failed_revisions": [r.revision for r in history if r.status == "failed"],
+    }
 
 
 def lock_status(checkpoint: Checkpoint, kubeconfig: Path | None, context: str | None, clock: Clock = utc_now) -> str:
