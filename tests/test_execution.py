@@ -512,6 +512,35 @@ def test_on_failure_rollback_undoes_the_failed_hop_only() -> None:
     assert result.rolled_back_hops == [1]
 
 
+def test_on_failure_rollback_of_a_hop_that_changed_nothing_says_so_and_leaves_the_run_failed() -> None:
+    """helm refused the control-plane upgrade without a revision (CRDs already there): nothing is rolled back."""
+    from upgrader.errors import HelmError  # noqa: PLC0415
+    from upgrader.execution import NothingToRollBackError  # noqa: PLC0415
+    from upgrader.runs import on_failure_rollback  # noqa: PLC0415
+
+    cluster, store = FakeCluster(version="stable-2.13.7"), MemoryStore()
+    cluster.releases["linkerd-crds"] = replace(cluster.releases["linkerd-crds"], chart_version="1.8.0")
+
+    def refused(*_a: Any, **_k: Any) -> HelmRelease:
+        raise HelmError("Error: UPGRADE FAILED: template: linkerd-control-plane/templates/x.yaml: nil pointer")
+
+    cluster.upgrade = refused  # type: ignore[method-assign]
+    executor = _executor(cluster, _plan("stable-2.13.7", "stable-2.14.10"), store)
+    with pytest.raises(RunStoppedError) as stopped:
+        executor.run()
+    next_command = executor.checkpoint.next_command
+    with pytest.raises(NothingToRollBackError, match="hop 1 of run run-1 changed nothing"):
+        executor.rollback(hop=0)
+    ended = on_failure_rollback(executor, stopped.value)
+    assert isinstance(ended, RunStoppedError)
+    assert "nothing to undo (on_failure: rollback): hop 1 changed nothing" in ended.message
+    assert "rolled back" not in ended.message
+    assert ended.hint == next_command
+    assert executor.checkpoint.state == RunState.FAILED
+    assert executor.checkpoint.next_command == next_command
+    assert not any(a.startswith("rollback") for a in cluster.actions)
+
+
 def test_a_rollback_that_fails_unexpectedly_ends_failed_with_a_next_command() -> None:
     """Whatever breaks a rollback (even an error that is not ours), the run ends Failed, never RollingBack."""
     cluster, store = FakeCluster(), MemoryStore()

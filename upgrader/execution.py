@@ -100,6 +100,10 @@ class PreflightStoppedError(RunStoppedError):
     exit_code = 4
 
 
+class NothingToRollBackError(InputError):
+    """A rollback was asked for but the run (or the hop asked for) changed nothing left to undo. Exit 2."""
+
+
 class ExecutorPorts(Protocol):
     """What the executor needs from the outside world."""
 
@@ -458,12 +462,13 @@ class Executor:
             found = self._hop_to_roll_back(hop, done)
             if found is None:
                 already = cp.state == S.ROLLED_BACK or bool(done)
-                raise InputError(
-                    f"run {cp.run_id} is already rolled back to where it started"
-                    if already
-                    else f"run {cp.run_id} changed nothing that a rollback could undo",
-                    hint=f"upgrader status {cp.run_id}",
-                )
+                if hop is not None:
+                    message = f"hop {hop + 1} of run {cp.run_id} changed nothing that a rollback could undo"
+                elif already:
+                    message = f"run {cp.run_id} is already rolled back to where it started"
+                else:
+                    message = f"run {cp.run_id} changed nothing that a rollback could undo"
+                raise NothingToRollBackError(message, hint=f"upgrader status {cp.run_id}")
             first, mark, partial = found, self._hop_start(found), False
             h = hops[first]
             where = f"hop {first + 1} ({h.from_} -> {h.to}), back to {h.from_}"
@@ -526,8 +531,8 @@ class Executor:
         hops = self.plan.hops
         if not hops:
             return None
-        if only is not None:
-            return only if only not in done and only < len(hops) else None
+        if only is not None:  # a hop that changed nothing has nothing to undo (a rollback would report one)
+            return only if only not in done and only < len(hops) and self._hop_changed(only) else None
         last = min([self.checkpoint.hop, len(hops) - 1, *(h - 1 for h in done)])
         return next((i for i in range(last, -1, -1) if i not in done and self._hop_changed(i)), None)
 

@@ -49,7 +49,13 @@ from upgrader.discovery import (
     split_chart,
 )
 from upgrader.errors import InputError, NeverDeployedError, NotFoundError, UpgraderError
-from upgrader.execution import Executor, PreflightStoppedError, RollbackScope, RunStoppedError
+from upgrader.execution import (
+    Executor,
+    NothingToRollBackError,
+    PreflightStoppedError,
+    RollbackScope,
+    RunStoppedError,
+)
 from upgrader.locking import LockLostError, pid_alive
 from upgrader.metrics import public_url
 from upgrader.planning import (
@@ -676,17 +682,7 @@ def execute(
         raise  # nothing was changed: there is nothing to roll back, whatever onFailure says
     except RunStoppedError as exc:
         if session.spec.on_failure == "rollback" and action != "rollback":
-            log.warning("on-failure-rollback", run_id=checkpoint.run_id, reason=exc.message)
-            try:
-                executor.rollback(hop=checkpoint.hop)  # the failed hop only: back to where it started
-            except UpgraderError as failed:
-                raise UpgraderError(
-                    f"{exc.message}; the rollback (on_failure: rollback) did not finish: {failed.message}",
-                    hint=failed.hint or f"upgrader status {checkpoint.run_id}",
-                ) from exc
-            raise UpgraderError(
-                f"{exc.message}; rolled back (on_failure: rollback)", hint=f"upgrader status {checkpoint.run_id}"
-            ) from exc
+            raise on_failure_rollback(executor, exc) from exc
         raise
     except KeyboardInterrupt:
         log.warning("interrupted", run_id=checkpoint.run_id, state=str(checkpoint.state))
@@ -702,6 +698,32 @@ def execute(
             lock.release(me)
         except UpgraderError as exc:  # never hide why the run ended; the lease expires by itself
             log.warning("lock-release-failed", reason=exc.message)
+
+
+def on_failure_rollback(executor: Executor, stopped: RunStoppedError) -> UpgraderError:
+    """``onFailure: rollback``: undo the failed hop only; the error that ends the command, saying what happened.
+
+    A failed hop that changed nothing (no helm revision, no restart) has nothing to undo: the run stays
+    ``Failed`` with its own next command, and the message says nothing was rolled back.
+    """
+    checkpoint = executor.checkpoint
+    log.warning("on-failure-rollback", run_id=checkpoint.run_id, reason=stopped.message)
+    try:
+        executor.rollback(hop=checkpoint.hop)  # the failed hop only: back to where it started
+    except NothingToRollBackError:
+        log.info("on-failure-nothing-to-undo", run_id=checkpoint.run_id, hop=checkpoint.hop)
+        return RunStoppedError(
+            f"{stopped.message}; nothing to undo (on_failure: rollback): hop {checkpoint.hop + 1} changed nothing",
+            hint=checkpoint.next_command or stopped.hint,
+        )
+    except UpgraderError as failed:
+        return UpgraderError(
+            f"{stopped.message}; the rollback (on_failure: rollback) did not finish: {failed.message}",
+            hint=failed.hint or f"upgrader status {checkpoint.run_id}",
+        )
+    return UpgraderError(
+        f"{stopped.message}; rolled back (on_failure: rollback)", hint=f"upgrader status {checkpoint.run_id}"
+    )
 
 
 def _already_done(session: Session, checkpoint: Checkpoint, executor: Executor) -> bool:
