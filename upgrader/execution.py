@@ -440,7 +440,9 @@ class Executor:
         started, then the workloads it restarted get their previous pod template. ``to_checkpoint``
         returns to any recorded step boundary instead. Each release's target is the newest revision
         at or before that point that was ever deployed (never a ``failed`` one, from helm history).
-        Refused (bad input) when nothing is left to roll back, or past the 2.12 chart split.
+        Refused (bad input) when nothing is left to roll back, past the 2.12 chart split, for a checkpoint
+        inside a hop already rolled back (it lies ahead of the installation now), and when a release would
+        move forward or, one hop back, the control plane more than one major (see ``_refuse_forward``).
         """
         cp, hops = self.checkpoint, self.plan.hops
         done = set(cp.rolled_back_hops)
