@@ -4,12 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: demo test reliability lint unit e2e binaries lock cluster-up cluster-down world-up bench clean venv
+.PHONY: demo test reliability lint unit e2e binaries lock lock-python cluster-up cluster-down world-up bench clean venv
 
-$(BIN)/.installed: pyproject.toml
+# Every Python package (with pip, setuptools and wheel) comes from requirements.lock, pinned
+# with hashes; the package itself is installed without resolving anything further.
+$(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(BIN)/.installed
@@ -18,6 +20,15 @@ venv: $(BIN)/.installed
 ## from its committed lock (e2e/harness/go/<component>/), and check what is cached against it.
 binaries: venv
 	$(BIN)/python -m e2e.harness.binaries
+
+## Regenerate requirements.lock after changing a dependency in pyproject.toml (needs PyPI).
+PIP_TOOLS_VERSION := 7.6.2
+lock-python:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet pip-tools==$(PIP_TOOLS_VERSION)
+	.lock-venv/bin/pip-compile --quiet --extra dev --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-find-links -o requirements.lock pyproject.toml requirements-build.in
+	rm -rf .lock-venv
 
 ## Regenerate the locks after changing a pin in e2e/harness/binaries.py (COMPONENTS="kubernetes" for one).
 COMPONENTS ?=

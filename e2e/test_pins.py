@@ -42,7 +42,12 @@ def _world(world: World) -> None:
             {
                 "apiVersion": "v1",
                 "kind": "Namespace",
-                "metadata": {"name": NS, "annotations": {"linkerd.io/inject": "enabled"}},
+                # labelled as a sample namespace so World.reset removes it after the test
+                "metadata": {
+                    "name": NS,
+                    "labels": {"upgrader-e2e/sample": "true"},
+                    "annotations": {"linkerd.io/inject": "enabled"},
+                },
             },
             _deployment("free"),
             _deployment("held", annotations={"config.linkerd.io/proxy-version": "stable-2.13.7"}),

@@ -47,7 +47,9 @@ class FakeHelm:
     """HelmPort over a list of releases."""
 
     releases: list[HelmRelease] = field(default_factory=list)
-    values: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    values: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # the current revision's
+    past_values: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict)  # an older revision's
+    past: dict[str, list[HelmRevision]] = field(default_factory=dict)  # release -> revisions before the current one
     repo: dict[str, list[tuple[str, str]]] | None = None  # chart -> [(chart version, app version)]
     files: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (chart, version, name) -> text
 
@@ -58,13 +60,23 @@ class FakeHelm:
         return list(self.releases)
 
     def history(self, release: str, namespace: str) -> list[HelmRevision]:
-        return [
+        current = [
             HelmRevision(r.revision, r.status, f"{r.chart_name}-{r.chart_version}", r.app_version, "")
             for r in self.releases
             if (r.name, r.namespace) == (release, namespace)
         ]
+        if not current:
+            from upgrader.errors import ReleaseNotFoundError  # noqa: PLC0415
 
-    def get_values(self, release: str, namespace: str, *, all_values: bool = False) -> dict[str, Any]:
+            raise ReleaseNotFoundError(f"release {namespace}/{release} not found")
+        return [*self.past.get(release, []), *current]
+
+    def get_values(
+        self, release: str, namespace: str, *, all_values: bool = False, revision: int | None = None
+    ) -> dict[str, Any]:
+        current = next((r.revision for r in self.releases if (r.name, r.namespace) == (release, namespace)), None)
+        if revision is not None and revision != current:
+            return self.past_values.get((release, namespace, revision), {})
         return self.values.get((release, namespace), {})
 
     def search_repo(self, repo: str, chart: str) -> list[tuple[str, str]] | None:

@@ -514,6 +514,35 @@ def test_on_failure_rollback_undoes_the_failed_hop_only() -> None:
     assert result.rolled_back_hops == [1]
 
 
+def test_on_failure_rollback_of_a_hop_that_changed_nothing_says_so_and_leaves_the_run_failed() -> None:
+    """helm refused the control-plane upgrade without a revision (CRDs already there): nothing is rolled back."""
+    from upgrader.errors import HelmError  # noqa: PLC0415
+    from upgrader.execution import NothingToRollBackError  # noqa: PLC0415
+    from upgrader.runs import on_failure_rollback  # noqa: PLC0415
+
+    cluster, store = FakeCluster(version="stable-2.13.7"), MemoryStore()
+    cluster.releases["linkerd-crds"] = replace(cluster.releases["linkerd-crds"], chart_version="1.8.0")
+
+    def refused(*_a: Any, **_k: Any) -> HelmRelease:
+        raise HelmError("Error: UPGRADE FAILED: template: linkerd-control-plane/templates/x.yaml: nil pointer")
+
+    cluster.upgrade = refused  # type: ignore[method-assign]
+    executor = _executor(cluster, _plan("stable-2.13.7", "stable-2.14.10"), store)
+    with pytest.raises(RunStoppedError) as stopped:
+        executor.run()
+    next_command = executor.checkpoint.next_command
+    with pytest.raises(NothingToRollBackError, match="hop 1 of run run-1 changed nothing"):
+        executor.rollback(hop=0)
+    ended = on_failure_rollback(executor, stopped.value)
+    assert isinstance(ended, RunStoppedError)
+    assert "nothing to undo (on_failure: rollback): hop 1 changed nothing" in ended.message
+    assert "rolled back" not in ended.message
+    assert ended.hint == next_command
+    assert executor.checkpoint.state == RunState.FAILED
+    assert executor.checkpoint.next_command == next_command
+    assert not any(a.startswith("rollback") for a in cluster.actions)
+
+
 def test_a_rollback_that_fails_unexpectedly_ends_failed_with_a_next_command() -> None:
     """Whatever breaks a rollback (even an error that is not ours), the run ends Failed, never RollingBack."""
     cluster, store = FakeCluster(), MemoryStore()
@@ -532,6 +561,73 @@ def test_a_rollback_that_fails_unexpectedly_ends_failed_with_a_next_command() ->
     assert "helm vanished" in saved.errors[-1]
     assert saved.next_command is not None
     assert "upgrader rollback run-1" in saved.next_command
+
+
+def test_a_checkpoint_in_a_hop_already_rolled_back_is_refused_and_the_next_rollback_goes_one_hop_back() -> None:
+    """2.12 -> 2.14, rollback (hop 2 undone), then --to-checkpoint inside hop 2: refused, it would go forward."""
+    from upgrader.errors import InputError  # noqa: PLC0415
+
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.14.10"), store)
+    done = executor.run()
+    executor.rollback()
+    assert cluster.version == "stable-2.13.7"
+    verify = next(m for m in done.marks if m.hop == 1 and m.state == RunState.VERIFYING_CONTROL_PLANE)
+    cluster.actions.clear()
+    with pytest.raises(InputError, match=f"checkpoint {verify.id} is in hop 2 .* already undid") as refused:
+        executor.rollback(to_checkpoint=verify.id)
+    assert "move the installation forward" in refused.value.message
+    assert refused.value.hint is not None
+    assert "upgrader rollback run-1" in refused.value.hint
+    assert cluster.actions == [], "nothing changed"
+    assert cluster.version == "stable-2.13.7"
+    assert executor.checkpoint.state == RunState.ROLLED_BACK
+    assert executor.rollback().rolled_back_hops == [0, 1]
+    assert cluster.actions[0] == "rollback linkerd-control-plane 1"
+    assert cluster.version == "stable-2.12.6", "one major back from 2.13, not two"
+
+
+def test_a_rollback_target_newer_than_the_live_chart_is_refused() -> None:
+    """The control plane was taken back by hand: returning to hop 2's start (1.12.7) would move it forward."""
+    from upgrader.errors import InputError  # noqa: PLC0415
+
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.14.10"), store)
+    done = executor.run()
+    cluster.rollback("linkerd-control-plane", "linkerd", 1)  # by hand: back at 1.9.8
+    hop2 = next(m for m in done.marks if m.hop == 1 and m.state == RunState.PREFLIGHT)
+    cluster.actions.clear()
+    with pytest.raises(
+        InputError, match=r"linkerd/linkerd-control-plane to revision 2 \(1.12.7\) would move it forward"
+    ):
+        executor.rollback(to_checkpoint=hop2.id)
+    assert cluster.actions == []
+    assert cluster.version == "stable-2.12.6"
+
+
+def test_a_one_hop_rollback_refuses_a_control_plane_target_more_than_one_major_below_the_live_chart() -> None:
+    """A 2.12 -> 2.13 run, then 2.14 installed by hand: rolling the run's hop back would go two majors back."""
+    from upgrader.errors import InputError  # noqa: PLC0415
+
+    cluster, store = FakeCluster(), MemoryStore()
+    executor = _executor(cluster, _plan("stable-2.12.6", "stable-2.13.7"), store)
+    executor.run()
+    cluster.upgrade(
+        "linkerd-control-plane",
+        "linkerd/linkerd-control-plane",
+        "linkerd",
+        {"identityTrustAnchorsPEM": "A"},
+        version="1.16.11",
+        reset_values=False,
+        reuse_values=True,
+    )
+    cluster.actions.clear()
+    with pytest.raises(
+        InputError, match=r"from 1.16.11 \(stable-2.14.10\) to 1.9.8 \(stable-2.12.6\) would go 2 majors"
+    ):
+        executor.rollback()
+    assert cluster.actions == []
+    assert cluster.version == "stable-2.14.10"
 
 
 # ---- a release whose last revision failed ------------------------------------------------------

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyhelm3 import errors as helm_errors
 
-from upgrader.adapters.helm import HelmAdapter, split_chart
-from upgrader.errors import ChartNotFoundError
+from upgrader.adapters.helm import HelmAdapter
+from upgrader.discovery import split_chart
+from upgrader.errors import ChartNotFoundError, ClusterUnreachableError, TransientError
 
 
 @pytest.mark.parametrize(
@@ -98,3 +102,36 @@ def test_chart_file_reads_a_file_shipped_inside_the_chart(files: dict[str, str],
     (run,) = command.runs
     assert run[:4] == ["pull", "linkerd/linkerd-control-plane", "--version", "1.16.11"]
     assert "--untar" in run
+
+
+class _History:
+    """pyhelm3's ``history``: unreachable (a dial error) or hanging for ``hang`` seconds."""
+
+    def __init__(self, *, hang: float = 0.0) -> None:
+        self.hang = hang
+        self.calls = 0
+
+    async def history(self, release: str, **_kw: Any) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.hang:
+            await asyncio.sleep(self.hang)
+        raise helm_errors.Error(1, b"", b"Error: Kubernetes cluster unreachable: dial tcp 10.0.0.1:6443: i/o timeout")
+
+
+def test_history_once_tries_once_where_history_retries() -> None:
+    """status's live look is one attempt: an unreachable cluster is not asked five times."""
+    command = _History()
+    with pytest.raises(TransientError):
+        HelmAdapter(command=command, sleep=lambda _s: None).history_once("linkerd-crds", "linkerd")
+    assert command.calls == 1
+    with pytest.raises(TransientError):
+        HelmAdapter(command=command, sleep=lambda _s: None).history("linkerd-crds", "linkerd")
+    assert command.calls == 1 + 5
+
+
+def test_history_once_gives_up_after_its_timeout() -> None:
+    """A helm that hangs (a 30 s dial) is abandoned after the timeout, as unreachable."""
+    started = time.monotonic()
+    with pytest.raises(ClusterUnreachableError, match=r"did not answer within 0\.05 s"):
+        HelmAdapter(command=_History(hang=5), sleep=lambda _s: None).history_once("x", "linkerd", timeout=0.05)
+    assert time.monotonic() - started < 2

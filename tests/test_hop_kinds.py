@@ -226,6 +226,28 @@ def test_the_chart_split_adopts_the_linkerd2_objects_and_removes_only_its_record
     assert result.releases["linkerd2"].before == 1
 
 
+def test_the_chart_split_installs_with_the_last_deployed_linkerd2_revisions_values() -> None:
+    """linkerd2 revision 2 failed (an unschedulable nodeSelector): the split carries revision 1's values."""
+    scenario = SCENARIOS["chart-split"]
+    installed: dict[str, dict[str, Any]] = {}
+
+    class Cluster(HopCluster):
+        def install(
+            self, name: str, chart: str, namespace: str, values: dict[str, Any], *, version: str
+        ) -> HelmRelease:
+            installed[name] = values
+            return super().install(name, chart, namespace, values, version=version)
+
+    cluster = Cluster(start=scenario.start)
+    cluster.values_of["linkerd2", 2] = {"nodeSelector": {"upgrader-e2e/none": "true"}}
+    cluster._supersede("linkerd2")
+    cluster.releases["linkerd2"] = replace(cluster.releases["linkerd2"], revision=2, status="failed")
+    result = _run(cluster, _plan(scenario))
+    assert result.state == RunState.DONE, result.errors
+    assert installed["linkerd-control-plane"]["identityTrustAnchorsPEM"] == "A"
+    assert "nodeSelector" not in installed["linkerd-control-plane"]
+
+
 def test_a_split_resumed_after_the_crds_part_does_not_install_twice() -> None:
     """Killed after linkerd-crds was installed: the resumed run observes it and goes on."""
     scenario = SCENARIOS["chart-split"]

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from tests.fakes import MemoryStore
 from tests.test_execution import CAT, NOW, FakeCluster, _executor
-from upgrader.dataplane import assess
+from upgrader.dataplane import assess, digest_of
 from upgrader.execution import RunStoppedError
 from upgrader.pins import (
     DIGEST,
@@ -192,6 +192,33 @@ def test_a_digest_pinned_pod_fails_its_gate_at_once_never_passes() -> None:
     tagged = assess(_workload(), [_pod(image="cr.l5d.io/linkerd/proxy:stable-2.14.10")], marker=None,
                     version="stable-2.14.10", elapsed=0, timeout=600)  # fmt: skip
     assert tagged.state == "passed"
+
+
+def _sidecar_pod(image: str, restart_policy: str | None) -> Pod:
+    """A pod whose proxy is an init container (a native sidecar when ``restart_policy`` is Always)."""
+    return replace(
+        _pod(),
+        containers=(Container("app", "app:1"),),
+        init_containers=(Container("linkerd-proxy", image, restart_policy),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("pod", "digest"),
+    [
+        pytest.param(_pod(image=DIGEST_IMAGE), "sha256:0123abcd", id="a proxy container pinned by digest"),
+        pytest.param(_pod(), None, id="a tagged proxy has no digest"),
+        pytest.param(_sidecar_pod(DIGEST_IMAGE, "Always"), "sha256:0123abcd", id="a native-sidecar proxy by digest"),
+        pytest.param(_sidecar_pod(DIGEST_IMAGE, None), None, id="an init container that is not a sidecar is no proxy"),
+    ],
+)
+def test_one_digest_rule_for_the_plan_and_the_gate(pod: Pod, digest: str | None) -> None:
+    """The planner (workload pins) and the gate (assess) judge a digest-pinned proxy by the same rule."""
+    assert digest_of(pod) == digest
+    pinned = workload_pins([_workload()], [Namespace("shop")], [pod], targets=["stable-2.14.10"])
+    verdict = assess(_workload(), [pod], marker=None, version="stable-2.14.10", elapsed=0, timeout=600)
+    assert (DIGEST in [p.source for p in pinned]) is (digest is not None)
+    assert ("digest" in verdict.reason) is (digest is not None)
 
 
 # ---- planning ----------------------------------------------------------------------------------

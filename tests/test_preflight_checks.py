@@ -466,9 +466,9 @@ ONLY_LABEL = injector(NOT_DISABLED)  # the 2.10/2.11 chart's selector, or a 2.12
         ),
         pytest.param(
             [injector(NOT_DISABLED, objects=LabelSelector({"linkerd.io/inject": "enabled"}))],
-            {},
-            False,
-            id="an objectSelector requiring a label spares ordinary pods",
+            KUBE_SYSTEM,
+            True,
+            id="an objectSelector requiring a label does not exempt kube-system (its pods may carry it)",
         ),
         pytest.param(
             [dataclasses.replace(ONLY_LABEL, name="other-injector")],
@@ -490,6 +490,16 @@ def test_kube_system_exemption_is_judged_on_the_live_selectors(
     """ha.kube-system-exempt fails only when a Linkerd webhook with Fail would really intercept kube-system's pods."""
     result = kube_system_exempt(webhooks, labels)
     assert (result.result == "error") is blocked, result
+
+
+def test_the_kube_system_failure_shows_the_object_selector_and_an_unknown_operator() -> None:
+    """An objectSelector is shown as narrowing, not exempting; an operator upgrader cannot judge is named."""
+    unknown = SelectorRequirement("kubernetes.io/metadata.name", "Foo", ("kube-system",))
+    hook = injector(unknown, objects=LabelSelector({"linkerd.io/inject": "enabled"}))
+    result = kube_system_exempt([hook], {})
+    assert result.result == "error"
+    assert "operator Foo unknown to upgrader: counted as matching" in result.message
+    assert "its objectSelector {linkerd.io/inject=enabled} only narrows which pods" in result.message
 
 
 def test_the_kube_system_failure_names_the_webhook_why_and_both_fixes() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,89 @@ def test_status_adds_nothing_when_helm_agrees_with_the_checkpoint() -> None:
     history = [HelmRevision(1, "superseded", "c-1", "", ""), HelmRevision(2, "deployed", "c-2", "", "")]
     assert runs.release_line(record, history) == "revision 1 -> [2]"
     assert runs.release_line(record, None) == "revision 1 -> [2]"
+
+
+class _LiveHelm:
+    """history_once answering from ``histories``, or failing with ``error``; records what it was asked."""
+
+    def __init__(self, histories: dict[str, list[HelmRevision]], error: UpgraderError | None = None) -> None:
+        self.histories, self.error = histories, error
+        self.asked: list[str] = []
+
+    def history_once(self, release: str, namespace: str, *, timeout: float) -> list[HelmRevision]:
+        self.asked.append(release)
+        assert timeout <= 10
+        if self.error is not None:
+            raise self.error
+        return self.histories[release]
+
+
+def _touched() -> Checkpoint:
+    cp = Checkpoint.new("run-1", {"to": "stable-2.14.10", "hops": []}, NOW)
+    cp.releases = {
+        "linkerd-crds": ReleaseRevisions(namespace="linkerd", before=1),
+        "linkerd-control-plane": ReleaseRevisions(namespace="linkerd", before=1),
+    }
+    return cp
+
+
+def test_status_skips_the_remaining_releases_after_the_first_live_failure() -> None:
+    """An unreachable cluster is asked once, not once per release (and never retried)."""
+    from upgrader.errors import ClusterUnreachableError  # noqa: PLC0415
+
+    helm = _LiveHelm({}, ClusterUnreachableError("helm history linkerd-crds -n linkerd did not answer within 10 s"))
+    histories, why = runs.live_histories(_touched(), helm)
+    assert histories == {}
+    assert helm.asked == ["linkerd-crds"]
+    assert why == "helm history linkerd-crds -n linkerd did not answer within 10 s (1 more release(s) not checked)"
+
+
+@pytest.mark.parametrize(
+    ("state", "latest", "checked"),
+    [
+        pytest.param("Failed", False, True, id="an unfinished run is checked even when a later run exists"),
+        pytest.param("Done", True, True, id="the latest run is checked even when finished"),
+        pytest.param("RolledBack", False, False, id="an older finished run is not checked"),
+    ],
+)
+def test_status_checks_live_only_where_it_tells_something(state: str, latest: bool, checked: bool) -> None:
+    cp = _touched()
+    cp.state = state  # type: ignore[assignment]
+    assert runs.checks_live(cp, latest) is checked
+
+
+def test_status_json_shows_helms_live_view_of_each_release(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """-o json carries a `live` object per release (a failed revision included); null when not checked."""
+    store = FileStore(tmp_path)
+    store.store(checkpoint=_touched())
+    helm = _LiveHelm(
+        {
+            "linkerd-crds": [HelmRevision(1, "deployed", "linkerd-crds-1.8.0", "", "")],
+            "linkerd-control-plane": [
+                HelmRevision(1, "superseded", "linkerd-control-plane-1.12.7", "", ""),
+                HelmRevision(2, "failed", "linkerd-control-plane-1.16.11", "", ""),
+            ],
+        }
+    )
+    monkeypatch.setattr(runs, "helm_adapter", lambda *_a, **_k: helm)
+    monkeypatch.setattr(runs, "helm_binary", lambda _h: "helm")
+    result = CliRunner().invoke(app, ["status", "run-1", "-o", "json", "--state-store", f"file:{tmp_path}"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["live"]["linkerd-control-plane"] == {
+        "revision": 2,
+        "status": "failed",
+        "chart": "linkerd-control-plane-1.16.11",
+        "failed_revisions": [2],
+    }
+    assert data["live"]["linkerd-crds"]["status"] == "deployed"
+    assert data["live_unchecked"] is None
+    helm.error = UpgraderError("unreachable")
+    data = json.loads(
+        CliRunner().invoke(app, ["status", "run-1", "-o", "json", "--state-store", f"file:{tmp_path}"]).output
+    )
+    assert data["live"] == {"linkerd-crds": None, "linkerd-control-plane": None}
+    assert data["live_unchecked"] == "unreachable (1 more release(s) not checked)"
 
 
 class _Cluster:

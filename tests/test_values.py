@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from upgrader.catalog import ValuesChanges, default_catalog
 from upgrader.checkpoints import Checkpoint
 from upgrader.execution import Executor
 from upgrader.planning import Observed, Plan, build_offering, control_plane_step, ha_layers, hop_values, make_plan
-from upgrader.ports import HelmRelease
+from upgrader.ports import HelmRelease, HelmRevision
 from upgrader.runs import Session, values_sender
 from upgrader.spec import Spec, deep_merge
 from upgrader.states import RunState
@@ -380,12 +380,17 @@ class _Helm:
 
     installed: str = "1.12.7"
     reads: list[tuple[str, str, str]] = field(default_factory=list)
+    failed_after: str | None = None  # a later revision of this chart that failed (an earlier attempt)
 
     def show_values(self, chart: str, version: str) -> dict[str, Any]:
         return {"linkerdVersion": "stable-2.14.10"}
 
-    def status(self, release: str, namespace: str) -> HelmRelease:
-        return HelmRelease(release, namespace, 1, "deployed", "linkerd-control-plane", self.installed)
+    def history(self, release: str, namespace: str) -> list[HelmRevision]:
+        rows = [HelmRevision(1, "deployed", f"linkerd-control-plane-{self.installed}", "", "")]
+        if self.failed_after:
+            rows = [replace(rows[0], status="superseded")]
+            rows.append(HelmRevision(2, "failed", f"linkerd-control-plane-{self.failed_after}", "", ""))
+        return rows
 
     def chart_file(self, chart: str, version: str, name: str) -> str | None:
         self.reads.append((chart, version, name))
@@ -407,6 +412,18 @@ def test_preflight_renders_the_same_layered_values() -> None:
         ("linkerd/linkerd-control-plane", "1.16.11", "values-ha.yaml"),
         ("linkerd/linkerd-control-plane", "1.12.7", "values-ha.yaml"),
     }
+
+
+def test_preflight_takes_out_the_values_ha_yaml_of_the_last_deployed_revisions_chart() -> None:
+    """Revision 2 (chart 1.16.11) failed: the carried values are revision 1's, so 1.12.7's file is taken out."""
+    spec = Spec(waivers=["kubernetes-version"])
+    plan = _ha_plan("stable-2.13.7", "stable-2.14.10", spec=spec)
+    helm = _Helm(failed_after="1.16.11")
+    send = values_sender(Session(spec, CAT, plan, helm=helm), plan, "linkerd")
+    assert send is not None
+    effective = send(_installed_ha({}))
+    assert ("linkerd/linkerd-control-plane", "1.12.7", "values-ha.yaml") in helm.reads
+    assert effective["highAvailability"] is True
 
 
 @dataclass
@@ -455,9 +472,7 @@ def test_an_ha_apply_sends_the_target_file_and_records_it_in_the_checkpoint() ->
     plan = _ha_plan("stable-2.13.7", "stable-2.14.10")
     store = MemoryStore()
     checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
-    executor = Executor(
-        plan, Spec(), CAT, cluster, store, checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
-    )
+    executor = Executor(plan, Spec(), CAT, cluster, store, checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep)
     with capture_logs() as logs:
         executor.run()
     assert checkpoint.state == RunState.DONE
@@ -467,6 +482,30 @@ def test_an_ha_apply_sends_the_target_file_and_records_it_in_the_checkpoint() ->
     event = next(e for e in logs if e["event"] == "values")
     assert event["ha_values"] == "target"
     assert event["ha_taken_out"] > 0
+
+
+def test_an_ha_apply_after_a_failed_revision_takes_out_the_last_deployed_charts_file() -> None:
+    """Revision 2 failed at the target chart: revision 1's values are carried, so 1.12.7's file is taken out."""
+    target_file = HA_2_13.replace("enablePodAntiAffinity: true\n", "") + "highAvailability: true\n"  # drops a key
+
+    class Cluster(_HaCluster):
+        def chart_file(self, chart: str, version: str, name: str) -> str | None:
+            return {"1.12.7": HA_2_13, "1.16.11": target_file}.get(version)
+
+    own = {"identityTrustAnchorsPEM": "A", "identity": {"issuer": {"tls": {"crtPEM": "C", "keyPEM": "K"}}}}
+    cluster = Cluster("stable-2.13.7")
+    cluster.ha_stored = deep_merge(_ha(HA_2_13), own)  # revision 1, deployed with chart 1.12.7
+    cp = cluster.releases["linkerd-control-plane"]
+    cluster.past["linkerd-control-plane"] = [HelmRevision(1, "superseded", "linkerd-control-plane-1.12.7", "", "")]
+    cluster.releases["linkerd-control-plane"] = replace(cp, revision=2, status="failed", chart_version="1.16.11")
+    plan = _ha_plan("stable-2.13.7", "stable-2.14.10")
+    checkpoint = Checkpoint.new("run-1", plan.as_json(), NOW)
+    Executor(
+        plan, Spec(), CAT, cluster, MemoryStore(), checkpoint, clock=lambda: cluster.now, sleep=cluster.sleep
+    ).run()
+    assert checkpoint.state == RunState.DONE
+    assert "enablePodAntiAffinity" not in cluster.ha_sent[0], "the installed file's setting travelled as a user value"
+    assert cluster.ha_sent[0] == deep_merge(_ha(target_file), own)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ def _sel(*reqs: SelectorRequirement, **labels: str) -> LabelSelector:
         pytest.param(_sel(_req("x", "Exists")), {}, False, id="Exists on a missing label"),
         pytest.param(_sel(_req("x", "DoesNotExist")), {}, True, id="DoesNotExist on a missing label"),
         pytest.param(_sel(_req("x", "DoesNotExist")), {"x": "1"}, False, id="DoesNotExist on a present label"),
-        pytest.param(_sel(_req("x", "Gt", "1")), {"x": "2"}, False, id="an unknown operator matches nothing"),
+        pytest.param(_sel(_req(NAME, "Gt", "1")), KUBE_SYSTEM, True, id="an unknown operator matches (fails closed)"),
         pytest.param(
             _sel(_req(EXEMPT, "NotIn", "disabled"), _req(NAME, "NotIn", "kube-system", "cert-manager")),
             KUBE_SYSTEM,
@@ -98,8 +98,8 @@ def test_intercepts_pod_creation(rule: WebhookRule, intercepts: bool) -> None:
     assert intercepts_pod_creation(WebhookEntry("w", rules=(rule,))) is intercepts
 
 
-def test_blocks_pods_in_needs_fail_pods_and_both_selectors() -> None:
-    """Fail + pod rule + namespaceSelector match + objectSelector matching an unlabelled pod."""
+def test_blocks_pods_in_needs_fail_pods_and_the_namespace_selector() -> None:
+    """Fail + pod rule + namespaceSelector match; an objectSelector only narrows which pods, never exempts."""
     entry = WebhookEntry(
         "w", "Fail", _sel(_req(EXEMPT, "NotIn", "disabled")), None, (WebhookRule(("CREATE",), ("",), ("pods",)),)
     )
@@ -108,9 +108,14 @@ def test_blocks_pods_in_needs_fail_pods_and_both_selectors() -> None:
     assert not blocks_pods_in(
         WebhookEntry("w", "Ignore", entry.namespace_selector, None, entry.rules), "kube-system", {}
     )
-    assert not blocks_pods_in(
+    assert blocks_pods_in(
         WebhookEntry("w", "Fail", None, LabelSelector({"linkerd.io/inject": "enabled"}), entry.rules), "kube-system", {}
-    )
+    ), "kube-system pods may carry the label the objectSelector requires"
+    assert blocks_pods_in(
+        WebhookEntry("w", "Fail", _sel(_req(NAME, "Foo", "kube-system")), None, entry.rules),
+        "kube-system",
+        {},
+    ), "an operator upgrader does not know may let kube-system through"
 
 
 def test_describe_selector() -> None:

@@ -290,10 +290,16 @@ def rolled_out(w: Workload) -> bool:
     return done and w.revision_settled
 
 
-def _digest_pinned(pod: Pod) -> bool:
-    """The pod's proxy image is a digest (its Linkerd version cannot be read from it)."""
-    proxies = [c for c in (*pod.containers, *pod.init_containers) if c.name == PROXY_CONTAINER]
-    return any("@" in c.image for c in proxies)
+def digest_of(pod: Pod) -> str | None:
+    """The digest of ``pod``'s proxy image when it is pinned by digest (its version cannot be read), else None.
+
+    The proxy is the ``linkerd-proxy`` container, or the native-sidecar init container of that name.
+    """
+    sidecars = [c for c in pod.init_containers if c.restart_policy == "Always"]
+    for c in (*pod.containers, *sidecars):
+        if c.name == PROXY_CONTAINER and "@" in c.image:
+            return c.image.split("@", 1)[1]
+    return None
 
 
 def assess(
@@ -315,7 +321,7 @@ def assess(
     )
     if looping:
         return Verdict("failed", f"restart loop: {', '.join(looping[:5])}")
-    digests = sorted(p.name for p in mine if version is not None and _digest_pinned(p))
+    digests = sorted(p.name for p in mine if version is not None and digest_of(p) is not None)
     if digests:  # its version can never be read, so it never passes; pins are found before restarting
         return Verdict("failed", f"proxy pinned by image digest, not verifiable as {version}: {', '.join(digests[:5])}")
     problems = []

@@ -15,6 +15,7 @@ than one replica and is guarded by a PodDisruptionBudget or required pod anti-af
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from upgrader.errors import NeverDeployedError
 from upgrader.ports import Budget, HelmPort, HelmRelease, HelmRevision, KubePort, Pod, Workload
 
 LINKERD_CHARTS = frozenset(
@@ -229,6 +231,62 @@ def last_deployed(history: Sequence[HelmRevision], at_most: int | None = None) -
     """The newest revision (at most ``at_most``) that was deployed once: a rollback target, the values to carry."""
     ran = [r for r in history if r.status in DEPLOYED_ONCE and (at_most is None or r.revision <= at_most)]
     return max(ran, key=lambda r: r.revision) if ran else None
+
+
+def carried_revision(history: Sequence[HelmRevision]) -> HelmRevision | None:
+    """The revision whose user values an upgrade carries (and whose chart's values-ha.yaml they hold).
+
+    The newest revision that was deployed: a ``failed`` or ``pending-*`` revision holds values that
+    never ran (an unschedulable nodeSelector), so they are not carried. None: never deployed.
+    """
+    return last_deployed(history)
+
+
+def never_deployed(
+    release: str, namespace: str, history: Sequence[HelmRevision], *, then: str = "run upgrader again"
+) -> NeverDeployedError:
+    """The error when no revision of ``release`` was ever deployed: there are no values to carry."""
+    current = max(history, key=lambda r: r.revision) if history else None
+    found = f"is {current.status} at revision {current.revision}" if current else "has no revision"
+    return NeverDeployedError(
+        f"release {namespace}/{release} {found} and was never deployed: there are no working values to carry",
+        hint=f"helm history {release} -n {namespace}; repair or reinstall it with helm, then {then}",
+    )
+
+
+def carried_note(release: str, history: Sequence[HelmRevision]) -> str | None:
+    """Why the carried values are not the current revision's (its status), or None when they are."""
+    carried = carried_revision(history)
+    current = max(history, key=lambda r: r.revision) if history else None
+    if carried is None or current is None or current.revision == carried.revision:
+        return None
+    return (
+        f"user values of {release} revision {carried.revision}, the last deployed one "
+        f"(revision {current.revision} is {current.status}: its values are not carried)"
+    )
+
+
+def carried_values(helm: HelmPort, release: str, namespace: str) -> tuple[dict[str, Any], HelmRevision, str | None]:
+    """The user values an upgrade of ``release`` carries, the revision they are from (``carried_revision``),
+    and ``carried_note``: why they are not the current revision's, if they are not.
+
+    Raises ``never_deployed`` when no revision was deployed, and helm's NotFoundError when there is no release.
+    """
+    history = helm.history(release, namespace)
+    carried = carried_revision(history)
+    if carried is None:
+        raise never_deployed(release, namespace, history)
+    values = helm.get_values(release, namespace, revision=carried.revision)
+    return values, carried, carried_note(release, history)
+
+
+_CHART = re.compile(r"^(?P<name>.+?)-(?P<version>v?\d+\.\d+\.\d+\S*)$")
+
+
+def split_chart(chart: str) -> tuple[str, str]:
+    """``linkerd-control-plane-1.18.10-edge`` -> (``linkerd-control-plane``, ``1.18.10-edge``): helm's chart column."""
+    m = _CHART.match(chart)
+    return (m["name"], m["version"]) if m else (chart, "")
 
 
 def chart_version_of(revision: HelmRevision, chart_name: str) -> str:

@@ -92,6 +92,10 @@ class NotFoundError(UpgraderError):
     """The object asked for is not there (HTTP 404)."""
 
 
+class NeverDeployedError(UpgraderError):
+    """A Helm release with no deployed revision: no working values to carry (repair it with helm first)."""
+
+
 class ApiError(UpgraderError):
     """The Kubernetes API refused a request for a lasting reason (400, 409, 422, TLS); retrying will not help."""
 

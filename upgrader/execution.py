@@ -37,7 +37,14 @@ from upgrader.dataplane import (
     inventory,
     next_starts,
 )
-from upgrader.discovery import chart_version_of, last_deployed, proxy_version
+from upgrader.discovery import (
+    carried_revision,
+    chart_version_of,
+    last_deployed,
+    never_deployed,
+    proxy_version,
+    split_chart,
+)
 from upgrader.errors import EXIT_REFUSED, InputError, ReleaseLockedError, UpgraderError
 from upgrader.locking import LockLostError
 from upgrader.metrics import MetricsPort, Sample, describe
@@ -49,6 +56,7 @@ from upgrader.planning import (
     CRDS,
     EXTENSIONS,
     HA_FILE,
+    LEGACY,
     AdoptSplitCharts,
     Hop,
     KeepRelease,
@@ -59,6 +67,7 @@ from upgrader.planning import (
     UpgradeRelease,
     VerifyControlPlane,
     VerifyDataPlane,
+    chart_older,
     crds_would_go_back,
     ha_layers,
     hop_values,
@@ -68,6 +77,7 @@ from upgrader.preflight import CheckResult
 from upgrader.spec import Spec, parse_duration
 from upgrader.states import ACTING, TERMINAL, Machine, RunState, route_of
 from upgrader.values import diff
+from upgrader.versions import major_distance
 
 log = structlog.get_logger("upgrader.execution")
 S = RunState
@@ -435,13 +445,24 @@ class Executor:
         started, then the workloads it restarted get their previous pod template. ``to_checkpoint``
         returns to any recorded step boundary instead. Each release's target is the newest revision
         at or before that point that was ever deployed (never a ``failed`` one, from helm history).
-        Refused (exit 3) when nothing is left to roll back; bad input (exit 2) past the 2.12 chart split.
+        Refused (exit 3) when nothing is left to roll back; bad input (exit 2) past the 2.12 chart split,
+        for a checkpoint inside a hop already rolled back (it lies ahead of the installation now), and when a
+        release would move forward or, one hop back, the control plane more than one major (see
+        ``_refuse_forward``).
         """
         cp, hops = self.checkpoint, self.plan.hops
         done = set(cp.rolled_back_hops)
         mark: Mark | None
         if to_checkpoint is not None:
             mark = cp.find_mark(to_checkpoint)
+            if mark.hop in done:  # that hop's work is undone: its checkpoints now lie ahead of the installation
+                raise InputError(
+                    f"checkpoint {mark.id} is in hop {mark.hop + 1} ({hops[mark.hop].from_} -> {hops[mark.hop].to}), "
+                    f"which a rollback of run {cp.run_id} already undid: returning to it would move the "
+                    "installation forward",
+                    hint=f"roll back further with upgrader rollback {cp.run_id}, or go forward with a new run "
+                    f"(upgrader plan --to {hops[mark.hop].to}); upgrader status {cp.run_id} lists the checkpoints",
+                )
             first, where = mark.hop, f"checkpoint {mark.id} (hop {mark.hop + 1}, {mark.state})"
             restarts = cp.restarted[mark.restarted :]
             partial = mark != self._hop_start(mark.hop)  # the hop's earlier steps stay for the next rollback
@@ -449,12 +470,13 @@ class Executor:
             found = self._hop_to_roll_back(hop, done)
             if found is None:
                 already = cp.state == S.ROLLED_BACK or bool(done)
-                raise NothingToRollBackError(
-                    f"run {cp.run_id} is already rolled back to where it started"
-                    if already
-                    else f"run {cp.run_id} changed nothing that a rollback could undo",
-                    hint=f"upgrader status {cp.run_id}",
-                )
+                if hop is not None:
+                    message = f"hop {hop + 1} of run {cp.run_id} changed nothing that a rollback could undo"
+                elif already:
+                    message = f"run {cp.run_id} is already rolled back to where it started"
+                else:
+                    message = f"run {cp.run_id} changed nothing that a rollback could undo"
+                raise NothingToRollBackError(message, hint=f"upgrader status {cp.run_id}")
             first, mark, partial = found, self._hop_start(found), False
             h = hops[first]
             where = f"hop {first + 1} ({h.from_} -> {h.to}), back to {h.from_}"
@@ -482,7 +504,7 @@ class Executor:
             first_hop=first,
             rolled_hops=tuple(range(first + (1 if partial else 0), len(hops))),
             mark=mark,
-            releases=tuple(self._release_targets(include_crds, mark)),
+            releases=tuple(self._release_targets(include_crds, mark, one_hop=to_checkpoint is None)),
             crds=crds_line,
             restarts=tuple(seen.values()),
             further=further,
@@ -517,14 +539,19 @@ class Executor:
         hops = self.plan.hops
         if not hops:
             return None
-        if only is not None:
-            return only if only not in done and only < len(hops) else None
+        if only is not None:  # a hop that changed nothing has nothing to undo (a rollback would report one)
+            return only if only not in done and only < len(hops) and self._hop_changed(only) else None
         last = min([self.checkpoint.hop, len(hops) - 1, *(h - 1 for h in done)])
         return next((i for i in range(last, -1, -1) if i not in done and self._hop_changed(i)), None)
 
-    def _release_targets(self, include_crds: bool, mark: Mark | None) -> list[ReleaseBack]:
+    def _release_targets(self, include_crds: bool, mark: Mark | None, *, one_hop: bool) -> list[ReleaseBack]:
         """Releases in the reverse order the run changed them: extensions, then the control plane
-        (linkerd-control-plane or, before 2.12, linkerd2), then the CRDs only when asked."""
+        (linkerd-control-plane or, before 2.12, linkerd2), then the CRDs only when asked.
+
+        A rollback only goes back: a target chart newer than the live one is refused (bad input), and
+        so, for a one-hop rollback, is a control-plane target more than one major below the live chart
+        (both possible when a release was changed outside the tool, or by an earlier rollback).
+        """
         cp = self.checkpoint
         touched = [n for n in cp.releases if n != CRDS]
         order = [n for n in touched if n in EXTENSIONS] + [n for n in touched if n not in EXTENSIONS]
@@ -546,18 +573,42 @@ class Executor:
                 )
             if current.revision == target.revision:
                 continue
-            out.append(
-                ReleaseBack(
-                    name=name,
-                    namespace=record.namespace,
-                    from_revision=current.revision,
-                    from_chart=current.chart_version,
-                    from_status=current.status,
-                    to_revision=target.revision,
-                    to_chart=chart_version_of(target, current.chart_name),
-                )
+            back = ReleaseBack(
+                name=name,
+                namespace=record.namespace,
+                from_revision=current.revision,
+                from_chart=current.chart_version,
+                from_status=current.status,
+                to_revision=target.revision,
+                to_chart=chart_version_of(target, current.chart_name),
             )
+            self._refuse_forward(back, current.chart_name, one_hop=one_hop)
+            out.append(back)
         return out
+
+    def _refuse_forward(self, back: ReleaseBack, chart_name: str, *, one_hop: bool) -> None:
+        """Bad input when ``back`` would move its release forward, or (one hop) the control plane over a major."""
+        where = f"{back.namespace}/{back.name}"
+        by_hand = (
+            f"helm history {back.name} -n {back.namespace}; if it was changed outside upgrader, roll it back by hand "
+            f"(helm rollback {back.name} <rev> -n {back.namespace}), one major at a time"
+        )
+        if chart_older(back.from_chart, back.to_chart):
+            raise InputError(
+                f"rolling back {where} to revision {back.to_revision} ({back.to_chart}) would move it forward: "
+                f"it runs {back.from_chart} (revision {back.from_revision})",
+                hint=by_hand,
+            )
+        if not one_hop or back.name not in (CONTROL_PLANE, LEGACY):
+            return
+        live = self.catalog.release_for_chart(chart_name, back.from_chart)
+        target = self.catalog.release_for_chart(chart_name, back.to_chart)
+        if live is not None and target is not None and major_distance(target, live) > 1:
+            raise InputError(
+                f"rolling back {where} from {back.from_chart} ({live}) to {back.to_chart} ({target}) would go "
+                f"{major_distance(target, live)} majors back; a rollback goes one major back at most",
+                hint=by_hand,
+            )
 
     def rollback(
         self, *, include_crds: bool = False, to_checkpoint: int | None = None, hop: int | None = None
@@ -687,8 +738,10 @@ class Executor:
         sent: dict[str, Any] = {}
         reset, reuse = False, False
         if values is not None:
-            user, strategy = self._carried_values(name, ns, current)
-            sent, reset, reuse = self._values_for(values, name, ns, chart, version, user=user, strategy=strategy)
+            user, strategy, installed = self._carried_values(name, ns)
+            sent, reset, reuse = self._values_for(
+                values, name, ns, chart, version, user=user, installed=installed, strategy=strategy
+            )
         log.info("helm-upgrade", release=name, namespace=ns, chart_version=version, revision=current.revision)
         self.lock.fence()
         try:
@@ -721,30 +774,32 @@ class Executor:
         record.charts_after.append(observed.chart_version)
         self._save()
 
-    def _carried_values(self, name: str, ns: str, current: HelmRelease) -> tuple[dict[str, Any], str | None]:
-        """The user values to carry: the current revision's, or the last deployed one's when it failed.
+    def _carried_values(self, name: str, ns: str) -> tuple[dict[str, Any], str | None, tuple[str, str]]:
+        """The user values to carry, the strategy they need, and the chart of the revision they are from.
 
-        A failed revision holds the values that made it fail (an unschedulable nodeSelector): they
-        are not carried, and neither may helm reuse them (``reuse`` becomes ``reset-then-reuse``).
+        From ``carried_revision``: the last deployed revision. A failed revision holds the values that
+        made it fail (an unschedulable nodeSelector): they are not carried, and neither may helm reuse
+        them (``reuse`` becomes ``reset-then-reuse``). The chart is the one whose values-ha.yaml those
+        values hold (HA layering takes that file out of them). Never deployed: the run stops.
         """
-        if current.status == "deployed":
-            return self.ports.user_values(name, ns), None
-        deployed = last_deployed(self.ports.history(name, ns), at_most=current.revision)
-        if deployed is None:
-            raise self._stop(
-                f"release {ns}/{name} is {current.status} at revision {current.revision} and was never deployed",
-                f"helm history {name} -n {ns}; repair or reinstall it with helm, then upgrader resume "
-                f"{self.checkpoint.run_id}",
-            )
+        history = self.ports.history(name, ns)
+        carried = carried_revision(history)
+        if carried is None:
+            error = never_deployed(name, ns, history, then=f"upgrader resume {self.checkpoint.run_id}")
+            raise self._stop(error.message, error.hint or "")
+        chart = split_chart(carried.chart)
+        current = max(history, key=lambda r: r.revision)
+        if current.revision == carried.revision:
+            return self.ports.user_values(name, ns, carried.revision), None, chart
         log.warning(
             "values-from-deployed-revision",
             release=name,
-            revision=deployed.revision,
+            revision=carried.revision,
             skipped_revision=current.revision,
             status=current.status,
         )
         strategy = "reset-then-reuse" if self.spec.values.strategy == "reuse" else None
-        return self.ports.user_values(name, ns, deployed.revision), strategy
+        return self.ports.user_values(name, ns, carried.revision), strategy, chart
 
     def _values_for(
         self,
@@ -755,18 +810,18 @@ class Executor:
         version: str,
         *,
         user: dict[str, Any],
+        installed: tuple[str, str] | None,
         strategy: str | None = None,
     ) -> tuple[dict[str, Any], bool, bool]:
-        """The hop's values for the control-plane chart; the redacted diff goes to the checkpoint."""
+        """The hop's values for the control-plane chart; the redacted diff goes to the checkpoint.
+
+        ``installed`` is the chart of the revision ``user`` comes from: whose values-ha.yaml they hold (HA).
+        """
         spec = self.spec
         if strategy is not None and strategy != spec.values.strategy:
             spec = spec.model_copy(update={"values": spec.values.model_copy(update={"strategy": strategy})})
-        installed = self.ports.release(name, ns)  # whose values-ha.yaml the user values hold (HA)
         ha_target, ha_installed = ha_layers(
-            hop,
-            spec,
-            (installed.chart_name, installed.chart_version) if installed is not None else None,
-            lambda c, v: self.ports.chart_file(f"{self.repo}/{c}", v, HA_FILE),
+            hop, spec, installed, lambda c, v: self.ports.chart_file(f"{self.repo}/{c}", v, HA_FILE)
         )
         out = hop_values(
             hop,
@@ -821,10 +876,20 @@ class Executor:
         chart = f"{self.repo}/{step.chart or step.release}"
         values: dict[str, Any] = {}
         if step.part == "control-plane":
-            user = self.ports.user_values(legacy, legacy_ns) if old is not None else {}
+            user: dict[str, Any] = {}
+            installed: tuple[str, str] | None = None
+            if old is not None:
+                user, _, installed = self._carried_values(legacy, legacy_ns)
             # helm install has no values to reuse: always the migrated user values plus the overrides
             values, _, _ = self._values_for(
-                hop, legacy, legacy_ns, step.chart or step.release, version, user=user, strategy="reset-then-reuse"
+                hop,
+                legacy,
+                legacy_ns,
+                step.chart or step.release,
+                version,
+                user=user,
+                installed=installed,
+                strategy="reset-then-reuse",
             )
         self._hand_over(hop, step, chart, values, legacy_present=old is not None)
         self.checkpoint.releases.setdefault(step.release, ReleaseRevisions(namespace=ns, before=None))

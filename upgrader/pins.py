@@ -21,8 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from upgrader.dataplane import pods_of
-from upgrader.discovery import PROXY_CONTAINER
+from upgrader.dataplane import digest_of, pods_of
 from upgrader.ports import Namespace, Pod, Workload
 
 PROXY_VERSION = "config.linkerd.io/proxy-version"
@@ -105,15 +104,6 @@ def value_pins(
 def values_proxy(pins: Iterable[Pin]) -> str | None:
     """The proxy version the values pin every injected proxy to (None when they do not)."""
     return next((p.version for p in pins if p.kind == VALUES and p.source == PROXY_KEY), None)
-
-
-def digest_of(pod: Pod) -> str | None:
-    """The digest of ``pod``'s proxy image when it is pinned by digest (no tag), else None."""
-    sidecars = [c for c in pod.init_containers if c.restart_policy == "Always"]
-    for c in (*pod.containers, *sidecars):
-        if c.name == PROXY_CONTAINER and "@" in c.image:
-            return c.image.split("@", 1)[1]
-    return None
 
 
 def proxy_pin(

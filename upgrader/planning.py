@@ -285,6 +285,9 @@ class Observed:
     data_plane_view: DataPlaneView | None = None  # namespaces, workloads, pods (for pins); None offline
     high_availability: bool = False  # the control plane was installed HA (values-ha.yaml)
     ha_evidence: tuple[str, ...] = ()  # what discovery decided high_availability on (empty: not observed)
+    # whose user values the first hop carries when the control plane's last revision is not deployed
+    # (``discovery.carried_note``); None when they are the current revision's
+    values_carried: str | None = None
 
     def namespace_of(self, release: str) -> str:
         """Where a release lives (the control plane's namespace unless discovery found it elsewhere)."""
@@ -375,9 +378,14 @@ def crds_would_go_back(installed: str | None, planned: str | None) -> bool:
     CRDs never move back except by an explicit CRD rollback (``rollback --include-crds``, which
     checks storedVersions first): an older chart may no longer serve a version still stored.
     """
-    if not installed or not planned:
+    return chart_older(planned, installed)
+
+
+def chart_older(version: str | None, than: str | None) -> bool:
+    """Whether chart ``version`` is older than ``than`` (False when either is missing or unreadable)."""
+    if not version or not than:
         return False
-    order = _chart_order(planned), _chart_order(installed)
+    order = _chart_order(version), _chart_order(than)
     return order[0] != (-1,) and order[1] != (-1,) and order[0] < order[1]
 
 
@@ -544,6 +552,10 @@ def make_plan(
         reason = f"versions are pinned: {describe(pins)}. {remedies(pins)}"
         return Plan(**base, pins=pins, refused=Refusal(code="pinned-versions", reason=reason))
     base["pins"] = pins
+    if observed.values_carried and hops and (step := control_plane_step(hops[0])) is not None:
+        carrying = step.model_copy(update={"detail": f"{step.detail}; values carried: {observed.values_carried}"})
+        hops[0] = hops[0].model_copy(update={"steps": [carrying if s is step else s for s in hops[0].steps]})
+        warnings.append(f"hop 1 carries the {observed.values_carried}")
     unknown = sorted({h.major for h in hops if catalog.major(int(h.major.split(".")[1])) is None})
     if unknown:
         notes.append(f"no catalog entry for {', '.join(unknown)}: Kubernetes range and notes unchecked")

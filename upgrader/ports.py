@@ -120,8 +120,10 @@ class HelmPort(Protocol):
         """(chart version, app version) pairs ``repo`` offers for ``chart``; None if no such repo."""
         ...
 
-    def get_values(self, release: str, namespace: str, *, all_values: bool = False) -> dict[str, Any]:
-        """User-supplied values of the current revision (or computed ones with ``all_values``)."""
+    def get_values(
+        self, release: str, namespace: str, *, all_values: bool = False, revision: int | None = None
+    ) -> dict[str, Any]:
+        """User-supplied values of the current revision, or of ``revision`` (computed ones with ``all_values``)."""
         ...
 
     def chart_file(self, chart: str, version: str, name: str) -> str | None:

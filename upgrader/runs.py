@@ -40,9 +40,29 @@ from upgrader.checkpoints import (
     plan_hash,
 )
 from upgrader.dataplane import Inventory, inventory
-from upgrader.discovery import DATA_PLANE_SELECTOR, Installation, last_deployed, observe
-from upgrader.errors import ClusterUnreachableError, InputError, NotFoundError, TransientError, UpgraderError
-from upgrader.execution import Executor, PreflightStoppedError, RollbackScope, RunStoppedError
+from upgrader.discovery import (
+    DATA_PLANE_SELECTOR,
+    Installation,
+    carried_revision,
+    carried_values,
+    observe,
+    split_chart,
+)
+from upgrader.errors import (
+    ClusterUnreachableError,
+    InputError,
+    NeverDeployedError,
+    NotFoundError,
+    TransientError,
+    UpgraderError,
+)
+from upgrader.execution import (
+    Executor,
+    NothingToRollBackError,
+    PreflightStoppedError,
+    RollbackScope,
+    RunStoppedError,
+)
 from upgrader.inputs import DOCUMENT_CAP, check_regular_file, json_digest, read_json_file
 from upgrader.locking import LockLostError, pid_alive
 from upgrader.metrics import public_url
@@ -170,27 +190,35 @@ def _namespace_labels(kube: Any, notes: list[str]) -> dict[str, dict[str, str]]:
 
 
 def _with_pin_inputs(observed: Observed, kube: Any, helm: Any, inst: Installation, notes: list[str]) -> Observed:
-    """``observed`` with what the planner finds version pins in: the control plane's user values and the
-    data plane (namespaces, workloads, meshed pods). Unreadable ones leave pins unchecked, with a note."""
+    """``observed`` with what the planner finds version pins in: the control plane's user values (those an
+    upgrade carries, see ``carried_revision``) and the data plane (namespaces, workloads, meshed pods).
+    Unreadable ones leave pins unchecked, with a note. Also whose values are carried when the release's
+    last revision is not deployed (the plan says so). A release never deployed stops the plan."""
     cp = next((r for r in inst.releases if r.chart_name in ("linkerd-control-plane", "linkerd2")), None)
+    values: dict[str, Any] = {}
+    note = None
     try:
-        values = helm.get_values(cp.name, cp.namespace) if cp is not None else {}
+        if cp is not None:  # never deployed: NeverDeployedError stops the plan (no working values to carry)
+            values, _, note = carried_values(helm, cp.name, cp.namespace)
         view = DataPlaneView(
             namespaces=tuple(kube.list_namespaces()),
             workloads=tuple(kube.list_workloads()),
             pods=tuple(kube.list_pods(label_selector=DATA_PLANE_SELECTOR)),
             budgets=(),
         )
+    except NeverDeployedError:
+        raise
     except UpgraderError as exc:
         if exc.retryable:
             raise
         notes.append(f"version pins not checked ({exc.message})")
-        return observed
+        return replace(observed, values_carried=note)
     return replace(
         observed,
         control_plane_release=cp.name if cp is not None else observed.control_plane_release,
         control_plane_values=values or {},
         data_plane_view=view,
+        values_carried=note,
     )
 
 
@@ -438,17 +466,18 @@ def _values_release(step: UpgradeRelease | AdoptSplitCharts) -> tuple[str, str]:
 def _ha_layers(
     session: Session, hop: Hop, step: UpgradeRelease | AdoptSplitCharts, repo: str
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """The values-ha.yaml layers of ``hop`` (target chart's, installed chart's), read with helm; see ``ha_layers``."""
+    """The values-ha.yaml layers of ``hop`` (target chart's, the carried revision's chart's), read with helm;
+    see ``ha_layers``."""
     if not wants_ha_values(hop, session.spec):
         return None, None
-    try:
-        installed = session.helm.status(*_values_release(step))
+    try:  # whose values-ha.yaml the carried user values hold: the last deployed revision's chart
+        carried = carried_revision(session.helm.history(*_values_release(step)))
     except NotFoundError:
-        installed = None
+        carried = None
     return ha_layers(
         hop,
         session.spec,
-        (installed.chart_name, installed.chart_version) if installed is not None else None,
+        split_chart(carried.chart) if carried is not None else None,
         lambda c, v: session.helm.chart_file(f"{repo}/{c}", v, HA_FILE),
     )
 
@@ -488,25 +517,6 @@ class DryRun:
     values_source: str = ""  # whose user values are carried (the last deployed revision's when the last failed)
 
 
-def carried_values(helm: Any, release: str, namespace: str) -> tuple[dict[str, Any], str]:
-    """The user values a hop carries, and whose they are: the current revision's, or, when that
-    revision is not deployed (a failed upgrade), the last deployed revision's (the executor's rule)."""
-    history = helm.history(release, namespace)
-    current = max(history, key=lambda r: r.revision) if history else None
-    if current is None or current.status == "deployed":
-        where = f"revision {current.revision}" if current else "its current revision"
-        return helm.get_values(release, namespace), f"user values of {release} {where}"
-    deployed = last_deployed(history, at_most=current.revision)
-    if deployed is None:
-        return helm.get_values(release, namespace), (
-            f"user values of {release} revision {current.revision} ({current.status}; no revision was ever deployed)"
-        )
-    return helm.get_values(release, namespace, revision=deployed.revision), (
-        f"user values of {release} revision {deployed.revision}, the last deployed one "
-        f"(revision {current.revision} is {current.status}: its values are not carried)"
-    )
-
-
 def dry_run(session: Session, options: RunOptions) -> DryRun:
     hop = session.plan.hops[0]
     report = DryRun(checks=preflight(session, min_cert_days=options.min_cert_days, repo=options.repo))
@@ -527,13 +537,11 @@ def dry_run(session: Session, options: RunOptions) -> DryRun:
     if step is None or step.chart_version is None:
         return report
     split = isinstance(step, AdoptSplitCharts)
-    if isinstance(step, AdoptSplitCharts):  # the values come from the linkerd2 release it replaces
-        release, release_ns = step.legacy_release, step.legacy_namespace
-    else:
-        release, release_ns = step.release, step.namespace
+    release, release_ns = _values_release(step)
     chart = step.chart or step.release
+    user, carried, note = carried_values(session.helm, release, release_ns)
+    report.values_source = note or f"user values of {release} revision {carried.revision}"
     ha_target, ha_installed = _ha_layers(session, hop, step, options.repo)
-    user, report.values_source = carried_values(session.helm, release, release_ns)
     out = hop_values(
         hop,
         session.spec,
@@ -703,17 +711,7 @@ def execute(
         raise  # nothing was changed: there is nothing to roll back, whatever onFailure says
     except RunStoppedError as exc:
         if session.spec.on_failure == "rollback" and action != "rollback":
-            log.warning("on-failure-rollback", run_id=checkpoint.run_id, reason=exc.message)
-            try:
-                executor.rollback(hop=checkpoint.hop)  # the failed hop only: back to where it started
-            except UpgraderError as failed:
-                raise UpgraderError(
-                    f"{exc.message}; the rollback (on_failure: rollback) did not finish: {failed.message}",
-                    hint=failed.hint or f"upgrader status {checkpoint.run_id}",
-                ) from exc
-            raise UpgraderError(
-                f"{exc.message}; rolled back (on_failure: rollback)", hint=f"upgrader status {checkpoint.run_id}"
-            ) from exc
+            raise on_failure_rollback(executor, exc) from exc
         raise
     except Exception as exc:  # a lost lock or API: no rollback, no checkpoint write (see _stopped_outside)
         raise _stopped_outside(exc, checkpoint) from exc
@@ -793,6 +791,32 @@ def _stopped_outside(exc: Exception, checkpoint: Checkpoint) -> UpgraderError:
     )
 
 
+def on_failure_rollback(executor: Executor, stopped: RunStoppedError) -> UpgraderError:
+    """``onFailure: rollback``: undo the failed hop only; the error that ends the command, saying what happened.
+
+    A failed hop that changed nothing (no helm revision, no restart) has nothing to undo: the run stays
+    ``Failed`` with its own next command, and the message says nothing was rolled back.
+    """
+    checkpoint = executor.checkpoint
+    log.warning("on-failure-rollback", run_id=checkpoint.run_id, reason=stopped.message)
+    try:
+        executor.rollback(hop=checkpoint.hop)  # the failed hop only: back to where it started
+    except NothingToRollBackError:
+        log.info("on-failure-nothing-to-undo", run_id=checkpoint.run_id, hop=checkpoint.hop)
+        return RunStoppedError(
+            f"{stopped.message}; nothing to undo (on_failure: rollback): hop {checkpoint.hop + 1} changed nothing",
+            hint=checkpoint.next_command or stopped.hint,
+        )
+    except UpgraderError as failed:
+        return UpgraderError(
+            f"{stopped.message}; the rollback (on_failure: rollback) did not finish: {failed.message}",
+            hint=failed.hint or f"upgrader status {checkpoint.run_id}",
+        )
+    return UpgraderError(
+        f"{stopped.message}; rolled back (on_failure: rollback)", hint=f"upgrader status {checkpoint.run_id}"
+    )
+
+
 def _already_done(session: Session, checkpoint: Checkpoint, executor: Executor) -> bool:
     """A resumed run whose target another run already reached says so and restarts nothing."""
     if checkpoint.state in TERMINAL or not executor.already_at_target():
@@ -816,15 +840,65 @@ def release_line(record: ReleaseRevisions, history: list[HelmRevision] | None) -
     return line
 
 
-def live_histories(
-    checkpoint: Checkpoint, kubeconfig: Path | None, context: str | None, helm: str | None
+LIVE_TIMEOUT = 10.0  # seconds status waits for one helm history before it gives up on the live view
+
+
+def checks_live(checkpoint: Checkpoint, latest: bool) -> bool:
+    """Whether ``status`` compares ``checkpoint`` with helm's live history.
+
+    Only where it can tell something: a run that has not finished (a failed helm revision it never
+    recorded, a release changed by hand before resuming), or the latest run, finished or not (what
+    happened to the installation since). An older finished run was followed by other runs: helm's
+    history shows their work, not this run's, so the comparison says nothing and only costs time.
+    """
+    return bool(checkpoint.releases) and (latest or checkpoint.state not in TERMINAL)
+
+
+def live_histories(checkpoint: Checkpoint, helm: Any) -> tuple[dict[str, list[HelmRevision]], str | None]:
+    """helm history of each release the run touched (best effort: status works offline); why not, if not.
+
+    One attempt each, bounded by ``LIVE_TIMEOUT`` and outside the retry policy; the first failure
+    skips the remaining releases (an unreachable cluster fails them all alike). A release that is
+    gone has no history (``[]``).
+    """
+    histories: dict[str, list[HelmRevision]] = {}
+    for name, record in checkpoint.releases.items():
+        try:
+            histories[name] = helm.history_once(name, record.namespace, timeout=LIVE_TIMEOUT)
+        except NotFoundError:
+            histories[name] = []
+        except UpgraderError as exc:
+            skipped = len(checkpoint.releases) - len(histories) - 1
+            return histories, exc.message + (f" ({skipped} more release(s) not checked)" if skipped else "")
+    return histories, None
+
+
+def live_status(
+    checkpoint: Checkpoint, latest: bool, kubeconfig: Path | None, context: str | None, helm: str | None
 ) -> tuple[dict[str, list[HelmRevision]], str | None]:
-    """helm history of each release the run touched (best effort: status works offline); why not, if not."""
+    """``live_histories`` for ``status`` when ``checks_live`` says so, else {} and why not."""
+    if not checks_live(checkpoint, latest):
+        return {}, "a later run followed this finished one" if checkpoint.releases else None
     try:
         port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context)
-        return {name: port.history(name, r.namespace) for name, r in checkpoint.releases.items()}, None
-    except UpgraderError as exc:
+    except UpgraderError as exc:  # no helm binary: status still works from the checkpoint
         return {}, exc.message
+    return live_histories(checkpoint, port)
+
+
+def live_view(history: list[HelmRevision] | None) -> dict[str, Any] | None:
+    """A release as helm shows it now, for ``status -o json``: None when not checked."""
+    if history is None:
+        return None
+    if not history:
+        return {"revision": None, "status": "missing", "chart": None, "failed_revisions": []}
+    now = max(history, key=lambda r: r.revision)
+    return {
+        "revision": now.revision,
+        "status": now.status,
+        "chart": now.chart,
+        "failed_revisions": [r.revision for r in history if r.status == "failed"],
+    }
 
 
 def lock_status(checkpoint: Checkpoint, kubeconfig: Path | None, context: str | None, clock: Clock = utc_now) -> str:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
@@ -30,19 +29,25 @@ from pyhelm3 import errors as helm_errors
 
 from upgrader.adapters.errors import classify
 from upgrader.adapters.retrying import retried
-from upgrader.errors import ChartNotFoundError
+from upgrader.discovery import split_chart
+from upgrader.errors import ChartNotFoundError, ClusterUnreachableError
 from upgrader.ports import HelmRelease, HelmRevision, ReleaseObject
 
 T = TypeVar("T")
 
 _log = logging.getLogger("pyhelm3.command")  # quiet below --log-level debug, as pyhelm3's own runner was
-_CHART = re.compile(r"^(?P<name>.+?)-(?P<version>v?\d+\.\d+\.\d+\S*)$")
 
-
-def split_chart(chart: str) -> tuple[str, str]:
-    """``linkerd-control-plane-1.18.10-edge`` -> (``linkerd-control-plane``, ``1.18.10-edge``)."""
-    m = _CHART.match(chart)
-    return (m["name"], m["version"]) if m else (chart, "")
+def _revisions(rows: list[dict[str, Any]]) -> list[HelmRevision]:
+    return [
+        HelmRevision(
+            revision=int(r["revision"]),
+            status=r["status"],
+            chart=r["chart"],
+            app_version=r.get("app_version", ""),
+            description=r.get("description", ""),
+        )
+        for r in rows
+    ]
 
 
 class _Command(pyhelm3.Command):  # type: ignore[misc]  # pyhelm3 ships no types
@@ -197,17 +202,25 @@ class HelmAdapter:
 
     @retried
     def history(self, release: str, namespace: str) -> list[HelmRevision]:
-        rows = self._call(self._command.history(release, namespace=namespace))
-        return [
-            HelmRevision(
-                revision=int(r["revision"]),
-                status=r["status"],
-                chart=r["chart"],
-                app_version=r.get("app_version", ""),
-                description=r.get("description", ""),
-            )
-            for r in rows
-        ]
+        return _revisions(self._call(self._command.history(release, namespace=namespace)))
+
+    def history_once(self, release: str, namespace: str, *, timeout: float = 10.0) -> list[HelmRevision]:
+        """``helm history`` tried once, outside the retry policy, ended (helm killed) after ``timeout`` seconds.
+
+        For a quick look that may fail (``status`` comparing a run with helm): an unreachable cluster
+        costs ``timeout`` at most, not five attempts of a 30 s dial each.
+        """
+
+        async def bounded() -> Any:
+            return await asyncio.wait_for(self._command.history(release, namespace=namespace), timeout)
+
+        try:
+            return _revisions(self._call(bounded()))
+        except TimeoutError as exc:
+            raise ClusterUnreachableError(
+                f"helm history {release} -n {namespace} did not answer within {timeout:g} s",
+                hint="check that the cluster is up and that --kubeconfig/--context point at it",
+            ) from exc
 
     @retried
     def get_values(

@@ -19,7 +19,14 @@ from upgrader.cli.common import (
     echo,
     stdout_console,
 )
-from upgrader.runs import live_histories, load_run, lock_status, release_line, store_for
+from upgrader.runs import (
+    live_status,
+    live_view,
+    load_run,
+    lock_status,
+    release_line,
+    store_for,
+)
 
 
 @app.command()
@@ -34,15 +41,19 @@ def status(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     """Where a run is: state, hop, what it changed (and what helm says now), errors, and what to run next."""
     store = store_for(state_store, kubeconfig, context)
     cp = load_run(store, run)
+    latest = run is None or store.runs()[-1].run_id == cp.run_id
+    histories, unreachable = live_status(cp, latest, kubeconfig, context, helm)
     if output is Output.json:
-        echo(json.dumps(cp.model_dump(mode="json"), indent=2))  # ASCII: escapes every control character
+        data = json.loads(cp.model_dump_json())
+        data["live"] = {name: live_view(histories.get(name)) for name in cp.releases}  # None: not checked
+        data["live_unchecked"] = unreachable
+        echo(json.dumps(data, indent=2))  # ASCII: escapes every control character
         return
     hops = _dicts(cp.plan.get("hops"))
     echo(
         f"run {cp.run_id}: {cp.state}{f' (stopped in {cp.stopped_in})' if cp.stopped_in else ''}; "
         f"hop {min(cp.hop + 1, len(hops))}/{len(hops)} {cp.plan.get('from')} -> {cp.plan.get('to')}"
     )
-    histories, unreachable = live_histories(cp, kubeconfig, context, helm) if cp.releases else ({}, None)
     for name, rel in cp.releases.items():
         echo(f"  {rel.namespace}/{name}: {release_line(rel, histories.get(name))}")
     if unreachable:

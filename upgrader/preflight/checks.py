@@ -31,11 +31,18 @@ from upgrader.ports import (
     Namespace,
     Pod,
     Webhook,
+    WebhookEntry,
     Workload,
 )
 from upgrader.preflight import CheckResult, Severity, failed, passed
 from upgrader.preflight.identity import check_identity
-from upgrader.preflight.selectors import blocks_pods_in, describe_selector, intercepts_pod_creation, namespace_labels
+from upgrader.preflight.selectors import (
+    blocks_pods_in,
+    describe_selector,
+    intercepts_pod_creation,
+    namespace_labels,
+    unknown_operators,
+)
 from upgrader.spec import Spec
 
 CONTROL_PLANE_DEPLOYMENTS = ("linkerd-destination", "linkerd-identity", "linkerd-proxy-injector")
@@ -670,11 +677,7 @@ def kube_system_exempt(webhooks: Iterable[Webhook], kube_system_labels: dict[str
         )
     labels = namespace_labels("kube-system", kube_system_labels)
     shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
-    why = "; ".join(
-        f"{w.name} ({e.name}) intercepts pod creation with failurePolicy Fail and its namespaceSelector "
-        f"{describe_selector(e.namespace_selector)} matches kube-system"
-        for w, e in hits
-    )
+    why = "; ".join(_why_blocked(w, e) for w, e in hits)
     labelled = {**kube_system_labels, EXEMPT_LABEL: "disabled"}
     label_helps = not any(blocks_pods_in(e, "kube-system", labelled) for _, e in hits)
     hint = (
@@ -690,6 +693,23 @@ def kube_system_exempt(webhooks: Iterable[Webhook], kube_system_labels: dict[str
         f"{why} (kube-system's labels: {shown}): while the webhook is down no kube-system pod can be created",
         hint,
     )
+
+
+def _why_blocked(webhook: Webhook, entry: WebhookEntry) -> str:
+    """Why ``entry`` may intercept kube-system's pods: its namespaceSelector (and what fails closed)."""
+    why = (
+        f"{webhook.name} ({entry.name}) intercepts pod creation with failurePolicy Fail and its namespaceSelector "
+        f"{describe_selector(entry.namespace_selector)} matches kube-system"
+    )
+    if unknown := unknown_operators(entry.namespace_selector):
+        why += f" (operator {', '.join(unknown)} unknown to upgrader: counted as matching)"
+    objects = entry.object_selector
+    if objects is not None and (objects.match_labels or objects.match_expressions):
+        why += (
+            f"; its objectSelector {describe_selector(objects)} only narrows which pods: kube-system pods "
+            "carrying those labels go through it"
+        )
+    return why
 
 
 def check_disruption(ctx: Context) -> list[CheckResult]:

@@ -12,8 +12,8 @@ from typing import Any, Protocol, TypeVar
 
 import yaml
 
-from upgrader.discovery import DATA_PLANE_SELECTOR, LINKERD_CHARTS, summarise
-from upgrader.errors import ChartNotFoundError, UpgraderError
+from upgrader.discovery import DATA_PLANE_SELECTOR, LINKERD_CHARTS, carried_values, summarise
+from upgrader.errors import ChartNotFoundError, NeverDeployedError, UpgraderError
 from upgrader.planning import CONTROL_PLANE, CRDS, Plan, UpgradeRelease, control_plane_step
 from upgrader.ports import (
     Budget,
@@ -81,6 +81,14 @@ def _crd_steps(  # noqa: PLR0917 - gather's own observations, passed on
     return out
 
 
+def _carried(helm: PreflightHelmPort, release: HelmRelease) -> dict[str, Any]:
+    """``carried_values`` of ``release``; never deployed, the error carries its hint (checks show the message)."""
+    try:
+        return carried_values(helm, release.name, release.namespace)[0]
+    except NeverDeployedError as exc:
+        raise NeverDeployedError(f"{exc.message} ({exc.hint})") from exc
+
+
 def gather(
     kube: PreflightKubePort,
     helm: PreflightHelmPort,
@@ -119,8 +127,8 @@ def gather(
     installation = summarise(version, releases, raw_values, pods, namespace, workloads=workloads, budgets=budgets)
     roots = attempt("identity", lambda: kube.get_config_map(namespace, "linkerd-identity-trust-roots"), None)
     user_values = None
-    if cp is not None:
-        user_values = attempt("values", lambda: helm.get_values(cp.name, cp.namespace), None)
+    if cp is not None:  # the values an upgrade carries: the last deployed revision's (a failed one's never ran)
+        user_values = attempt("values", lambda: _carried(helm, cp), None)
     render_error, target_crds = None, None
     if plan.hops and user_values is not None:
         hop = plan.hops[0]

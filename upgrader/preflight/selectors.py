@@ -4,6 +4,8 @@ Kubernetes sends a request to a webhook when one of its rules covers the request
 selectors match: the ``namespaceSelector`` against the namespace's labels (which always
 carry ``kubernetes.io/metadata.name``, set by the API server), the ``objectSelector``
 against the object's labels. A missing selector selects everything, as does an empty one.
+Judged to keep kube-system safe, they fail closed: an unknown operator matches, and an
+objectSelector never exempts a namespace (its pods may carry the labels it selects).
 """
 
 from __future__ import annotations
@@ -20,8 +22,15 @@ def namespace_labels(name: str, labels: Mapping[str, str]) -> dict[str, str]:
     return {NAME_LABEL: name, **labels}
 
 
+OPERATORS = frozenset({"In", "NotIn", "Exists", "DoesNotExist"})  # what a LabelSelector may use
+
+
 def requirement_matches(req: SelectorRequirement, labels: Mapping[str, str]) -> bool:
-    """One matchExpressions entry against ``labels`` (an unknown operator matches nothing)."""
+    """One matchExpressions entry against ``labels``.
+
+    An operator we do not know counts as matching: these selectors judge whether a webhook may
+    intercept a namespace, and a judgement we cannot make must not read as "it cannot".
+    """
     present = req.key in labels
     if req.operator == "In":
         return present and labels[req.key] in req.values
@@ -31,7 +40,7 @@ def requirement_matches(req: SelectorRequirement, labels: Mapping[str, str]) -> 
         return present
     if req.operator == "DoesNotExist":
         return not present
-    return False
+    return True
 
 
 def selector_matches(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
@@ -66,16 +75,21 @@ def intercepts_pod_creation(entry: WebhookEntry) -> bool:
     return any(_covers(r, group="", resource="pods", operation="CREATE") for r in entry.rules)
 
 
-def blocks_pods_in(entry: WebhookEntry, namespace: str, labels: Mapping[str, str]) -> bool:
-    """Whether pods created in ``namespace`` go through ``entry`` and fail when it is down.
+def unknown_operators(selector: LabelSelector | None) -> list[str]:
+    """The operators of ``selector`` we do not know (they count as matching)."""
+    return sorted({r.operator for r in selector.match_expressions if r.operator not in OPERATORS}) if selector else []
 
-    True for a webhook with failurePolicy Fail whose rules cover pod creation, whose
-    namespaceSelector matches the namespace, and whose objectSelector matches a pod carrying
-    no labels (ordinary pods: an objectSelector requiring a label only catches pods that have it).
+
+def blocks_pods_in(entry: WebhookEntry, namespace: str, labels: Mapping[str, str]) -> bool:
+    """Whether pods created in ``namespace`` may go through ``entry`` and fail when it is down.
+
+    True for a webhook with failurePolicy Fail whose rules cover pod creation and whose
+    namespaceSelector matches the namespace. The objectSelector is not consulted: it only narrows
+    which pods, and the namespace's pods may carry whatever labels it selects (kube-system's pods
+    are not ours to know), so only the namespaceSelector can exempt a namespace.
     """
     return (
         entry.failure_policy == "Fail"
         and intercepts_pod_creation(entry)
         and selector_matches(entry.namespace_selector, namespace_labels(namespace, labels))
-        and selector_matches(entry.object_selector, {})
     )
