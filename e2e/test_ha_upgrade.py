@@ -78,6 +78,15 @@ def test_ha_upgrade_matches_a_fresh_ha_install_of_the_target(clean_world: World,
     spec.write_text("name: ha\nwaivers: [kubernetes-version]\n")
 
     common = ("--spec", str(spec), "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm))
+    _assert_discovered_ha(world, env)
+    # Preflight passes as installed: kube-system is skipped by the injector's selector (by name), no waiver
+    # but the environmental Kubernetes-version one.
+    pre = run_upgrader("preflight", "--to", TARGET, "-o", "json", *common, env=env)
+    assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr[-3000:]
+    checks = {c["id"]: c for c in json.loads(pre.stdout)["checks"]}
+    assert checks["ha.kube-system-exempt"]["result"] == "passed", checks["ha.kube-system-exempt"]
+    assert checks["control-plane.ha-replicas"]["result"] == "passed", checks["control-plane.ha-replicas"]
+    assert {c["id"] for c in checks.values() if c["waived"]} <= {"kubernetes-version"}
     dry = run_upgrader("apply", "--to", TARGET, "--dry-run", *common, env=env)
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
     says = f"HA: values-ha.yaml of linkerd-control-plane {release(TARGET).control_plane_chart} applied under your"
@@ -122,3 +131,15 @@ def test_ha_upgrade_matches_a_fresh_ha_install_of_the_target(clean_world: World,
     assert checkpoint["state"] == "Done"
     diffs = [row for rows in checkpoint["values_diffs"].values() for row in rows]
     assert {"key": "highAvailability", "old": None, "new": True} in diffs
+    _assert_discovered_ha(world, env, flag=True)
+
+
+def _assert_discovered_ha(world: World, env: dict[str, str], *, flag: bool = False) -> None:
+    """``discover`` reports the installation HA: on 2.13 from replicas and PDBs, on 2.14 from the flag too."""
+    where = ("--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm))
+    out = run_upgrader("discover", "-o", "json", *where, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    found = json.loads(out.stdout)["control_plane"]
+    assert found["high_availability"] is True, found
+    evidence = " ".join(found["high_availability_evidence"])
+    assert ("highAvailability" in evidence) is flag, evidence
