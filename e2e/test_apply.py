@@ -45,14 +45,7 @@ def _upgrader(world: World, env: dict[str, str], *args: str, timeout: int = 600)
 
 
 def _history(world: World, release: str) -> list[dict[str, Any]]:
-    out = subprocess.run(
-        [str(world.helm), "history", release, "-n", "linkerd", "-o", "json", "--kubeconfig", str(world.kubeconfig)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rows: list[dict[str, Any]] = json.loads(out)
-    return rows
+    return world.helm_history(release)
 
 
 def _checkpoint(tmp_path: Path) -> dict[str, Any]:

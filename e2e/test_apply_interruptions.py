@@ -39,13 +39,7 @@ def _args(world: World, *args: str) -> list[str]:
 
 
 def _charts(world: World, release: str) -> list[str]:
-    out = subprocess.run(
-        [str(world.helm), "history", release, "-n", "linkerd", "-o", "json", "--kubeconfig", str(world.kubeconfig)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [r["chart"] for r in json.loads(out)]
+    return [r["chart"] for r in world.helm_history(release)]
 
 
 def _state(tmp_path: Path) -> dict[str, Any] | None:

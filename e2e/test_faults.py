@@ -164,13 +164,7 @@ def _state_event(state: str, hop: int | None = None) -> Callable[[dict[str, Any]
 
 
 def _charts(world: World, release: str) -> list[str]:
-    out = subprocess.run(
-        [str(world.helm), "history", release, "-n", "linkerd", "-o", "json", "--kubeconfig", str(world.kubeconfig)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [r["chart"] for r in json.loads(out)]
+    return [r["chart"] for r in world.helm_history(release)]
 
 
 def _meshed(world: World) -> dict[str, Any]:

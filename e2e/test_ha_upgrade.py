@@ -42,23 +42,7 @@ def _differences(got: dict[str, Any], want: dict[str, Any]) -> dict[str, tuple[A
 
 def _rendered_config(world: World, chart_version: str, values: dict[str, Any]) -> dict[str, Any]:
     """linkerd-config's values as a fresh install of the chart with ``values`` would write them."""
-    out = subprocess.run(
-        [
-            str(world.helm),
-            "template",
-            "linkerd-control-plane",
-            str(world.chart_file("linkerd-control-plane", chart_version)),
-            "--namespace",
-            "linkerd",
-            "--values",
-            "-",
-        ],
-        input=json.dumps(values),
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
+    out = world.render("linkerd-control-plane", chart_version, "linkerd", values, "linkerd-control-plane")
     docs = [d for d in yaml.safe_load_all(out) if d]
     config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "linkerd-config")
     loaded: dict[str, Any] = yaml.safe_load(config["data"]["values"])
