@@ -80,7 +80,7 @@ from upgrader.planning import (
     make_plan,
     wants_ha_values,
 )
-from upgrader.ports import DataPlaneView, HelmRevision
+from upgrader.ports import DataPlaneView, HelmRevision, Namespace
 from upgrader.preflight import CheckResult
 from upgrader.preflight.checks import Context, run_checks
 from upgrader.preflight.observe import gather
@@ -178,18 +178,26 @@ def cluster_adapters(
     return kube_adapter(kubeconfig, context, impersonate), helm_port
 
 
-def _namespace_labels(kube: Any, notes: list[str]) -> dict[str, dict[str, str]]:
-    """Namespace labels for wave and spec selectors (selectors match nothing if they cannot be read)."""
+def _namespaces(kube: Any, notes: list[str]) -> tuple[Namespace, ...] | None:
+    """The namespaces, read once for wave and spec selectors and for pins (None: unreadable, noted)."""
     try:
-        return {n.name: n.labels for n in kube.list_namespaces()}
+        return tuple(kube.list_namespaces())
     except UpgraderError as exc:
         if exc.retryable:
             raise
         notes.append(f"namespace labels unreadable ({exc.message}): wave selectors match nothing")
-        return {}
+        return None
 
 
-def _with_pin_inputs(observed: Observed, kube: Any, helm: Any, inst: Installation, notes: list[str]) -> Observed:
+def _with_pin_inputs(
+    observed: Observed,
+    kube: Any,
+    helm: Any,
+    inst: Installation,
+    notes: list[str],
+    *,
+    namespaces: tuple[Namespace, ...] | None = None,  # already read by the caller (None: read them here)
+) -> Observed:
     """``observed`` with what the planner finds version pins in: the control plane's user values (those an
     upgrade carries, see ``carried_revision``) and the data plane (namespaces, workloads, meshed pods).
     Unreadable ones leave pins unchecked, with a note. Also whose values are carried when the release's
@@ -201,7 +209,7 @@ def _with_pin_inputs(observed: Observed, kube: Any, helm: Any, inst: Installatio
         if cp is not None:  # never deployed: NeverDeployedError stops the plan (no working values to carry)
             values, _, note = carried_values(helm, cp.name, cp.namespace)
         view = DataPlaneView(
-            namespaces=tuple(kube.list_namespaces()),
+            namespaces=namespaces if namespaces is not None else tuple(kube.list_namespaces()),
             workloads=tuple(kube.list_workloads()),
             pods=tuple(kube.list_pods(label_selector=DATA_PLANE_SELECTOR)),
             budgets=(),
@@ -268,7 +276,8 @@ def plan_session(
         inst = None
     observed = Observed(control_plane=None)
     if inst is not None:
-        labels = _namespace_labels(kube, notes)
+        namespaces = _namespaces(kube, notes)
+        labels = {n.name: n.labels for n in namespaces or ()}
         observed = Observed(
             control_plane=catalog.parse(inst.control_plane_version) if inst.control_plane_version else None,
             data_plane=inst.proxies,
@@ -282,7 +291,7 @@ def plan_session(
             high_availability=inst.high_availability,
             ha_evidence=inst.ha_evidence,
         )
-        observed = _with_pin_inputs(observed, kube, helm_port, inst, notes)
+        observed = _with_pin_inputs(observed, kube, helm_port, inst, notes, namespaces=namespaces)
         log.info(
             "observed",
             control_plane=str(observed.control_plane),
