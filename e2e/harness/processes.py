@@ -110,11 +110,20 @@ class Processes:
 
     def kill(self, name: str, *, grace: float = 10.0) -> None:
         """Stop one program (SIGTERM, then SIGKILL after ``grace``); ``respawn`` starts it again."""
-        pid = self.pids[name]
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)
-        proc = self._procs.get(name)
-        deadline = time.monotonic() + grace
+            os.killpg(self.pids[name], signal.SIGTERM)
+        self._reap(name, time.monotonic() + grace)
+
+    def respawn(self, name: str) -> int:
+        """Start ``name`` again with the command, folder and environment it was first started with."""
+        cmd, cwd, env = self._commands[name]
+        if alive(self.pids[name]):
+            raise ProcessError(f"{name} (pid {self.pids[name]}) still runs: kill it first")
+        return self.spawn(name, cmd, cwd=cwd, env=env)
+
+    def _reap(self, name: str, deadline: float) -> None:
+        """Wait for ``name`` (already sent SIGTERM) to exit until ``deadline``, then SIGKILL its group."""
+        pid, proc = self.pids[name], self._procs.get(name)
         while alive(pid) and time.monotonic() < deadline and not (proc is not None and proc.poll() is not None):
             time.sleep(0.05)
         if alive(pid):
@@ -124,28 +133,11 @@ class Processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
 
-    def respawn(self, name: str) -> int:
-        """Start ``name`` again with the command, folder and environment it was first started with."""
-        cmd, cwd, env = self._commands[name]
-        if alive(self.pids[name]):
-            raise ProcessError(f"{name} (pid {self.pids[name]}) still runs: kill it first")
-        return self.spawn(name, cmd, cwd=cwd, env=env)
-
     def stop(self, *, grace: float = 10.0) -> None:
         """Stop every program, last started first: SIGTERM, then SIGKILL after ``grace``."""
         for pid in reversed(list(self.pids.values())):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        for name, pid in self.pids.items():
-            proc = self._procs.get(name)
-            while alive(pid) and time.monotonic() < deadline:
-                if proc is not None and proc.poll() is not None:
-                    break
-                time.sleep(0.1)
-            if alive(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-            if proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=5)
+        for name in self.pids:
+            self._reap(name, deadline)
