@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from upgrader import windows
 from upgrader.catalog import Catalog, KubernetesRange, Major, Note
 from upgrader.dataplane import inventory, selects
 from upgrader.errors import InputError
@@ -64,6 +65,42 @@ EXTENSION_NAMESPACES = {
 MINUTES = {"preflight": 1, "crds": 1, "control-plane": 3, "verify": 1, "extension": 2, "restart": 1}
 
 
+def step_kind(step: _StepBase) -> str:
+    """The kind of step whose recorded durations estimate this one (a wave: one round of restarts)."""
+    if isinstance(step, UpgradeRelease | AdoptSplitCharts):
+        return f"helm:{step.release}"
+    if isinstance(step, RestartWave):
+        return "restart"
+    return str(getattr(step, "action", "step"))  # preflight, keep-release, verify-control-plane, verify-data-plane
+
+
+def default_seconds(kind: str) -> int:
+    """What a step of ``kind`` takes when no earlier run recorded one (a wave: per round of restarts)."""
+    if kind == f"helm:{CRDS}":
+        return MINUTES["crds"] * 60
+    if kind in (f"helm:{CONTROL_PLANE}", f"helm:{LEGACY}"):
+        return MINUTES["control-plane"] * 60
+    if kind.startswith("helm:"):
+        return MINUTES["extension"] * 60
+    return {"preflight": 60, "keep-release": 0, "restart": MINUTES["restart"] * 60}.get(kind, MINUTES["verify"] * 60)
+
+
+def restart_rounds(pods: Mapping[str, int], per_namespace: int, lanes: int) -> int:
+    """Rounds of throttled restarts for ``pods`` (namespace -> workloads or pods to restart).
+
+    A namespace's rounds follow one another whatever the number of lanes (``maxNamespaces``): the
+    wave takes at least its busiest namespace's rounds, and at least the rounds of all shared out
+    over the lanes.
+    """
+    per_ns = [math.ceil(n / per_namespace) for n in pods.values() if n > 0]
+    return max(max(per_ns, default=0), math.ceil(sum(per_ns) / max(1, lanes)))
+
+
+def wave_seconds(restart: int, rounds: int, bake_time: str) -> int:
+    """A wave: its rounds of restarts, then its bake time."""
+    return restart * rounds + parse_duration(bake_time)
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -86,6 +123,7 @@ class _StepBase(_Out):
     detail: str = ""
     chart: str | None = None
     chart_version: str | None = None
+    estimated_seconds: int = 0  # recorded durations of this step's kind, else the defaults (upgrader.windows)
 
     @model_validator(mode="after")
     def _state_fits(self) -> _StepBase:
@@ -192,6 +230,8 @@ class WavePlan(_Out):
     namespaces: list[str]
     selector: dict[str, str] = Field(default_factory=dict)
     bake_time: str = "0s"
+    # meshed workloads to restart per namespace when planned (estimates); empty: not counted (offline, old plans)
+    workloads: dict[str, int] = Field(default_factory=dict)
 
 
 class Hop(_Out):
@@ -205,6 +245,14 @@ class Hop(_Out):
     values_changes: dict[str, Any] = Field(default_factory=dict)
     notes: list[dict[str, Any]] = Field(default_factory=list)
     estimated_minutes: int = 0
+
+
+class WindowFit(_Out):
+    """Whether the run fits in one maintenance window; else the first step of the next window."""
+
+    fits_one_window: bool
+    first_of_next_window: str | None = None
+    margin_seconds: int = 0
 
 
 class Plan(_Out):
@@ -221,6 +269,8 @@ class Plan(_Out):
     on_failure: str = "pause"
     dry_run: bool = False
     window: dict[str, Any] | None = None
+    windows: list[str] = Field(default_factory=list)  # maintenance windows, e.g. "tue,wed,thu 01:00-05:00 UTC"
+    window_fit: WindowFit | None = None  # with windows: does the run fit in one (else where the next one starts)
     gates: dict[str, Any] = Field(default_factory=dict)
     values_overrides: dict[str, Any] = Field(default_factory=dict)  # redacted
     warnings: list[str] = Field(default_factory=list)  # what a reviewer must look at; they do not block
@@ -516,8 +566,14 @@ def make_plan(
     *,
     acks: frozenset[str] = frozenset(),
     offering_notes: list[str] | None = None,
+    durations: Mapping[str, Sequence[float]] | None = None,
 ) -> Plan:
-    """Plan the way from ``observed`` to ``target``; see the module docstring."""
+    """Plan the way from ``observed`` to ``target``; see the module docstring.
+
+    ``durations`` are step durations earlier runs recorded per step kind (``step_kind``): each
+    step's ``estimated_seconds`` comes from them, else from ``default_seconds``. With maintenance
+    windows, a step longer than any window is refused (``step-longer-than-window``).
+    """
     current = observed.control_plane
     notes = list(offering_notes or [])
     acknowledged = sorted(acks | set(spec.acknowledge))
@@ -533,6 +589,7 @@ def make_plan(
         "on_failure": spec.on_failure,
         "dry_run": spec.dry_run,
         "window": spec.window.model_dump(by_alias=True) if spec.window else None,
+        "windows": [str(r) for r in spec.window_rules()],
         "gates": _gates(spec),
         "values_overrides": redact_values(spec.values.overrides),
         "high_availability": observed.high_availability if observed.ha_evidence else None,
@@ -559,7 +616,93 @@ def make_plan(
     unknown = sorted({h.major for h in hops if catalog.major(int(h.major.split(".")[1])) is None})
     if unknown:
         notes.append(f"no catalog entry for {', '.join(unknown)}: Kubernetes range and notes unchecked")
-    return Plan(**base, hops=hops, warnings=warnings, estimated_minutes=sum(h.estimated_minutes for h in hops))
+    counts = _workload_counts(observed, spec, sorted({ns for h in hops for w in h.waves for ns in w.namespaces}))
+    hops = [_with_estimates(_with_workloads(h, counts), spec, durations or {}) for h in hops]
+    rules = spec.window_rules()
+    if rules and hops:
+        fit = windows.plan_fit(
+            rules, ((f"hop {n}, {s.name}", s.estimated_seconds) for n, h in enumerate(hops, 1) for s in h.steps)
+        )
+        if fit.too_long:
+            return Plan(**base, refused=Refusal(code="step-longer-than-window", reason=fit.too_long))
+        base["window_fit"] = WindowFit(
+            fits_one_window=fit.fits_one_window,
+            first_of_next_window=fit.first_of_next_window,
+            margin_seconds=max(r.margin for r in rules),
+        )
+    total = math.ceil(sum(s.estimated_seconds for h in hops for s in h.steps) / 60)
+    return Plan(**base, hops=hops, warnings=warnings, estimated_minutes=total)
+
+
+def step_estimate(
+    step: _StepBase,
+    wave: WavePlan | None,
+    spec: Spec,
+    durations: Mapping[str, Sequence[float]],
+    pending: Mapping[str, int] | None = None,
+) -> int:
+    """About how long ``step`` takes (seconds): the plan, ``apply --wait-for-window`` and the executor's gate
+    all ask this one function.
+
+    Recorded durations of the step's kind (``step_kind``), else ``default_seconds``; a step with no
+    work is 0 (a kept release, a release without an offered chart, a wave with nothing to restart).
+    A wave is its rounds of restarts of ``pending`` workloads per namespace (default: the plan's count,
+    one per namespace when it has none), then its bake time.
+    """
+    if isinstance(step, KeepRelease) or (isinstance(step, UpgradeRelease) and step.chart_version is None):
+        return 0
+    kind = step_kind(step)
+    seconds = windows.estimate(durations.get(kind, ()), default_seconds(kind))
+    if wave is None:
+        return seconds
+    if pending is None:
+        known = wave.workloads
+        pending = {ns: known.get(ns, 0) for ns in wave.namespaces} if known else dict.fromkeys(wave.namespaces, 1)
+    dp = spec.data_plane
+    rounds = restart_rounds(pending, dp.max_concurrent_per_namespace, dp.max_namespaces)
+    return wave_seconds(seconds, rounds, wave.bake_time) if rounds else 0
+
+
+def _with_estimates(hop: Hop, spec: Spec, durations: Mapping[str, Sequence[float]]) -> Hop:
+    steps = [
+        s.model_copy(
+            update={
+                "estimated_seconds": step_estimate(
+                    s, hop.waves[s.wave] if isinstance(s, RestartWave) else None, spec, durations
+                )
+            }
+        )
+        for s in hop.steps
+    ]
+    minutes = math.ceil(sum(s.estimated_seconds for s in steps) / 60)
+    return hop.model_copy(update={"steps": steps, "estimated_minutes": minutes})
+
+
+def _workload_counts(observed: Observed, spec: Spec, namespaces: Sequence[str]) -> dict[str, int]:
+    """Meshed workloads a restart would touch, per namespace (restarts are per workload, not per pod);
+    offline (no data plane observed), the meshed pods per namespace, an upper bound."""
+    view = observed.data_plane_view
+    if view is None:
+        return {ns: sum(observed.data_plane.get(ns, {}).values()) for ns in namespaces if ns in observed.data_plane}
+    dp = spec.data_plane
+    targets = inventory(
+        view,
+        namespaces,
+        exclude_namespaces=dp.exclude_namespaces,
+        include_selector=dp.include_selector or None,
+        exclude_selector=dp.exclude_selector or None,
+    ).targets
+    counts = dict.fromkeys(namespaces, 0)
+    for w in targets:
+        counts[w.namespace] = counts.get(w.namespace, 0) + 1
+    return counts
+
+
+def _with_workloads(hop: Hop, counts: Mapping[str, int]) -> Hop:
+    waves = [
+        w.model_copy(update={"workloads": {ns: counts[ns] for ns in w.namespaces if ns in counts}}) for w in hop.waves
+    ]
+    return hop.model_copy(update={"waves": waves})
 
 
 def find_pins(observed: Observed, spec: Spec, targets: list[str], namespaces: list[str]) -> list[Pin]:

@@ -20,6 +20,8 @@ from upgrader.cli.common import (
     stdout_console,
 )
 from upgrader.runs import (
+    history_entry,
+    hops_line,
     live_status,
     live_view,
     load_run,
@@ -116,24 +118,10 @@ def history(
     store = store_for(state_store, kubeconfig, context)
     found = store.survey()
     if output is Output.json:
-        echo(
-            json.dumps(
-                [
-                    {
-                        "run_id": c.run_id,
-                        "state": c.state,
-                        "from": c.plan.get("from"),
-                        "to": c.plan.get("to"),
-                        "started_at": c.started_at.isoformat(),
-                        "updated_at": c.updated_at.isoformat(),
-                    }
-                    for c in found.runs
-                ],
-                indent=2,
-            )
-        )
+        echo(json.dumps([history_entry(c) for c in found.runs], indent=2))
     else:
-        table = Table("run", "state", "from", "to", "started", "updated", title="upgrader runs", min_width=110)
+        columns = ("run", "state", "from", "to", "by", "plan", "hops", "started", "updated")
+        table = Table(*columns, title="upgrader runs", min_width=110)
         for c in found.runs:
             table.add_row(
                 *(
@@ -143,6 +131,9 @@ def history(
                         c.state,
                         c.plan.get("from"),
                         c.plan.get("to"),
+                        str(c.audit.by) if c.audit else "-",
+                        c.plan_hash[:12],
+                        hops_line(c),
                         f"{c.started_at:%Y-%m-%d %H:%M}",
                         f"{c.updated_at:%Y-%m-%d %H:%M}",
                     )
