@@ -60,6 +60,9 @@ def status(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         echo(f"  {rel.namespace}/{name}: {release_line(rel, histories.get(name))}")
     if unreachable:
         echo(f"  helm: releases not checked live ({unreachable})")
+    if cp.state == "Paused" and cp.events:
+        until = f" until {cp.resume_after:%Y-%m-%d %H:%M:%S} UTC" if cp.resume_after else ""
+        echo(f"  paused{until}: {cp.events[-1].reason}")
     echo(f"  workloads restarted: {len(cp.restarted)}; values changes: {len(cp.values_diff)}")
     for line in waves_passed(hops, cp.waves_done):
         echo(f"  {line}")
