@@ -48,6 +48,8 @@ from upgrader.discovery import (
     split_chart,
 )
 from upgrader.errors import EXIT_REFUSED, InputError, ReleaseLockedError, UpgraderError
+from upgrader.gatewayapi import crd_rollback_refusal
+from upgrader.gatewayapi import observe as gateway_observe
 from upgrader.locking import LockLostError
 from upgrader.metrics import MetricsPort, Sample, describe
 from upgrader.metrics import assess as assess_metrics
@@ -78,11 +80,19 @@ from upgrader.planning import (
     step_estimate,
     step_kind,
 )
-from upgrader.ports import DataPlaneView, HelmRelease, HelmRevision, Pod, ReleaseObject, Workload
+from upgrader.ports import (
+    CustomResourceDefinition,
+    DataPlaneView,
+    HelmRelease,
+    HelmRevision,
+    Pod,
+    ReleaseObject,
+    Workload,
+)
 from upgrader.preflight import CheckResult
 from upgrader.spec import Spec, parse_duration
 from upgrader.states import ACTING, TERMINAL, Machine, RunState, route_of
-from upgrader.values import diff
+from upgrader.values import diff, switched
 from upgrader.versions import major_distance
 
 log = structlog.get_logger("upgrader.execution")
@@ -133,6 +143,9 @@ class NothingToRollBackError(UpgraderError):
     exit_code = EXIT_REFUSED
 
 
+CRD_KIND = "CustomResourceDefinition"
+
+
 class ExecutorPorts(Protocol):
     """What the executor needs from the outside world."""
 
@@ -169,6 +182,8 @@ class ExecutorPorts(Protocol):
     def crds_stored(self) -> dict[str, tuple[str, ...]]: ...  # Linkerd CRD -> storedVersions
 
     def crds_served(self, chart: str, version: str) -> dict[str, tuple[str, ...]]: ...  # CRD -> served versions
+
+    def route_crds(self) -> list[CustomResourceDefinition]: ...  # the Gateway API route CRDs, with annotations
 
     def injector_answers(self, namespace: str) -> bool: ...
 
@@ -568,6 +583,7 @@ class Executor:
                 step.chart_version,
                 values=hop if step.send_values else None,
                 namespace=step.namespace,
+                switches=hop.crds_values if step.release == CRDS else None,
             )
         elif isinstance(step, KeepRelease):
             self._idle = True
@@ -655,7 +671,10 @@ class Executor:
         self._refuse_rollback_past_split(first)
         crds = self.ports.release(CRDS, cp.releases[CRDS].namespace) if CRDS in cp.releases else None
         if include_crds and CRDS in cp.releases:
-            crds_line = f"{CRDS}: rolled back too (--include-crds), if the older chart serves every stored version"
+            crds_line = (
+                f"{CRDS}: rolled back too (--include-crds), if the older chart serves every stored version and "
+                "neither takes back, downgrades nor deletes a Gateway API CRD"
+            )
         elif crds is not None:
             crds_line = f"{CRDS}: kept at {crds.chart_version} (CRDs are not rolled back unless --include-crds)"
         else:
@@ -835,6 +854,9 @@ class Executor:
     def _roll_back(self, scope: RollbackScope, *, include_crds: bool, again: str) -> None:
         if include_crds and CRDS in self.checkpoint.releases:
             self._check_crd_rollback(scope.mark.charts.get(CRDS) if scope.mark else None)
+            back = next((r for r in scope.releases if r.name == CRDS), None)
+            if back is not None:
+                self._check_gateway_rollback(back)
         for item in scope.releases:
             record = self.checkpoint.releases[item.name]
             log.info("helm-rollback", release=item.name, to_revision=item.to_revision, from_revision=item.from_revision)
@@ -878,13 +900,42 @@ class Executor:
                 "roll back without --include-crds (the default keeps the CRDs)",
             )
 
+    def _check_gateway_rollback(self, back: ReleaseBack) -> None:
+        """Refuse to roll linkerd-crds back when its target revision would take back, downgrade or delete a
+        Gateway API CRD (``gatewayapi.crd_rollback_refusal``): after a hand-over they are no longer Linkerd's."""
+        target = self.catalog.release_for_chart(CRDS, back.to_chart)
+        info = self.catalog.major(target.major) if target is not None else None
+        manifest = {o.name for o in self.ports.release_objects(CRDS, back.namespace) if o.kind == CRD_KIND}
+        reason = crd_rollback_refusal(
+            gateway_observe(self.ports.route_crds(), {CRDS: manifest}),
+            info.gateway_api if info is not None else None,
+            self.ports.user_values(CRDS, back.namespace, revision=back.to_revision),
+            release=CRDS,
+            namespace=back.namespace,
+            target=f"{back.to_chart} (revision {back.to_revision})",
+            known=target is not None,
+        )
+        if reason is not None:
+            raise self._stop(
+                f"{reason}; the Gateway API CRDs stay as they are only if linkerd-crds is kept",
+                f"roll back without --include-crds (upgrader rollback {self.checkpoint.run_id}): linkerd-crds and "
+                "the Gateway API CRDs stay as they are",
+            )
+
     def _charts_of(self, release: str) -> dict[str, str]:
         offering = {str(v): dict(r.charts) for v, r in self.catalog.releases_by_version().items()}
         return offering.get(release, {})
 
     # ---- helm steps ------------------------------------------------------------------------
     def _helm_step(
-        self, name: str, chart: str, version: str, *, values: Hop | None, namespace: str | None = None
+        self,
+        name: str,
+        chart: str,
+        version: str,
+        *,
+        values: Hop | None,
+        namespace: str | None = None,
+        switches: dict[str, Any] | None = None,
     ) -> None:
         ns = namespace or self.namespace
         current = self.ports.release(name, ns)
@@ -914,6 +965,14 @@ class Executor:
             sent, reset, reuse = self._values_for(
                 values, name, ns, chart, version, user=user, installed=installed, strategy=strategy
             )
+        elif switches:  # linkerd-crds with the plan's Gateway API switches (upgrader.gatewayapi)
+            user, _, _ = self._carried_values(name, ns)
+            out = switched(user, switches, target_defaults=self.ports.chart_defaults(f"{self.repo}/{chart}", version))
+            changes = diff(self.ports.all_values(name, ns), out.effective)
+            self.checkpoint.values_diffs[f"{self.checkpoint.hop}/{chart}"] = changes
+            log.info("values", release=name, strategy="reset-then-reuse", changed=len(changes), switches=switches)
+            self._save()
+            sent, reset, reuse = out.values, out.reset_values, out.reuse_values
         log.info("helm-upgrade", release=name, namespace=ns, chart_version=version, revision=current.revision)
         self.lock.fence()
         try:

@@ -67,10 +67,12 @@ from upgrader.execution import (
     RunStoppedError,
     WindowTooShortError,
 )
+from upgrader.gatewayapi import observe as gateway_observe
 from upgrader.inputs import DOCUMENT_CAP, check_regular_file, json_digest, read_json_file
 from upgrader.locking import LockLostError, pid_alive
 from upgrader.metrics import public_url
 from upgrader.planning import (
+    CRDS,
     HA_FILE,
     AdoptSplitCharts,
     Hop,
@@ -237,6 +239,26 @@ def _with_pin_inputs(
     )
 
 
+def _with_gateway_api(observed: Observed, kube: Any, helm: Any, notes: list[str]) -> Observed:
+    """``observed`` with the Gateway API route CRDs and linkerd-crds' user values (unreadable: noted, not judged)."""
+    try:
+        release = observed.release_namespaces.get(CRDS)
+        values = helm.get_values(CRDS, release) if release is not None else {}
+        # a CRD linkerd-crds' manifest no longer holds is nobody's, whatever its annotations say
+        manifest = (
+            {CRDS: {o.name for o in helm.manifest(CRDS, release) if o.kind == "CustomResourceDefinition"}}
+            if release is not None
+            else None
+        )
+        crds = gateway_observe(kube.list_crds(), manifest)
+    except UpgraderError as exc:
+        if exc.retryable:
+            raise
+        notes.append(f"Gateway API CRDs not checked ({exc.message}); preflight crds.gateway-api checks them")
+        return observed
+    return replace(observed, gateway_api=crds, crds_values=values or {})
+
+
 def plan_session(
     *,
     to: str | None,
@@ -297,6 +319,9 @@ def plan_session(
             data_plane=inst.proxies,
             kubernetes=inst.kubernetes_version,
             extensions=inst.extensions,
+            extension_releases={
+                r.chart_name: (r.name, r.namespace) for r in inst.releases if r.chart_name in inst.extensions
+            },
             control_plane_namespace=inst.control_plane_namespace or "linkerd",
             namespace_labels=labels,
             namespaces=frozenset(labels) or None,  # a cluster always has namespaces: none read is unknown
@@ -306,6 +331,7 @@ def plan_session(
             ha_evidence=inst.ha_evidence,
         )
         observed = _with_pin_inputs(observed, kube, helm_port, inst, notes, namespaces=namespaces)
+        observed = _with_gateway_api(observed, kube, helm_port, notes)
         log.info(
             "observed",
             control_plane=str(observed.control_plane),
@@ -486,6 +512,19 @@ def check_plan_file(saved: dict[str, Any], plan: Plan, path: Path) -> None:
             f"cluster runs {plan.from_})",
             hint="plan again and review the new plan",
         )
+    # the reviewed Gateway API decision: the choice, the CRDs it was made on, and what each hop sends
+    reviewed = (
+        saved.get("gateway_api", "auto"),
+        saved.get("gateway_api_crds"),
+        [h.get("crds_values", {}) if isinstance(h, dict) else None for h in hops],
+    )
+    now = (plan.gateway_api, plan.gateway_api_crds, [h.crds_values for h in plan.hops])
+    if reviewed != now:
+        raise InputError(
+            f"plan {path} decided the Gateway API CRDs differently (gatewayAPI: {reviewed[0]}, linkerd-crds "
+            f"switches per hop {reviewed[2]}); against the cluster and spec now: gatewayAPI: {now[0]}, {now[2]}",
+            hint="plan again and review the new plan's gateway-api notes",
+        )
 
 
 def resume_session(
@@ -627,7 +666,13 @@ def _ha_layers(
 
 
 def preflight(
-    session: Session, plan: Plan | None = None, *, min_cert_days: int, repo: str, now: dt.datetime | None = None
+    session: Session,
+    plan: Plan | None = None,
+    *,
+    min_cert_days: int,
+    repo: str,
+    now: dt.datetime | None = None,
+    offset: int = 0,
 ) -> list[CheckResult]:
     """Gather once and run every check for ``plan``'s first hop (the session's plan by default)."""
     plan = plan or session.plan
@@ -640,7 +685,15 @@ def preflight(
         values_to_send=values_sender(session, plan, repo),
     )
     return run_checks(
-        Context(snapshot, plan, session.catalog, session.spec, now=now or utc_now(), min_cert_days=min_cert_days)
+        Context(
+            snapshot,
+            plan,
+            session.catalog,
+            session.spec,
+            now=now or utc_now(),
+            min_cert_days=min_cert_days,
+            plan_offset=offset,  # hop numbers in messages count from the run's first hop
+        )
     )
 
 
@@ -841,8 +894,10 @@ def execute(
         )
     lock, me, heartbeat = _hold_lock(session, checkpoint, take_over=take_over, clock=clock)
 
-    def preflight_for(plan: Plan, _index: int) -> list[CheckResult]:
-        return preflight(session, plan, min_cert_days=options.min_cert_days, repo=options.repo, now=clock())
+    def preflight_for(plan: Plan, index: int) -> list[CheckResult]:
+        return preflight(
+            session, plan, min_cert_days=options.min_cert_days, repo=options.repo, now=clock(), offset=index
+        )
 
     ports = ClusterPorts(
         session.kube,

@@ -263,6 +263,8 @@ class Spec(_Model):
     dry_run: bool = False
     # Versions pinned in the values or on workloads (upgrader.pins): refuse to plan, or upgrade the rest and report.
     pins: Literal["refuse", "report"] = "refuse"
+    # Who manages the Gateway API route CRDs (upgrader.gatewayapi): keep whoever does now, linkerd-crds, or not Linkerd.
+    gateway_api: Literal["auto", "linkerd", "external"] = Field(default="auto", alias="gatewayAPI")
 
     @model_validator(mode="after")
     def _one_way_to_give_windows(self) -> Spec:

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from upgrader.checkpoints import Checkpoint
 from upgrader.cli.common import (
     ContextOpt,
     HelmOpt,
@@ -60,11 +61,12 @@ def status(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         echo(f"  {rel.namespace}/{name}: {release_line(rel, histories.get(name))}")
     if unreachable:
         echo(f"  helm: releases not checked live ({unreachable})")
-    if cp.state == "Paused" and cp.events:
-        until = f" until {cp.resume_after:%Y-%m-%d %H:%M:%S} UTC" if cp.resume_after else ""
-        echo(f"  paused{until}: {cp.events[-1].reason}")
-    echo(f"  workloads restarted: {len(cp.restarted)}; values changes: {len(cp.values_diff)}")
-    for line in waves_passed(hops, cp.waves_done):
+    for line in [
+        *paused_lines(cp),
+        f"workloads restarted: {len(cp.restarted)}; {values_header(cp.values_diffs, len(cp.values_diff))}",
+        *values_lines(cp.values_diffs),
+        *waves_passed(hops, cp.waves_done),
+    ]:
         echo(f"  {line}")
     for item in cp.pinned:
         echo(f"  pinned: {item}")
@@ -85,6 +87,45 @@ def status(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     if cp.state not in ("Done", "RolledBack"):
         echo(f"  lock: {lock_status(cp, kubeconfig, context)}")
         echo(f"next: {cp.next_command or f'upgrader resume {cp.run_id}'}  (or upgrader rollback {cp.run_id})")
+
+
+def values_header(diffs: dict[str, list[dict[str, Any]]], last: int) -> str:
+    """The values changes of the whole run, per hop (``last``: the last hop's count, from a checkpoint that
+    kept only that one)."""
+    if not diffs:
+        return f"values changes: {last} (last hop; this checkpoint kept no per-hop diffs)"
+    per_hop: dict[str, int] = {}
+    for key, rows in diffs.items():
+        hop = key.partition("/")[0]
+        label = str(int(hop) + 1) if hop.isdigit() else hop
+        per_hop[label] = per_hop.get(label, 0) + len(rows)
+    ordered = sorted(per_hop.items(), key=lambda kv: (0, int(kv[0])) if kv[0].isdigit() else (1, 0))
+    counts = ", ".join(f"hop {hop}: {n}" for hop, n in ordered)
+    return f"values changes: {sum(per_hop.values())} over {len(per_hop)} hop(s) ({counts})"
+
+
+def values_lines(diffs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Every hop's values diff (already redacted), hop by hop: a header per hop and chart, a line per key."""
+
+    def order(key: str) -> tuple[int, str]:
+        hop, _, chart = key.partition("/")
+        return (int(hop) if hop.isdigit() else -1, chart)
+
+    lines = []
+    for key in sorted(diffs, key=order):
+        hop, _, chart = key.partition("/")
+        rows = diffs[key]
+        lines.append(f"values of hop {int(hop) + 1 if hop.isdigit() else hop} {chart}: {len(rows)} change(s)")
+        lines += [f"  {r.get('key')}: {r.get('old')!r} -> {r.get('new')!r}" for r in rows]
+    return lines
+
+
+def paused_lines(cp: Checkpoint) -> list[str]:
+    """Why a paused run stopped and, paused by a window, when the next one opens."""
+    if cp.state != "Paused" or not cp.events:
+        return []
+    until = f" until {cp.resume_after:%Y-%m-%d %H:%M:%S} UTC" if cp.resume_after else ""
+    return [f"paused{until}: {cp.events[-1].reason}"]
 
 
 def _dicts(items: object) -> list[dict[str, Any]]:
