@@ -38,12 +38,6 @@ def _spec(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
-def _upgrader(world: World, env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return run_upgrader(
-        *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), env=env, timeout=timeout
-    )
-
-
 def _history(world: World, release: str) -> list[dict[str, Any]]:
     return world.helm_history(release)
 
@@ -80,7 +74,7 @@ def test_two_hops_in_one_apply(clean_world: World, env: dict[str, str], tmp_path
     # Two majors: payments cannot be left out, so its budget is waived (a rollout restart is not an eviction).
     spec = tmp_path / "two-hops.yaml"
     spec.write_text("name: two-hops\nwaivers: [kubernetes-version, disruption.pdb-allows-restart]\n")
-    out = _upgrader(world, env, "--log-format", "json", "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
+    out = world.upgrader(env, "--log-format", "json", "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Done" in out.stdout
 
@@ -122,11 +116,11 @@ def test_two_hops_in_one_apply(clean_world: World, env: dict[str, str], tmp_path
     shown = run_upgrader("status", checkpoint["run_id"], "--kubeconfig", str(world.kubeconfig), env=env, timeout=60)
     assert "--to-checkpoint" in shown.stdout
     assert f"{hop2['id']:>3}  " in shown.stdout, shown.stdout
-    unknown = _upgrader(world, env, "rollback", checkpoint["run_id"], "--to-checkpoint", "999")
+    unknown = world.upgrader(env, "rollback", checkpoint["run_id"], "--to-checkpoint", "999")
     assert unknown.returncode == 2, unknown.stderr
     assert "has no checkpoint 999" in unknown.stderr
     assert len(_history(world, "linkerd-control-plane")) == 3, "a bad checkpoint id changes nothing"
-    back = _upgrader(world, env, "rollback", checkpoint["run_id"], "--to-checkpoint", str(hop2["id"]), "--yes")
+    back = world.upgrader(env, "rollback", checkpoint["run_id"], "--to-checkpoint", str(hop2["id"]), "--yes")
     assert back.returncode == 0, back.stderr[-3000:]
     cp = _history(world, "linkerd-control-plane")
     assert cp[-1]["chart"] == "linkerd-control-plane-1.12.7"
@@ -160,7 +154,7 @@ def test_preflight_gates_each_hop_unless_waived(clean_world: World, env: dict[st
     world.kubectl("patch", "deployment", "ledger", "-n", "payments", "-p", json.dumps(mesh.ONE_DOWN))
     spec = tmp_path / "strict.yaml"
     spec.write_text("name: strict\nwaivers: [kubernetes-version]\n")
-    out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
+    out = world.upgrader(env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
     assert out.returncode == 4, out.stderr[-2000:]
     assert "disruption.pdb-allows-restart" in out.stderr
     assert [r["chart"] for r in _history(world, "linkerd-crds")] == ["linkerd-crds-1.6.1"], "nothing changed"
@@ -183,7 +177,7 @@ def test_preflight_gates_each_hop_unless_waived(clean_world: World, env: dict[st
         "name: strict\nwaivers: [kubernetes-version, disruption.pdb-allows-restart]\ndataPlane:\n  pdbWaitTimeout: 5s\n"
     )
     started = time.monotonic()
-    blocked = _upgrader(world, env, "resume", "--spec", str(spec))
+    blocked = world.upgrader(env, "resume", "--spec", str(spec))
     assert blocked.returncode == 1, blocked.stderr[-2000:]  # a failed step: exit 1 (4 is preflight)
     assert time.monotonic() - started < 120, "a bounded wait, no hang"
     assert "PodDisruptionBudget payments/ledger (maxUnavailable 0) allows 0 disruption(s)" in blocked.stderr
@@ -211,7 +205,7 @@ def test_preflight_gates_each_hop_unless_waived(clean_world: World, env: dict[st
         "-p",
         '{"spec":{"strategy":{"rollingUpdate":{"maxSurge":1,"maxUnavailable":0}}}}',
     )
-    resumed = _upgrader(world, env, "resume", "--spec", str(spec))
+    resumed = world.upgrader(env, "resume", "--spec", str(spec))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _checkpoint(tmp_path)["state"] == "Done"
 
@@ -225,7 +219,7 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lock(
     lock = LeaseLock(world.api, "linkerd", "linkerd")
     lock.acquire("alice@ci-runner:4242/run-other", dt.datetime.now(dt.UTC))
     try:
-        out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(_spec(tmp_path)), "--yes")
+        out = world.upgrader(env, "apply", "--to", "stable-2.14.10", "--spec", str(_spec(tmp_path)), "--yes")
     finally:
         lock.release("alice@ci-runner:4242/run-other")
     assert out.returncode == 3, out.stderr[-2000:]
@@ -275,7 +269,7 @@ def test_killed_during_the_control_plane_step_resumes_without_redoing_steps(
     time.sleep(2)  # a helm child started before the kill may still finish its upgrade
     killed = _checkpoint(tmp_path)
     assert killed["state"] == "UpgradingControlPlane"
-    out = _upgrader(world, env, "resume", "--take-over-lock")
+    out = world.upgrader(env, "resume", "--take-over-lock")
     assert out.returncode == 0, out.stderr[-3000:]
     assert _checkpoint(tmp_path)["state"] == "Done"
     assert [r["chart"] for r in _history(world, "linkerd-crds")] == ["linkerd-crds-1.6.1", "linkerd-crds-1.8.0"]
@@ -294,7 +288,7 @@ def test_a_control_plane_that_never_becomes_ready_is_rolled_back(
         "onFailure: rollback\ngates:\n  rolloutTimeout: 20s\nvalues:\n  overrides:\n"
         "    nodeSelector:\n      upgrader-e2e/none: 'true'\n",
     )
-    out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
+    out = world.upgrader(env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
     assert out.returncode != 0
     assert "rolled back" in out.stderr
     checkpoint = _checkpoint(tmp_path)

@@ -15,7 +15,6 @@ from kubernetes import client
 from e2e.fixtures import mesh
 from e2e.fixtures.prometheus import CannedPrometheus
 from e2e.fixtures.world import World
-from e2e.harness.leaks import run_upgrader
 from e2e.harness.rollouts import RolloutRecorder
 
 pytestmark = pytest.mark.e2e
@@ -29,9 +28,7 @@ def env(clean_world: World, tmp_path: Path) -> dict[str, str]:
 
 
 def _upgrader(world: World, env: dict[str, str], *args: str) -> Any:
-    return run_upgrader(
-        "--log-format", "json", *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), env=env
-    )
+    return world.upgrader(env, "--log-format", "json", *args, timeout=600)
 
 
 def _events(out: Any) -> list[dict[str, Any]]:

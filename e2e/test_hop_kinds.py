@@ -26,7 +26,6 @@ from kubernetes import client
 
 from e2e.fixtures import mesh
 from e2e.fixtures.world import World
-from e2e.harness.leaks import run_upgrader
 from e2e.harness.waits import wait_for
 
 SPEC = "name: e2e\nwaivers: [kubernetes-version]\ndataPlane:\n  excludeNamespaces: [payments]\n"
@@ -35,12 +34,6 @@ SPEC = "name: e2e\nwaivers: [kubernetes-version]\ndataPlane:\n  excludeNamespace
 @pytest.fixture
 def env(clean_world: World, tmp_path: Path) -> dict[str, str]:
     return clean_world.helm_env(tmp_path)
-
-
-def _upgrader(world: World, env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    return run_upgrader(
-        *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), env=env, timeout=timeout
-    )
 
 
 def _checkpoint(tmp_path: Path) -> dict[str, Any]:
@@ -82,7 +75,7 @@ def test_linkerd2_hop_then_the_chart_split_then_two_hops_to_done(
     spec = tmp_path / "spec.yaml"
     # every meshed namespace in the waves: four majors on, none may be left behind (data-plane-skew)
     spec.write_text("name: e2e\nwaivers: [kubernetes-version]\nacknowledge: [chart-split-2.12]\n")
-    plan = _upgrader(world, env, "plan", "--to", "stable-2.14.10", "--spec", str(spec), "-o", "json")
+    plan = world.upgrader(env, "plan", "--to", "stable-2.14.10", "--spec", str(spec), "-o", "json")
     assert plan.returncode == 0, plan.stderr[-3000:]
     kinds = [(h["kind"], h["to"]) for h in json.loads(plan.stdout)["hops"]]
     assert kinds == [
@@ -91,7 +84,7 @@ def test_linkerd2_hop_then_the_chart_split_then_two_hops_to_done(
         ("upgrade", "stable-2.13.7"),
         ("upgrade", "stable-2.14.10"),
     ]
-    out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
+    out = world.upgrader(env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
     assert out.returncode == 0, out.stderr[-4000:]
     done = _checkpoint(tmp_path)
     assert done["state"] == "Done", done["errors"]
@@ -106,7 +99,7 @@ def test_linkerd2_hop_then_the_chart_split_then_two_hops_to_done(
     assert done["releases"]["linkerd2"]["before"] == 1
     # the certificates travelled through every hop: the issuer the run started with still signs
     assert "identityTrustAnchorsPEM" in world.helm_adapter().get_values("linkerd-control-plane", "linkerd")
-    again = _upgrader(world, env, "plan", "--to", "stable-2.14.10", "--spec", str(spec), "-o", "json")
+    again = world.upgrader(env, "plan", "--to", "stable-2.14.10", "--spec", str(spec), "-o", "json")
     assert json.loads(again.stdout)["hops"] == [], "after the run there is nothing left to do"
 
 
@@ -134,14 +127,14 @@ def test_a_data_plane_one_major_behind_is_caught_up_first(
     assert _proxies(world, "shop") == {"stable-2.12.6"}
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)
-    plan = _upgrader(world, env, "plan", "--to", "stable-2.13.7", "--spec", str(spec), "-o", "json")
+    plan = world.upgrader(env, "plan", "--to", "stable-2.13.7", "--spec", str(spec), "-o", "json")
     assert [h["kind"] for h in json.loads(plan.stdout)["hops"]] == ["data-plane"], plan.stdout[-2000:]
-    out = _upgrader(world, env, "apply", "--to", "stable-2.13.7", "--spec", str(spec), "--yes")
+    out = world.upgrader(env, "apply", "--to", "stable-2.13.7", "--spec", str(spec), "--yes")
     assert out.returncode == 0, out.stderr[-3000:]
     assert _checkpoint(tmp_path)["state"] == "Done"
     assert _proxies(world, "shop") == {"stable-2.13.7"}
     assert [r.chart for r in helm.history("linkerd-control-plane", "linkerd")][-1] == "linkerd-control-plane-1.12.7"
-    again = _upgrader(world, env, "plan", "--to", "stable-2.13.7", "--spec", str(spec))
+    again = world.upgrader(env, "plan", "--to", "stable-2.13.7", "--spec", str(spec))
     assert "nothing to do" in again.stdout, again.stdout[-2000:]
 
 

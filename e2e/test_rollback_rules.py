@@ -26,12 +26,6 @@ def _spec(tmp_path: Path, waivers: str = "kubernetes-version") -> Path:
     return path
 
 
-def _upgrader(world: World, env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    return run_upgrader(
-        *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), env=env, timeout=timeout
-    )
-
-
 def _helm(world: World, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(world.helm), *args, "--kubeconfig", str(world.kubeconfig)],
@@ -65,13 +59,13 @@ def test_each_rollback_goes_one_major_back_and_a_later_apply_keeps_the_newer_crd
     world = clean_world
     world.install("stable-2.13.7")
     spec = _spec(tmp_path)
-    out = _upgrader(world, env, "apply", "--to", "edge-24.2.4", "--spec", str(spec), "--yes")
+    out = world.upgrader(env, "apply", "--to", "edge-24.2.4", "--spec", str(spec), "--yes")
     assert out.returncode == 0, out.stderr[-3000:]
     run_id = _checkpoint(tmp_path)["run_id"]
     crds_215 = _history(world, env, "linkerd-crds")[-1]["chart"]
     assert crds_215 == "linkerd-crds-1.9.4-edge"
 
-    refused = _upgrader(world, env, "rollback", run_id)  # not a terminal, no --yes
+    refused = world.upgrader(env, "rollback", run_id)  # not a terminal, no --yes
     assert refused.returncode == 2, refused.stderr
     assert "without confirmation" in refused.stderr
     assert "linkerd/linkerd-control-plane: revision 3 (1.18.10-edge, deployed) -> revision 2 (1.16.11)" in (
@@ -80,7 +74,7 @@ def test_each_rollback_goes_one_major_back_and_a_later_apply_keeps_the_newer_crd
     assert "linkerd-crds: kept at 1.9.4-edge" in refused.stdout
     assert len(_history(world, env, "linkerd-control-plane")) == 3, "a refused rollback changes nothing"
 
-    first = _upgrader(world, env, "rollback", run_id, "--yes")
+    first = world.upgrader(env, "rollback", run_id, "--yes")
     assert first.returncode == 0, first.stderr[-3000:]
     assert _history(world, env, "linkerd-control-plane")[-1]["chart"] == "linkerd-control-plane-1.16.11"
     assert f"upgrader rollback {run_id}" in first.stdout, "the next rollback is named"
@@ -90,17 +84,17 @@ def test_each_rollback_goes_one_major_back_and_a_later_apply_keeps_the_newer_crd
     assert "RolledBack" in status.stdout
     assert "one more hop back" in status.stdout
 
-    second = _upgrader(world, env, "rollback", run_id, "--yes")
+    second = world.upgrader(env, "rollback", run_id, "--yes")
     assert second.returncode == 0, second.stderr[-3000:]
     cp = _history(world, env, "linkerd-control-plane")
     assert cp[-1]["chart"] == "linkerd-control-plane-1.12.7"
     assert cp[-1]["description"] == "Rollback to 1"
     assert _history(world, env, "linkerd-crds")[-1]["chart"] == crds_215, "CRDs are kept by every rollback"
-    third = _upgrader(world, env, "rollback", run_id, "--yes")
+    third = world.upgrader(env, "rollback", run_id, "--yes")
     assert third.returncode == 3, "nothing left to roll back is a refusal"
     assert "already rolled back" in third.stderr
 
-    plan = _upgrader(world, env, "plan", "--to", "stable-2.14.10", "--spec", str(spec), "-o", "json")
+    plan = world.upgrader(env, "plan", "--to", "stable-2.14.10", "--spec", str(spec), "-o", "json")
     assert plan.returncode == 0, plan.stderr[-2000:]
     crds_step = json.loads(plan.stdout)["hops"][0]["steps"][1]
     assert crds_step["action"] == "keep-release", crds_step
@@ -108,7 +102,7 @@ def test_each_rollback_goes_one_major_back_and_a_later_apply_keeps_the_newer_crd
 
     crds_revisions = len(_history(world, env, "linkerd-crds"))
     (tmp_path / "state" / f"{run_id}.json").unlink()  # one run per state folder in this test
-    again = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
+    again = world.upgrader(env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
     assert again.returncode == 0, again.stderr[-3000:]
     assert _checkpoint(tmp_path)["state"] == "Done"
     assert len(_history(world, env, "linkerd-crds")) == crds_revisions, "linkerd-crds was not touched"
@@ -147,18 +141,18 @@ def test_a_failed_last_revision_is_neither_carried_nor_rolled_back_to(
         "failed",
     ], rows
 
-    checks = _upgrader(world, env, "preflight", "--to", "stable-2.14.10", "--spec", str(_spec(tmp_path)), "-o", "json")
+    checks = world.upgrader(env, "preflight", "--to", "stable-2.14.10", "--spec", str(_spec(tmp_path)), "-o", "json")
     assert checks.returncode == 4, checks.stdout[-2000:]
     by_id = {c["id"]: c for c in json.loads(checks.stdout)["checks"]}
     assert by_id["control-plane.pods-ready"]["result"] == "error"
     assert "Pending" in by_id["control-plane.pods-ready"]["message"]
 
     spec = _spec(tmp_path, "kubernetes-version, control-plane.pods-ready")
-    dry = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--dry-run")
+    dry = world.upgrader(env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--dry-run")
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "revision 1, the last deployed one (revision 2 is failed" in dry.stdout
 
-    out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
+    out = world.upgrader(env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
     assert out.returncode == 0, out.stderr[-3000:]
     values = json.loads(
         _helm(world, env, "get", "values", "linkerd-control-plane", "-n", "linkerd", "-o", "json").stdout
@@ -167,7 +161,7 @@ def test_a_failed_last_revision_is_neither_carried_nor_rolled_back_to(
     assert _history(world, env, "linkerd-control-plane")[-1]["status"] == "deployed"
     run_id = _checkpoint(tmp_path)["run_id"]
 
-    back = _upgrader(world, env, "rollback", run_id, "--yes")
+    back = world.upgrader(env, "rollback", run_id, "--yes")
     assert back.returncode == 0, back.stderr[-3000:]
     assert "-> revision 1 (1.12.7)" in back.stdout, back.stdout
     last = _history(world, env, "linkerd-control-plane")[-1]

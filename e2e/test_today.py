@@ -44,12 +44,6 @@ def _spec(tmp_path: Path, extra: str = "") -> Path:
     return path
 
 
-def _upgrader(world: World, env: dict[str, str], *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    return run_upgrader(
-        *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), env=env, timeout=timeout
-    )
-
-
 def _checkpoint(tmp_path: Path) -> dict[str, Any]:
     files = sorted((tmp_path / "state").glob("*.json"))
     assert len(files) == 1, files
@@ -142,7 +136,7 @@ def test_stable_2_14_to_2_20_in_one_apply_then_the_last_hop_rolled_back(
     assert _route_exists(world)
     spec = _spec(tmp_path)
 
-    out = _upgrader(world, env, "apply", "--to", "edge-26.6.3", "--spec", str(spec), "--yes")
+    out = world.upgrader(env, "apply", "--to", "edge-26.6.3", "--spec", str(spec), "--yes")
     assert out.returncode == 0, out.stderr[-4000:]
     done = _checkpoint(tmp_path)
     assert done["state"] == "Done", done["errors"]
@@ -183,7 +177,7 @@ def test_stable_2_14_to_2_20_in_one_apply_then_the_last_hop_rolled_back(
     assert proxies == [("init", "edge-26.6.3", "Always")], proxies
 
     # One hop back: edge-25.10.7's control plane, a regular proxy container, the Gateway API CRDs kept.
-    back = _upgrader(world, env, "rollback", done["run_id"], "--yes")
+    back = world.upgrader(env, "rollback", done["run_id"], "--yes")
     assert back.returncode == 0, back.stderr[-4000:]
     assert _checkpoint(tmp_path)["state"] == "RolledBack"
     cp = world.helm_history("linkerd-control-plane")
@@ -212,7 +206,7 @@ def test_foreign_gateway_api_crds_stay_untouched_across_2_18_to_2_19(
     assert {c["release"] for c in before.values()} == {FOREIGN_GATEWAY_API_RELEASE}
     spec = _spec(tmp_path)
 
-    plan = _upgrader(world, env, "plan", "--to", "edge-25.10.7", "--spec", str(spec), "-o", "json")
+    plan = world.upgrader(env, "plan", "--to", "edge-25.10.7", "--spec", str(spec), "-o", "json")
     assert plan.returncode == 0, plan.stderr[-3000:]
     planned = json.loads(plan.stdout)
     (hop,) = planned["hops"]
@@ -223,7 +217,7 @@ def test_foreign_gateway_api_crds_stay_untouched_across_2_18_to_2_19(
     assert note.count("left untouched") == 4, note
     assert all(v is False for v in hop["crds_values"].values()), hop["crds_values"]
 
-    out = _upgrader(world, env, "apply", "--to", "edge-25.10.7", "--spec", str(spec), "--yes")
+    out = world.upgrader(env, "apply", "--to", "edge-25.10.7", "--spec", str(spec), "--yes")
     assert out.returncode == 0, out.stderr[-3000:]
     assert _checkpoint(tmp_path)["state"] == "Done"
     assert world.helm_history("linkerd-crds")[-1]["chart"] == "linkerd-crds-2025.10.7"
@@ -248,13 +242,13 @@ def test_external_hands_linkerds_gateway_api_crds_over_at_2_19_and_keeps_them(
     assert {c["release"] for c in before.values()} == {"linkerd-crds"}
     spec = _spec(tmp_path, "gatewayAPI: external\n")
 
-    plan = _upgrader(world, env, "plan", "--to", "edge-25.10.7", "--spec", str(spec), "-o", "json")
+    plan = world.upgrader(env, "plan", "--to", "edge-25.10.7", "--spec", str(spec), "-o", "json")
     assert plan.returncode == 0, plan.stderr[-3000:]
     warnings = json.loads(plan.stdout)["warnings"]
     for name in ROUTES:
         assert any(name in w and "hands" in w for w in warnings), (name, warnings)
 
-    out = _upgrader(world, env, "apply", "--to", "edge-25.10.7", "--spec", str(spec), "--yes")
+    out = world.upgrader(env, "apply", "--to", "edge-25.10.7", "--spec", str(spec), "--yes")
     assert out.returncode == 0, out.stderr[-3000:]
     assert _checkpoint(tmp_path)["state"] == "Done"
     assert "handed over" in out.stdout + out.stderr, "the run reports the hand-over"
@@ -277,12 +271,12 @@ def test_jaeger_refuses_the_2_19_hop_until_uninstalled(clean_world: World, env: 
     histories = {r: world.helm_history(r) for r in ("linkerd-crds", "linkerd-control-plane")}
     uninstall = f"helm uninstall linkerd-jaeger -n {JAEGER_NAMESPACE}"
 
-    plan = _upgrader(world, env, "plan", "--to", "edge-25.10.7", "--spec", str(spec))
+    plan = world.upgrader(env, "plan", "--to", "edge-25.10.7", "--spec", str(spec))
     said = " ".join((plan.stdout + plan.stderr).split())  # the terminal output wraps long lines
     assert plan.returncode == 3, said[-3000:]
     assert "REFUSED (extension-removed)" in said, said[-3000:]
     assert uninstall in said, said[-3000:]
-    applied = _upgrader(world, env, "apply", "--to", "edge-25.10.7", "--spec", str(spec), "--yes")
+    applied = world.upgrader(env, "apply", "--to", "edge-25.10.7", "--spec", str(spec), "--yes")
     said = " ".join((applied.stdout + applied.stderr).split())
     assert applied.returncode == 3, said[-3000:]
     assert uninstall in said, said[-3000:]
@@ -290,7 +284,7 @@ def test_jaeger_refuses_the_2_19_hop_until_uninstalled(clean_world: World, env: 
     assert {r: world.helm_history(r) for r in histories} == histories, "nothing changed"
 
     world.uninstall_jaeger()
-    accepted = _upgrader(world, env, "plan", "--to", "edge-25.10.7", "--spec", str(spec), "-o", "json")
+    accepted = world.upgrader(env, "plan", "--to", "edge-25.10.7", "--spec", str(spec), "-o", "json")
     assert accepted.returncode == 0, accepted.stderr[-3000:]
     planned = json.loads(accepted.stdout)
     assert planned["refused"] is None

@@ -27,7 +27,6 @@ from kubernetes import client
 
 from e2e.fixtures import mesh
 from e2e.fixtures.world import World
-from e2e.harness.leaks import run_upgrader
 from upgrader.checkpoints import Checkpoint, FileStore
 from upgrader.notifications import url_host
 from upgrader.states import RunState
@@ -43,9 +42,7 @@ RESTARTED_BY = "upgrader.io/restarted-by"
 
 
 def _upgrader(world: World, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return run_upgrader(
-        "--log-format", "json", *args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), env=env
-    )
+    return world.upgrader(env, "--log-format", "json", *args, timeout=600)
 
 
 def _events(out: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:

@@ -165,9 +165,10 @@ def local(moment: dt.datetime, zone: str, *, with_day: bool = False) -> str:
     return f"{here:%a %Y-%m-%d} {clock} {zone}" if with_day else f"{clock} {zone}"
 
 
-def _merged(rules: Sequence[Rule], since: dt.datetime) -> list[Interval]:
-    """Every opening after ``since``; overlapping or touching ones merged (the later-closing one's rule kept)."""
-    found = sorted((i for r in rules for i in r.openings(since)), key=lambda i: (i.start, i.end))
+def _merged(rules: Sequence[Rule], since: dt.datetime, days: int = LOOKAHEAD_DAYS) -> list[Interval]:
+    """Every opening after ``since`` over ``days``; overlapping or touching ones merged (the later-closing
+    one's rule kept)."""
+    found = sorted((i for r in rules for i in r.openings(since, days)), key=lambda i: (i.start, i.end))
     merged: list[Interval] = []
     for interval in found:
         if merged and interval.start <= merged[-1].end:
@@ -274,15 +275,7 @@ def capacity(rules: Sequence[Rule], since: dt.datetime = ANCHOR) -> Capacity:
     (its local weekday and window) counts with its shortest length over the year, so a DST day
     that shortens it counts; the result is the roomiest of them, less its margin.
     """
-    found = sorted((i for r in rules for i in r.openings(since, YEAR_DAYS)), key=lambda i: (i.start, i.end))
-    merged: list[Interval] = []
-    for interval in found:
-        if merged and interval.start <= merged[-1].end:
-            last = merged[-1]
-            if interval.end > last.end:
-                merged[-1] = Interval(last.start, interval.end, interval.rule)
-            continue
-        merged.append(interval)
+    merged = _merged(rules, since, YEAR_DAYS)
     shortest: dict[tuple[int, str], tuple[int, Interval]] = {}
     for opening in merged:
         if opening.start < since:
