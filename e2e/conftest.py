@@ -130,11 +130,15 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     """After every test body (before its fixtures clean up): no private key in upgrader's output,
     the test's files, or the cluster's Secrets (see ``e2e/harness/leaks.py``)."""
     leaks.OUTPUTS.clear()
+    leaks.PAYLOADS.clear()
     result = yield
-    found = [f"output of `upgrader {c}`" for c in leaks.output_leaks()]
+    found = leaks.payload_leaks()  # notification payloads, and declared credentials in outputs
+    found += [f"output of `upgrader {c}`" for c in leaks.output_leaks()]
     funcargs = getattr(item, "funcargs", {})
     if isinstance(funcargs.get("tmp_path"), Path):
         found += [f"file {f}" for f in leaks.file_leaks(funcargs["tmp_path"])]
+        found += [f"file {f} (a credential)" for f in leaks.credential_files(funcargs["tmp_path"])]
+    leaks.CREDENTIALS.clear()
     handle = _ACTIVE.get("cluster")
     if handle is not None and {"api", "world", "clean_world", "namespace"} & set(funcargs):
         api = config.new_client_from_config(config_file=str(handle.kubeconfig))

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.fixtures.charts import PROXY_INIT_VERSION, build_charts, chart_source, kube_version
+from e2e.fixtures.charts import (
+    FOREIGN_GATEWAY_API_CHART,
+    FOREIGN_GATEWAY_API_VERSION,
+    PROXY_INIT_VERSION,
+    build_charts,
+    chart_source,
+    foreign_gateway_api_source,
+    kube_version,
+)
 from e2e.fixtures.identity import Identity, make_identity
 from e2e.fixtures.releases import LINKERD2_RELEASES, RELEASES, SPLIT_RELEASES, FixtureRelease, release
 from e2e.fixtures.world import issuer_expiry
@@ -27,6 +35,7 @@ except ImportError:  # pragma: no cover - PyYAML built without libyaml
 CP = "linkerd-control-plane"
 CRDS = "linkerd-crds"
 VIZ = "linkerd-viz"
+JAEGER = "linkerd-jaeger"
 L2 = "linkerd2"
 DEPLOYMENTS = {
     "linkerd-destination": "destination",
@@ -169,14 +178,20 @@ def _anchors_only(built: Built) -> str:
 def test_build_charts_packages_each_distinct_chart_version_once(built: Built) -> None:
     """build_charts returns one sorted .tgz per distinct (chart, version), named as the real packages."""
     expected = {f"{chart}-{version}.tgz" for r in RELEASES for chart, version in r.charts.items()}
+    expected.add(f"{FOREIGN_GATEWAY_API_CHART}-{FOREIGN_GATEWAY_API_VERSION}.tgz")
     names = [p.name for p in built.packages]
     assert names == sorted(names)
     assert set(names) == expected
-    assert len(names) == len(expected) == 21  # crds 1.6.1 and 1.8.0 are shared
+    # crds 1.6.1 and 1.8.0 are shared; jaeger for 2.14-2.18; the foreign Gateway API chart.
+    assert len(names) == len(expected) == 40
     for name in (
         "linkerd-control-plane-1.16.11.tgz",
         "linkerd-crds-2024.8.2.tgz",
+        "linkerd-control-plane-2026.6.3.tgz",
         "linkerd-viz-30.12.11.tgz",
+        "linkerd-viz-30.14.10-edge.tgz",
+        "linkerd-jaeger-2025.4.4.tgz",
+        "gateway-api-crds-1.2.1.tgz",
         "linkerd2-2.10.2.tgz",
         "linkerd2-2.11.5.tgz",
     ):
@@ -216,21 +231,24 @@ def test_shared_crds_chart_is_built_from_its_first_release(built: Built) -> None
 def test_helm_show_chart_reports_release_versions(built: Built, helm_binary: Path, rel: FixtureRelease) -> None:
     """`helm show chart` on each package reports the version and appVersion from RELEASES (crds: none);
     linkerd2 is a v1 chart, stable-2.11.5's published deprecated."""
-    expected_kube = {10: ">=1.16.0-0", 11: ">=1.17.0-0"}.get(
-        rel.major, ">=1.21.0-0" if rel.major <= 14 else ">=1.22.0-0"
-    )
+    # Chart.yaml kubeVersion at the tags (2.15: edge-24.2.4 ... 2.20: edge-26.6.3).
+    floors = {10: "1.16", 11: "1.17", 12: "1.21", 13: "1.21", 14: "1.21", 15: "1.22", 16: "1.22", 17: "1.22"}
+    floors |= {18: "1.23", 19: "1.23", 20: "1.31"}
+    expected_kube = f">={floors[rel.major]}.0-0"
     assert kube_version(rel.major) == expected_kube
     expected_charts = {L2} if rel.major <= 11 else {CP, CRDS, VIZ}
+    if 14 <= rel.major <= 18:
+        expected_charts.add(JAEGER)
     assert set(rel.charts) == expected_charts
     for chart, version in rel.charts.items():
         proc = _helm(helm_binary, "show", "chart", str(built.out / f"{chart}-{version}.tgz"))
         assert proc.returncode == 0, proc.stderr
         meta = yaml.safe_load(proc.stdout)
-        api_version = "v1" if chart == L2 else "v2"
-        assert (meta["apiVersion"], meta["name"], meta["version"]) == (api_version, chart, version)
+        legacy = chart in (L2, JAEGER)  # apiVersion v1 charts, as Linkerd's
+        assert (meta["apiVersion"], meta["name"], meta["version"]) == ("v1" if legacy else "v2", chart, version)
         assert meta["kubeVersion"] == expected_kube
         assert meta["home"] == "https://linkerd.io"
-        assert meta.get("type") == (None if chart == L2 else "application")
+        assert meta.get("type") == (None if legacy else "application")
         assert meta.get("deprecated", False) == (rel.version == "stable-2.11.5")
         if chart == CRDS:
             assert "appVersion" not in meta
@@ -275,18 +293,31 @@ def test_control_plane_renders_meshed_deployments_tagged_with_the_release(
         spec = _pod_spec(dep)
         assert spec["serviceAccountName"] == name
         assert "affinity" not in spec
-        containers = _containers(dep)
-        assert containers["linkerd-proxy"]["image"] == f"cr.l5d.io/linkerd/proxy:{tag}"
-        inits = _containers(dep, "initContainers")
-        assert list(inits) == ["linkerd-init"]
-        assert inits["linkerd-init"]["image"] == f"cr.l5d.io/linkerd/proxy-init:{PROXY_INIT_VERSION[rel.major]}"
+        containers, inits = _containers(dep), _containers(dep, "initContainers")
+        # 2.20 defaults to native sidecars, except for the identity pod (as Linkerd's chart).
+        native = rel.major >= 20 and name != "linkerd-identity"
+        proxy = inits["linkerd-proxy"] if native else containers["linkerd-proxy"]
+        assert proxy["image"] == f"cr.l5d.io/linkerd/proxy:{tag}"
+        assert proxy.get("restartPolicy") == ("Always" if native else None)
+        assert list(inits) == (["linkerd-init", "linkerd-proxy"] if native else ["linkerd-init"])
+        assert ("linkerd-proxy" in containers) == (not native)
+        init = inits["linkerd-init"]
+        if rel.major >= 20:  # proxyInit.image removed: linkerd-init runs the proxy image
+            assert init["image"] == f"cr.l5d.io/linkerd/proxy:{tag}"
+            assert init["command"] == ["/usr/lib/linkerd/linkerd2-proxy-init"]
+        else:
+            assert init["image"] == f"cr.l5d.io/linkerd/proxy-init:{PROXY_INIT_VERSION[rel.major]}"
+        # proxyInit.iptablesMode: legacy up to 2.18, nft from 2.19.
+        assert ("iptables-nft" in init["args"]) == (rel.major >= 19)
     controller = f"cr.l5d.io/linkerd/controller:{tag}"
     images = {n: c["image"] for n, c in _containers(deployments["linkerd-destination"]).items()}
+    proxies = {"linkerd-proxy": f"cr.l5d.io/linkerd/proxy:{tag}"} if rel.major < 20 else {}
     assert images == {
-        "linkerd-proxy": f"cr.l5d.io/linkerd/proxy:{tag}",
+        **proxies,
         "destination": controller,
         "sp-validator": controller,
-        "policy": f"cr.l5d.io/linkerd/policy-controller:{tag}",
+        # 2.19 removed policyController.image: the policy controller runs the controller image.
+        "policy": controller if rel.major >= 19 else f"cr.l5d.io/linkerd/policy-controller:{tag}",
     }
     assert _containers(deployments["linkerd-identity"])["identity"]["image"] == controller
     assert _containers(deployments["linkerd-proxy-injector"])["proxy-injector"]["image"] == controller
@@ -495,15 +526,28 @@ def test_reuse_values_from_2_15_breaks_the_2_16_ha_render(built: Built, helm_bin
 
 @BY_RELEASE
 def test_values_keys_differ_per_major(built: Built, rel: FixtureRelease) -> None:
-    """proxyInit.resources exists up to 2.15, proxy.nativeSidecar from 2.15, controller from 2.16."""
+    """As the real values.yaml at each tag: proxyInit.resources up to 2.15; proxy.nativeSidecar from 2.15
+    (true from 2.20); controller from 2.16; controlPlaneTracing* up to 2.18, controller.tracing and
+    proxy.tracing from 2.19; policyController.image up to 2.18; proxyInit.image up to 2.19;
+    proxyInit.iptablesMode legacy up to 2.18, nft from 2.19."""
     values = yaml.safe_load((built.src(rel) / "values.yaml").read_text())
-    assert ("resources" in values["proxyInit"]) == (rel.major <= 15)
-    assert ("nativeSidecar" in values["proxy"]) == (rel.major >= 15)
-    assert ("controller" in values) == (rel.major >= 16)
-    if rel.major >= 16:
-        assert values["controller"] == {"podDisruptionBudget": {"maxUnavailable": 1}}
+    major = rel.major
+    assert ("resources" in values["proxyInit"]) == (major <= 15)
+    assert values["proxy"].get("nativeSidecar") == (None if major < 15 else major >= 20)
+    assert ("controller" in values) == (major >= 16)
+    if major >= 16:
+        tracing = {"tracing": {"enabled": False, "collector": {"endpoint": ""}}} if major >= 19 else {}
+        assert values["controller"] == {"podDisruptionBudget": {"maxUnavailable": 1}, **tracing}
+    assert ("controlPlaneTracing" in values) == ("controlPlaneTracingNamespace" in values) == (major <= 18)
+    assert ("tracing" in values["proxy"]) == (major >= 19)
+    assert "trace" not in values["proxy"]
+    assert ("image" in values["policyController"]) == (major <= 18)
+    assert values["proxyInit"]["iptablesMode"] == ("nft" if major >= 19 else "legacy")
     assert values["linkerdVersion"] == rel.version
-    assert values["proxyInit"]["image"]["version"] == PROXY_INIT_VERSION[rel.major]
+    if major >= 20:
+        assert "image" not in values["proxyInit"]
+    else:
+        assert values["proxyInit"]["image"]["version"] == PROXY_INIT_VERSION[major]
     assert values["proxy"]["defaultInboundPolicy"] == "all-unauthenticated"
     assert "defaultAllowPolicy" not in values["policyController"]
     assert values["installMethod"] == "helm"
@@ -578,10 +622,10 @@ def test_crds_chart_renders_the_release_crd_table(render: Render, rel: FixtureRe
         for name, crd in crds.items()
         for storage in [v["name"] for v in crd["spec"]["versions"] if v["storage"]]
     }
-    assert rendered == {(c.name, c.versions, c.storage) for c in rel.crds}
-    assert len(crds) == len(rel.crds)
+    assert rendered == {(c.name, c.versions, c.storage) for c in rel.default_crds}
+    assert len(crds) == len(rel.default_crds)
     owners = {r.version for r in RELEASES if r.crds_chart == rel.crds_chart}
-    for crd in rel.crds:
+    for crd in rel.default_crds:
         doc = crds[crd.name]
         assert doc["apiVersion"] == "apiextensions.k8s.io/v1"
         assert doc["spec"]["scope"] == "Namespaced"
@@ -597,8 +641,13 @@ def test_crds_chart_renders_the_release_crd_table(render: Render, rel: FixtureRe
         for version in doc["spec"]["versions"]:
             schema = version["schema"]["openAPIV3Schema"]
             assert schema == {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        if crd.group.endswith(".k8s.io"):
-            assert "api-approved.kubernetes.io" in doc["metadata"]["annotations"]
+        unserved = [v["name"] for v in doc["spec"]["versions"] if not v["served"]]
+        assert tuple(unserved) == crd.unserved
+        if crd.plural == "serverauthorizations":  # 2.12: saz only; 2.13 on: three short names
+            expected = ["saz"] if rel.major <= 12 else ["saz", "serverauthz", "srvauthz"]
+            assert doc["spec"]["names"]["shortNames"] == expected
+        assert dict(crd.annotations).items() <= doc["metadata"]["annotations"].items()
+        assert tuple(doc["spec"]["names"].get("categories", ())) == crd.categories
 
 
 def test_servers_storage_version_moves_between_2_15_and_2_16(render: Render) -> None:
@@ -606,6 +655,145 @@ def test_servers_storage_version_moves_between_2_15_and_2_16(render: Render) -> 
     for version, storage in (("edge-24.2.4", "v1beta2"), ("edge-24.8.2", "v1beta3")):
         crd = render(release(version), chart=CRDS).get("CustomResourceDefinition", "servers.policy.linkerd.io")
         assert [v["name"] for v in crd["spec"]["versions"] if v["storage"]] == [storage]
+
+
+# Gateway API CRDs per release, as linkerd-crds ships them at the tag
+# (charts/linkerd-crds/templates/gateway.networking.k8s.io_*.yaml): plural -> (served, storage, not served).
+_GW_14 = {"httproutes": (("v1beta1",), "v1beta1", ("v1alpha2",))}
+_GW_16 = {"httproutes": (("v1alpha2", "v1beta1"), "v1beta1", ()), "grpcroutes": (("v1alpha2",), "v1alpha2", ())}
+_GW_17 = _GW_16 | {"tlsroutes": (("v1alpha2",), "v1alpha2", ()), "tcproutes": (("v1alpha2",), "v1alpha2", ())}
+_GW_18 = _GW_17 | {"httproutes": (("v1beta1", "v1"), "v1", ()), "grpcroutes": (("v1alpha2", "v1"), "v1", ())}
+GATEWAY_API = {
+    "stable-2.14.10": (_GW_14, "v0.7.1-dev", False),
+    "edge-24.2.4": (_GW_14, "v0.7.1-dev", False),
+    "edge-24.8.2": (_GW_16, "v0.7.1", False),
+    "edge-24.11.8": (_GW_17, "v0.7.1", False),
+    "edge-25.4.4": (_GW_18, "v1.1.1", True),
+    "edge-25.10.7": (_GW_18, "v1.1.1", True),
+    "edge-26.6.3": (_GW_18, "v1.1.1", True),
+}
+
+
+@pytest.mark.parametrize("version", list(GATEWAY_API))
+def test_gateway_api_crds_are_the_ones_each_tag_ships(render: Render, version: str) -> None:
+    """Names, served/unserved/storage versions, bundle version and keep policy of the Gateway API CRDs
+    (rendered with installGatewayAPI=true where the chart has it off by default); the other 2.15/2.17 CRDs."""
+    rel = release(version)
+    table, bundle, keep = GATEWAY_API[version]
+    out = render(rel, "--set", "installGatewayAPI=true", chart=CRDS)
+    crds = out.all("CustomResourceDefinition")
+    gateway = {n.split(".", 1)[0]: c for n, c in crds.items() if n.endswith(".gateway.networking.k8s.io")}
+    assert set(gateway) == set(table)
+    for plural, (served, storage, unserved) in table.items():
+        doc = gateway[plural]
+        versions = doc["spec"]["versions"]
+        assert {v["name"] for v in versions if v["served"]} == set(served)
+        assert [v["name"] for v in versions if v["storage"]] == [storage]
+        assert [v["name"] for v in versions if not v["served"]] == list(unserved)
+        ann = doc["metadata"]["annotations"]
+        assert ann["gateway.networking.k8s.io/bundle-version"] == bundle
+        assert ann["gateway.networking.k8s.io/channel"] == "experimental"
+        assert (ann.get("helm.sh/resource-policy") == "keep") == keep
+        assert doc["metadata"]["labels"] == {
+            "helm.sh/chart": f"linkerd-crds-{rel.crds_chart}",
+            "linkerd.io/control-plane-ns": "linkerd",
+        }
+        assert doc["spec"]["names"]["categories"] == ["gateway-api"]
+    # The rest of what the chart added on the way: ExternalWorkload (2.15), EgressNetwork and
+    # HTTPLocalRateLimitPolicy (2.17).
+    ew = crds["externalworkloads.workload.linkerd.io"] if rel.major >= 15 else None
+    if ew is not None:
+        assert [v["name"] for v in ew["spec"]["versions"]] == ["v1alpha1", "v1beta1"]
+    later = {"egressnetworks.policy.linkerd.io", "httplocalratelimitpolicies.policy.linkerd.io"}
+    assert (later <= set(crds)) == (rel.major >= 17)
+
+
+@pytest.mark.parametrize(
+    ("version", "args", "expected"),
+    [
+        pytest.param("stable-2.14.10", (), {"httproutes"}, id="2.14 default"),
+        pytest.param("stable-2.14.10", ("enableHttpRoutes=false",), set(), id="2.14 enableHttpRoutes off"),
+        pytest.param(
+            "edge-24.8.2",
+            ("installGatewayAPI=false",),
+            {"httproutes", "grpcroutes"},
+            id="2.16 ignores installGatewayAPI",
+        ),
+        pytest.param(
+            "edge-24.11.8", ("enableTlsRoutes=false",), {"httproutes", "grpcroutes", "tcproutes"}, id="2.17 per route"
+        ),
+        pytest.param("edge-25.4.4", (), {"httproutes", "grpcroutes", "tlsroutes", "tcproutes"}, id="2.18 default on"),
+        pytest.param("edge-25.4.4", ("installGatewayAPI=false",), set(), id="2.18 installGatewayAPI off"),
+        pytest.param(
+            "edge-25.4.4", ("enableTcpRoutes=false",), {"httproutes", "grpcroutes", "tlsroutes"}, id="2.18 per route"
+        ),
+        pytest.param("edge-25.10.7", (), set(), id="2.19 default off"),
+        pytest.param(
+            "edge-25.10.7",
+            ("installGatewayAPI=true",),
+            {"httproutes", "grpcroutes", "tlsroutes", "tcproutes"},
+            id="2.19 installGatewayAPI on",
+        ),
+        pytest.param(
+            "edge-25.10.7", ("enableHttpRoutes=true",), {"httproutes", "grpcroutes"}, id="2.19 enableHttpRoutes wins"
+        ),
+        pytest.param(
+            "edge-26.6.3",
+            ("installGatewayAPI=true", "enableHttpRoutes=false"),
+            {"tlsroutes", "tcproutes"},
+            id="2.20 set key wins over install",
+        ),
+        pytest.param("edge-26.6.3", (), set(), id="2.20 default off"),
+    ],
+)
+def test_gateway_api_crds_are_gated_on_the_real_values(
+    render: Render, version: str, args: tuple[str, ...], expected: set[str]
+) -> None:
+    """enable*Routes alone up to 2.17; from 2.18 an enable*Routes key that is set wins, else installGatewayAPI
+    (true in 2.18, false from 2.19) decides; httproutes and grpcroutes share enableHttpRoutes."""
+    rel = release(version)
+    set_args = [a for arg in args for a in ("--set", arg)]
+    out = render(rel, *set_args, chart=CRDS)
+    gateway = {
+        n.split(".", 1)[0] for n in out.all("CustomResourceDefinition") if n.endswith(".gateway.networking.k8s.io")
+    }
+    assert gateway == expected
+
+
+@BY_RELEASE
+def test_crds_values_switch_the_gateway_api_as_each_major_does(built: Built, rel: FixtureRelease) -> None:
+    """linkerd-crds values.yaml: enableHttpRoutes 2.14-2.16, plus enableTlsRoutes/enableTcpRoutes in 2.17,
+    installGatewayAPI from 2.18 (true in 2.18, false from 2.19) with no enable*Routes key set."""
+    values = yaml.safe_load((built.src(rel, CRDS) / "values.yaml").read_text())
+    gates = {k: v for k, v in values.items() if k != "installMethod"}
+    if rel.major < 14:
+        assert gates == {}
+    elif rel.major <= 16:
+        assert gates == {"enableHttpRoutes": True}
+    elif rel.major == 17:
+        assert gates == {"enableHttpRoutes": True, "enableTlsRoutes": True, "enableTcpRoutes": True}
+    else:
+        assert gates == {"installGatewayAPI": rel.major == 18}
+
+
+def test_foreign_gateway_api_chart_renders_newer_crds_without_linkerd_marks(built: Built, helm4: Path) -> None:
+    """gateway-api-crds 1.2.1: the four route CRDs at bundle v1.2.1, httproutes/grpcroutes stored at v1,
+    no Linkerd labels, no created-by, no keep policy."""
+    src = foreign_gateway_api_source(built.out)
+    proc = _helm(helm4, "template", "gateway-api", str(src), "-n", "gateway-system")
+    assert proc.returncode == 0, proc.stderr
+    crds = {d["metadata"]["name"]: d for d in _load_all(proc.stdout)}
+    assert set(crds) == {
+        f"{p}.gateway.networking.k8s.io" for p in ("httproutes", "grpcroutes", "tlsroutes", "tcproutes")
+    }
+    for doc in crds.values():
+        meta = doc["metadata"]
+        assert meta["annotations"]["gateway.networking.k8s.io/bundle-version"] == "v1.2.1"
+        assert "helm.sh/resource-policy" not in meta["annotations"]
+        assert "linkerd.io/created-by" not in meta["annotations"]
+        assert "labels" not in meta
+    http = crds["httproutes.gateway.networking.k8s.io"]["spec"]["versions"]
+    assert {v["name"]: (v["served"], v["storage"]) for v in http} == {"v1beta1": (True, False), "v1": (True, True)}
 
 
 # --- linkerd-viz ------------------------------------------------------------------------------
@@ -1001,3 +1189,40 @@ def test_helm_lint_passes_for_the_linkerd2_chart(built: Built, helm_binary: Path
     proc = _helm(helm_binary, "lint", "--strict", str(built.src(rel, L2)), "-f", str(built.certs_for(rel)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
+
+
+# --- linkerd-jaeger ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["stable-2.14.10", "edge-25.4.4"])
+def test_jaeger_renders_its_extension_workloads(render: Render, version: str) -> None:
+    """linkerd-jaeger (2.14-2.18): jaeger-injector, collector and jaeger Deployments labelled
+    linkerd.io/extension=jaeger, injected; the namespace only with installNamespace (as the CLI does)."""
+    rel = release(version)
+    out = render(rel, chart=JAEGER, namespace="linkerd-jaeger")
+    deployments = out.all("Deployment")
+    assert set(deployments) == {"jaeger-injector", "collector", "jaeger"}
+    for dep in deployments.values():
+        assert dep["metadata"]["labels"]["linkerd.io/extension"] == "jaeger"
+        assert dep["metadata"]["annotations"]["linkerd.io/created-by"] == f"linkerd/helm {rel.version}"
+        assert dep["spec"]["template"]["metadata"]["annotations"]["linkerd.io/inject"] == "enabled"
+    assert _containers(deployments["jaeger-injector"])["jaeger-injector"]["image"] == (
+        f"cr.l5d.io/linkerd/jaeger-webhook:{rel.version}"
+    )
+    assert "Namespace" not in {d["kind"] for d in out.docs}
+    ns = render(rel, "--set", "installNamespace=true", chart=JAEGER, namespace="linkerd-jaeger").get(
+        "Namespace", "linkerd-jaeger"
+    )
+    assert ns["metadata"]["labels"] == {"linkerd.io/extension": "jaeger"}
+
+
+def test_jaeger_is_offered_for_2_14_to_2_18_only() -> None:
+    """The extension's chart ships with 2.14-2.18 at linkerd-viz's version; 2.19 removed it."""
+    assert {r.version: r.jaeger_chart for r in RELEASES if r.jaeger_chart} == {
+        "stable-2.14.9": "30.12.10",
+        "stable-2.14.10": "30.12.11",
+        "edge-24.2.4": "30.14.10-edge",
+        "edge-24.8.2": "2024.8.2",
+        "edge-24.11.8": "2024.11.8",
+        "edge-25.4.4": "2025.4.4",
+    }

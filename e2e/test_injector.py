@@ -182,3 +182,70 @@ def test_already_meshed_and_no_control_plane_are_left_alone() -> None:
 def test_owner_label(owner: dict[str, str], labels: dict[str, str], expected: tuple[str, str]) -> None:
     """The linkerd.io/proxy-<kind> label names the pod's workload."""
     assert owner_label({"metadata": {"ownerReferences": [owner], "labels": labels}}) == expected
+
+
+# 2.20's linkerd-config, as the fixture chart renders it: native sidecars on, no proxyInit.image, nft.
+CFG_2_20 = MeshConfig(
+    "linkerd",
+    {
+        "linkerdVersion": "edge-26.6.3",
+        "proxy": {"image": {"name": "cr.l5d.io/linkerd/proxy", "version": ""}, "nativeSidecar": True},
+        "proxyInit": {"iptablesMode": "nft"},
+    },
+    ANCHOR,
+)
+
+
+def test_2_20_config_injects_native_sidecars_with_the_proxy_image_for_linkerd_init() -> None:
+    """2.20: linkerd-init (proxy image, proxy-init command, nft) then linkerd-proxy (restartPolicy Always)
+    go first among the init containers; the app containers are left as they were."""
+    original = _pod(initContainers=[{"name": "migrate", "image": "m:1"}])
+    ops = inject(original, "shop", {"linkerd.io/inject": "enabled"}, CFG_2_20)
+    assert ops is not None
+    pod = _apply(original, ops)
+    init, proxy, migrate = pod["spec"]["initContainers"]
+    assert (init["name"], proxy["name"], migrate["name"]) == ("linkerd-init", "linkerd-proxy", "migrate")
+    assert init["image"] == proxy["image"] == "cr.l5d.io/linkerd/proxy:edge-26.6.3"
+    assert init["command"] == ["/usr/lib/linkerd/linkerd2-proxy-init"]
+    assert init["args"][:4] == ["--firewall-bin-path", "iptables-nft", "--firewall-save-bin-path", "iptables-nft-save"]
+    assert "restartPolicy" not in init
+    assert proxy["restartPolicy"] == "Always"
+    assert _names(pod["spec"]["containers"]) == ["web"]
+    assert pod["metadata"]["annotations"]["linkerd.io/proxy-version"] == "edge-26.6.3"
+
+
+def test_native_sidecar_annotation_overrides_the_config_both_ways() -> None:
+    """The pod's (or namespace's) proxy-enable-native-sidecar annotation wins over proxy.nativeSidecar."""
+    off = _pod({"config.alpha.linkerd.io/proxy-enable-native-sidecar": "false"})
+    ops = inject(off, "shop", {"linkerd.io/inject": "enabled"}, CFG_2_20)
+    assert ops is not None
+    pod = _apply(off, ops)
+    assert _names(pod["spec"]["initContainers"]) == ["linkerd-init"]
+    assert _names(pod["spec"]["containers"]) == ["web", "linkerd-proxy"]
+    assert "restartPolicy" not in pod["spec"]["containers"][1]
+    ns_on = {"linkerd.io/inject": "enabled", "config.alpha.linkerd.io/proxy-enable-native-sidecar": "true"}
+    ops = inject(_pod(), "shop", ns_on, CFG)
+    assert ops is not None
+    pod = _apply(_pod(), ops)
+    assert _names(pod["spec"]["initContainers"]) == ["linkerd-init", "linkerd-proxy"]
+    assert pod["spec"]["initContainers"][0]["image"] == "cr.l5d.io/linkerd/proxy-init:v2.2.3"
+
+
+def test_regular_sidecar_before_2_20_keeps_the_proxy_init_image_and_legacy_iptables() -> None:
+    """A 2.19 config (nativeSidecar false, proxyInit.image present, nft): regular proxy container,
+    linkerd-init from proxyInit.image with the nft binaries; legacy mode adds no firewall flags."""
+    values = {
+        "linkerdVersion": "edge-25.10.7",
+        "proxy": {"image": {"version": ""}, "nativeSidecar": False},
+        "proxyInit": {"image": {"name": "cr.l5d.io/linkerd/proxy-init", "version": "v2.4.3"}, "iptablesMode": "nft"},
+    }
+    ops = inject(_pod(), "shop", {"linkerd.io/inject": "enabled"}, MeshConfig("linkerd", values, ANCHOR))
+    assert ops is not None
+    pod = _apply(_pod(), ops)
+    (init,) = pod["spec"]["initContainers"]
+    assert init["image"] == "cr.l5d.io/linkerd/proxy-init:v2.4.3"
+    assert "command" not in init
+    assert "iptables-nft" in init["args"]
+    assert _names(pod["spec"]["containers"]) == ["web", "linkerd-proxy"]
+    legacy = _apply(_pod(), inject(_pod(), "shop", {"linkerd.io/inject": "enabled"}, CFG) or [])
+    assert "--firewall-bin-path" not in legacy["spec"]["initContainers"][0]["args"]

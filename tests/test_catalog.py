@@ -81,9 +81,15 @@ def test_catalog_values_changes_match_the_facts() -> None:
     assert changes(12).removed == ["namespace", "installNamespace"]
     assert changes(12).renamed == {"policyController.defaultAllowPolicy": "proxy.defaultInboundPolicy"}
     assert changes(16).removed == ["proxyInit.resources"]
-    assert "controlPlaneTracing" in changes(19).renamed
-    assert "proxy.trace" in changes(19).renamed
-    assert changes(19).removed == ["policyController.image"]
+    # 2.19: controlPlaneTracing -> controller.tracing.enabled is the one rename; the namespace key has no
+    # counterpart (2.19 takes a collector endpoint) and there never was a proxy.trace value.
+    assert changes(19).renamed == {"controlPlaneTracing": "controller.tracing.enabled"}
+    assert changes(19).removed == [
+        "policyController.image",
+        "controlPlaneTracingNamespace",
+        "networkValidator.enableSecurityContext",
+    ]
+    assert changes(17).removed == changes(18).removed == []
     assert changes(20).removed == ["proxyInit.image"]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from upgrader import __version__
 from upgrader.catalog import default_catalog
-from upgrader.checkpoints import Checkpoint, FileStore
+from upgrader.checkpoints import Checkpoint, Event, FileStore
 from upgrader.planning import Observed, build_offering, make_plan
 from upgrader.spec import Spec
 from upgrader.states import RunState
@@ -210,3 +210,32 @@ def test_status_names_the_waves_passed_per_hop(tmp_path: pathlib.Path) -> None:
     assert "hop 1 (stable-2.12.6 -> stable-2.13.7): waves passed: canary, rest (2 of 2)" in out.stdout
     assert "hop 2 (stable-2.13.7 -> stable-2.14.10): waves passed: canary (1 of 2)" in out.stdout
     assert "0/0" not in out.stdout
+
+
+def test_status_of_a_run_paused_by_a_window_says_why_and_until_when(tmp_path: pathlib.Path) -> None:
+    """A window pause shows its reason and the next opening in the table, not only in -o json."""
+    cat = default_catalog()
+    observed = Observed(cat.parse("stable-2.13.7"), {"shop": {"stable-2.13.7": 1}})
+    plan = make_plan(
+        observed,
+        cat.parse("stable-2.14.10"),
+        build_offering(cat, None)[0],
+        cat,
+        Spec.model_validate({"waivers": ["kubernetes-version"]}),
+    )
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    reason = "window closes at 05:00 Europe/Berlin; the next step (wave all) needs about 12 min plus the 5 min margin"
+    cp = Checkpoint.new("run-1", plan.as_json(), now)
+    cp.events.append(Event(at=now, state=RunState.PAUSED, reason=reason))
+    cp = cp.model_copy(
+        update={
+            "state": RunState.PAUSED,
+            "stopped_in": RunState.RESTARTING_DATA_PLANE,
+            "resume_after": dt.datetime(2026, 1, 2, 0, 0, tzinfo=dt.UTC),
+        }
+    )
+    FileStore(tmp_path).store(checkpoint=cp)
+    out = _run("status", "run-1", "--state-store", f"file:{tmp_path}")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert f"paused until 2026-01-02 00:00:00 UTC: {reason}" in text

@@ -16,7 +16,18 @@ from upgrader.checkpoints import Checkpoint
 from upgrader.dataplane import Key
 from upgrader.execution import RESTARTED_BY, Executor, RunStoppedError
 from upgrader.planning import Observed, Plan, build_offering, make_plan
-from upgrader.ports import Budget, Container, DataPlaneView, HelmRelease, HelmRevision, Namespace, Pod, Workload
+from upgrader.ports import (
+    Budget,
+    Container,
+    CustomResourceDefinition,
+    DataPlaneView,
+    HelmRelease,
+    HelmRevision,
+    Namespace,
+    Pod,
+    ReleaseObject,
+    Workload,
+)
 from upgrader.preflight import CheckResult, failed
 from upgrader.spec import Spec
 from upgrader.states import RunState
@@ -27,6 +38,8 @@ CHARTS = {
     "stable-2.12.6": ("1.4.0", "1.9.8"),
     "stable-2.13.7": ("1.6.1", "1.12.7"),
     "stable-2.14.10": ("1.8.0", "1.16.11"),
+    "edge-25.4.4": ("2025.4.4", "2025.4.4"),
+    "edge-25.10.7": ("2025.10.7", "2025.10.7"),
 }
 PROXY = "cr.l5d.io/linkerd/proxy"
 VERSION_OF = {cp: v for v, (_, cp) in CHARTS.items()}
@@ -53,6 +66,8 @@ class FakeCluster:
     past: dict[str, list[HelmRevision]] = field(default_factory=dict)  # earlier revisions (helm history)
     values_of: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (release, revision) -> values
     sent: dict[str, dict[str, Any]] = field(default_factory=dict)  # release -> values of its last upgrade
+    gateway: list[CustomResourceDefinition] = field(default_factory=list)  # Gateway API route CRDs in the cluster
+    manifest: dict[str, list[ReleaseObject]] = field(default_factory=dict)  # release -> its manifest's objects
 
     def __post_init__(self) -> None:
         crds, cp = CHARTS[self.version]
@@ -165,6 +180,12 @@ class FakeCluster:
     def crds_served(self, chart: str, version: str) -> dict[str, tuple[str, ...]]:
         self.actions.append(f"render {chart} {version}")
         return {"servers.policy.linkerd.io": ("v1beta1",)}
+
+    def route_crds(self) -> list[CustomResourceDefinition]:
+        return list(self.gateway)
+
+    def release_objects(self, name: str, namespace: str) -> list[ReleaseObject]:
+        return list(self.manifest.get(name, []))
 
     def data_plane(self) -> DataPlaneView:
         namespaces = {w.namespace for w in self.workload_list}
@@ -365,6 +386,59 @@ def test_rolling_back_crds_is_refused_when_a_stored_version_would_no_longer_be_s
     with pytest.raises(RunStoppedError, match=re.escape("servers.policy.linkerd.io stores v1beta3")):
         executor.rollback(include_crds=True)
     assert cluster.actions == ["render linkerd/linkerd-crds 1.4.0"], "nothing rolled back"
+
+
+class ServesAll(FakeCluster):
+    """The older linkerd-crds chart serves every stored version: only the Gateway API check can refuse."""
+
+    def crds_served(self, chart: str, version: str) -> dict[str, tuple[str, ...]]:
+        self.actions.append(f"render {chart} {version}")
+        return {"servers.policy.linkerd.io": ("v1beta1", "v1beta3")}
+
+
+def _route(name: str, release: str, namespace: str, bundle: str) -> CustomResourceDefinition:
+    notes = {
+        "meta.helm.sh/release-name": release,
+        "meta.helm.sh/release-namespace": namespace,
+        "gateway.networking.k8s.io/bundle-version": bundle,
+        "helm.sh/resource-policy": "keep",
+    }
+    return CustomResourceDefinition(name, served=("v1",), storage="v1", annotations=notes)
+
+
+ROUTES = [f"{r}.gateway.networking.k8s.io" for r in ("httproutes", "grpcroutes", "tlsroutes", "tcproutes")]
+
+
+def test_rolling_crds_back_across_the_2_19_hand_over_is_refused_when_it_would_take_the_crds_back() -> None:
+    """2.18 -> 2.19 left the route CRDs annotated for linkerd-crds but out of its manifest (handed over);
+    2.18's chart renders them by default, so --include-crds would take them back: refused, nothing rolled back."""
+    cluster, store = ServesAll(version="edge-25.4.4"), MemoryStore()
+    cluster.gateway = [_route(n, "linkerd-crds", "linkerd", "v1.2.1") for n in ROUTES]
+    executor = _executor(cluster, _plan("edge-25.4.4", "edge-25.10.7"), store)
+    assert executor.run().state == RunState.DONE
+    cluster.actions.clear()
+    with pytest.raises(RunStoppedError) as stopped:
+        executor.rollback(include_crds=True)
+    reason = executor.checkpoint.errors[-1]
+    assert f"rolling linkerd-crds back to 2025.4.4 (revision 1) would take back {ROUTES[0]}" in reason
+    assert "no Helm release (stale linkerd-crds annotation), bundle v1.2.1" in reason
+    assert all(name in reason for name in ROUTES)
+    assert "roll back without --include-crds" in str(executor.checkpoint.next_command)
+    assert stopped.value is not None
+    assert not any(a.startswith("rollback ") for a in cluster.actions), cluster.actions
+
+
+def test_rolling_crds_back_keeps_going_when_linkerd_crds_still_manages_them_at_the_same_bundle() -> None:
+    """The CRDs still in linkerd-crds' manifest at 2.18's bundle: the rollback of linkerd-crds goes ahead."""
+    cluster, store = ServesAll(version="edge-25.4.4"), MemoryStore()
+    cluster.gateway = [_route(n, "linkerd-crds", "linkerd", "v1.1.1") for n in ROUTES]
+    crd = "CustomResourceDefinition"
+    cluster.manifest = {"linkerd-crds": [ReleaseObject("apiextensions.k8s.io/v1", crd, n) for n in ROUTES]}
+    executor = _executor(cluster, _plan("edge-25.4.4", "edge-25.10.7"), store)
+    assert executor.run().state == RunState.DONE
+    cluster.actions.clear()
+    assert executor.rollback(include_crds=True).state == RunState.ROLLED_BACK
+    assert "rollback linkerd-crds 1" in cluster.actions
 
 
 def test_control_plane_pods_on_the_old_version_fail_verification() -> None:

@@ -150,9 +150,14 @@ SPEC_SHAPES = [
     pytest.param("gates:\n  rolloutTimeout: 169h\n", "gates.rolloutTimeout: '169h' is longer than 7 days", id="8 days"),
     pytest.param("gates:\n  rolloutTimeout: \uff12m\n", "gates.rolloutTimeout", id="non-ASCII digits in a duration"),
     pytest.param(
-        "window:\n  start: 1:00\n  end: '05:00'\n", "window: maintenance windows are not enforced", id="window 1:00"
+        "window:\n  start: 1:00\n  end: '05:00'\n", "window.start: read as the number 60", id="window 1:00 unquoted"
     ),
-    pytest.param("window: {start: 1:00}\n", "window: maintenance windows are not enforced", id="flow window"),
+    pytest.param("window: {start: '01:00'}\n", "window.end", id="flow window without an end"),
+    pytest.param(
+        "window: {start: '01:00', end: '05:00', timezone: Mars/Olympus_Mons}\n",
+        "window.timezone: 'Mars/Olympus_Mons' is not an IANA time zone",
+        id="an unknown time zone",
+    ),
     pytest.param("gates:\n  prometheusUrl: prometheus:9090\n", "gates.prometheusUrl: must be an http", id="no scheme"),
     pytest.param("gates:\n  prometheusUrl: http://\n", "gates.prometheusUrl: must be an http", id="no host"),
     pytest.param(

@@ -434,14 +434,6 @@ def test_the_repository_offers_linkerd2_chart_releases_before_the_split() -> Non
     assert [h.kind for h in plan.hops] == ["linkerd2-upgrade", "chart-split"]
 
 
-def test_a_window_is_refused_while_windows_are_not_enforced() -> None:
-    """A field we accept is enforced: until runs wait for and pause at windows, `window` is bad input."""
-    from pydantic import ValidationError  # noqa: PLC0415
-
-    with pytest.raises(ValidationError, match="not enforced yet"):
-        Spec.model_validate({"window": {"start": "01:00", "end": "05:00"}})
-
-
 def test_a_crds_step_older_than_the_installed_crds_is_kept_with_its_reason() -> None:
     """Control plane 2.13 after a rollback, CRDs still at 2.15's chart: the 2.14 hop keeps them, the 2.15 one
     (same chart) and the 2.16 one upgrade as usual; the CRDs never move back."""

@@ -13,6 +13,7 @@ import pytest
 from e2e.fixtures.identity import make_identity
 from upgrader.catalog import default_catalog
 from upgrader.discovery import summarise
+from upgrader.gatewayapi import ROUTE_CRDS, GatewayCrd
 from upgrader.planning import Observed, Plan, build_offering, make_plan
 from upgrader.ports import (
     Access,
@@ -169,7 +170,12 @@ def healthy(**changes: Any) -> Snapshot:
 
 def _plan(target: str = "stable-2.14.10", current: str = "stable-2.13.7", spec: Spec | None = None) -> Plan:
     offering, _ = build_offering(CAT, None)
-    observed = Observed(CAT.parse(current), {"shop": {current: 1}, "payments": {current: 1}}, "v1.27.4")
+    observed = Observed(
+        CAT.parse(current),
+        {"shop": {current: 1}, "payments": {current: 1}},
+        "v1.27.4",
+        gateway_api=tuple(GatewayCrd(n) for n in ROUTE_CRDS),  # observed: none in the cluster
+    )
     return make_plan(observed, CAT.parse(target), offering, CAT, spec or Spec())
 
 
@@ -570,5 +576,114 @@ def test_a_forward_crd_step_that_drops_a_stored_version_is_an_error() -> None:
     assert check(healthy(crds=stored, crd_steps={"1.8.0": serving}))["crds.stored-versions"].result == "passed"
 
 
+def test_the_stored_versions_checks_cover_the_gateway_api_crds_as_the_executor_does() -> None:
+    """httproutes stores v1 (served by the live CRD): a CRD step or a CRD rollback to a chart whose httproutes lacks
+    v1 fails, as the executor's own check (crds_stored) would refuse it half-way."""
+    http = "httproutes.gateway.networking.k8s.io"
+    stored = [
+        CustomResourceDefinition("servers.policy.linkerd.io", ("v1beta3",), "v1beta3", ("v1beta3",)),
+        CustomResourceDefinition(http, ("v1beta1", "v1"), "v1", ("v1beta1", "v1")),
+    ]
+    older = [
+        CustomResourceDefinition("servers.policy.linkerd.io", ("v1beta3",), "v1beta3"),
+        CustomResourceDefinition(http, ("v1beta1",), "v1beta1"),
+    ]
+    result = check(healthy(crds=stored, crd_steps={"1.8.0": older}))["crds.stored-versions"]
+    assert result.result == "error"
+    assert f"{http} stores v1" in result.message
+    spec = Spec(waivers=["kubernetes-version"])
+    result = check(healthy(crds=stored, target_crds=older), _plan("edge-24.2.4", "edge-24.8.2", spec), spec)[
+        "crds.rollback-stored-versions"
+    ]
+    assert result.result == "error"
+    assert f"{http} stores v1" in result.message
+
+
 def test_no_crd_step_that_changes_the_chart_means_no_stored_versions_check() -> None:
     assert "crds.stored-versions" not in check(healthy())
+
+
+FOREIGN_HTTP = CustomResourceDefinition(
+    "httproutes.gateway.networking.k8s.io",
+    ("v1", "v1beta1"),
+    "v1",
+    annotations={
+        "meta.helm.sh/release-name": "gateway-api",
+        "meta.helm.sh/release-namespace": "gateway-system",
+        "gateway.networking.k8s.io/bundle-version": "v1.2.1",
+    },
+)
+
+
+def test_gateway_api_check_passes_while_the_crds_are_as_the_plan_saw_them() -> None:
+    """The plan's decision stands (it was made with linkerd-crds' user values) while the CRDs are unchanged."""
+    result = check(healthy())["crds.gateway-api"]
+    assert result.result == "passed", result.message
+    assert "httproutes: absent" in result.message
+
+
+def test_gateway_api_check_fails_when_the_crds_changed_since_the_plan() -> None:
+    """Another installer put httproutes in after the plan: plan again, nothing is sent on an old decision."""
+    snap = healthy()
+    snap = replace(snap, crds=[*snap.crds, FOREIGN_HTTP])
+    result = check(snap)["crds.gateway-api"]
+    assert result.result == "error"
+    assert "changed since the plan was made" in result.message
+    assert "gateway-system/gateway-api" in result.message
+    assert "plan again" in result.hint
+
+
+def test_gateway_api_check_before_a_later_hop_judges_the_crds_the_earlier_hops_installed() -> None:
+    """Hop 1 of a two-hop run installed httproutes (none when planned): before hop 2 the check decides again against
+    the live CRDs and passes while that decision agrees with the plan's; a foreign one appearing still fails."""
+    plan = _plan(target="edge-24.2.4")
+    assert plan.hops[0].crds_values == {"enableHttpRoutes": True}, plan.hops[0]
+    rest = plan.model_copy(update={"hops": plan.hops[1:]})
+    linkerds = replace(
+        FOREIGN_HTTP,
+        annotations={
+            "meta.helm.sh/release-name": "linkerd-crds",
+            "meta.helm.sh/release-namespace": "linkerd",
+            "gateway.networking.k8s.io/bundle-version": "v0.7.1-dev",
+        },
+    )
+    snap = healthy()
+    ours = check(replace(snap, crds=[*snap.crds, linkerds]), plan=rest, plan_offset=1)["crds.gateway-api"]
+    assert ours.result == "passed", ours.message
+    foreign = check(replace(snap, crds=[*snap.crds, FOREIGN_HTTP]), plan=rest, plan_offset=1)["crds.gateway-api"]
+    assert foreign.result == "error"
+    assert "hop 2 (stable-2.14.10 -> edge-24.2.4)" in foreign.message
+
+
+def test_gateway_api_check_before_a_later_hop_keeps_the_users_switches_off() -> None:
+    """linkerd-crds' user values switched httproutes off and none is installed: before hop 2 the check, deciding
+    again against the live CRDs, takes the plan's switches as the user's and passes (not "install them")."""
+    offering, _ = build_offering(CAT, None)
+    observed = Observed(
+        CAT.parse("stable-2.13.7"),
+        {"shop": {"stable-2.13.7": 1}},
+        "v1.27.4",
+        gateway_api=tuple(GatewayCrd(n) for n in ROUTE_CRDS),
+        crds_values={"enableHttpRoutes": False},
+    )
+    plan = make_plan(observed, CAT.parse("edge-24.2.4"), offering, CAT, Spec())
+    assert [h.crds_values for h in plan.hops] == [{"enableHttpRoutes": False}] * 2
+    rest = plan.model_copy(update={"hops": plan.hops[1:]})
+    result = check(healthy(), plan=rest, plan_offset=1)["crds.gateway-api"]
+    assert result.result == "passed", result.message
+
+
+def test_gateway_api_check_decides_an_offline_plan_against_the_live_crds() -> None:
+    """An offline plan sends no Gateway API values: preflight decides against the live CRDs and asks for a new plan."""
+    offering, _ = build_offering(CAT, None)
+    offline = make_plan(
+        Observed(CAT.parse("stable-2.13.7"), {"shop": {"stable-2.13.7": 1}}, "v1.27.4"),
+        CAT.parse("stable-2.14.10"),
+        offering,
+        CAT,
+        Spec(),
+    )
+    result = check(healthy(), plan=offline)["crds.gateway-api"]
+    assert result.result == "error"
+    assert "offline" in result.message
+    assert "enableHttpRoutes" in result.message

@@ -72,11 +72,17 @@ def test_staged_rollout_orders_canary_then_critical_then_rest() -> None:
     [
         pytest.param("dataPlane:\n  maxNamespaces: 0\n", "dataPlane.maxNamespaces", id="zero concurrency"),
         pytest.param("onFailure: explode\n", "onFailure", id="unknown failure policy"),
+        pytest.param("window:\n  start: '25:00'\n  end: '05:00'\n", "window.start", id="a window at 25:00"),
         pytest.param(
-            "window:\n  start: '25:00'\n  end: '05:00'\n",
-            "window: maintenance windows are not",
-            id="a window is refused",
+            "window:\n  start: '02:00'\n  end: '02:00'\n", "the window is empty", id="an empty window (start = end)"
         ),
+        pytest.param(
+            "window: {start: '01:00', end: '02:00'}\nwindows: [{start: '03:00', end: '04:00'}]\n",
+            "give either window",
+            id="window and windows together",
+        ),
+        pytest.param("window: {start: '01:00', end: '01:05', margin: 5m}\n", "leaves no time", id="margin eats it"),
+        pytest.param("window: {days: [thu-thu], start: '01:00', end: '02:00'}\n", "range of one day", id="thu-thu"),
         pytest.param("dataPlane:\n  waves:\n    - name: empty\n", "names no namespaces", id="wave with no target"),
         pytest.param("gates:\n  rolloutTimeout: soon\n", "not a duration", id="bad duration"),
         pytest.param("surprise: 1\n", "surprise", id="unknown key"),

@@ -32,6 +32,7 @@ from typing import Annotated, Any, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from upgrader.audit import Audit
 from upgrader.errors import InputError, UpgraderError
 from upgrader.inputs import DOCUMENT_CAP, decode, json_digest, load_json, read_json_file, validation_error
 from upgrader.redaction import redact_text
@@ -129,6 +130,11 @@ class Checkpoint(BaseModel):
     next_command: str | None = None  # what to do after the last stop (also printed then)
     values_diffs: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)  # "<hop>/<chart>" -> redacted diff
     rolled_back_hops: list[int] = Field(default_factory=list)  # hops `rollback` undid, last first
+    # seconds each finished step took, per step kind (upgrader.planning.step_kind; a wave: per round of
+    # restarts): later runs against the installation estimate with them whether a step fits a window
+    durations: dict[str, list[float]] = Field(default_factory=dict)
+    resume_after: UtcDatetime | None = None  # paused by a maintenance window: when the next one opens
+    audit: Audit | None = None  # who ran it, plan digest, hop times and outcomes (upgrader.audit)
 
     def mark(self, now: dt.datetime, state: RunState) -> Mark:
         """Record a step boundary (ids count from 1)."""

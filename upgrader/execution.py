@@ -24,6 +24,8 @@ from typing import Any, Protocol, assert_never
 
 import structlog
 
+from upgrader import windows
+from upgrader.audit import Notice, Transition, follow
 from upgrader.catalog import Catalog
 from upgrader.checkpoints import Checkpoint, CheckpointStore, Event, Mark, ReleaseRevisions, Restarted
 from upgrader.dataplane import (
@@ -46,6 +48,8 @@ from upgrader.discovery import (
     split_chart,
 )
 from upgrader.errors import EXIT_REFUSED, InputError, ReleaseLockedError, UpgraderError
+from upgrader.gatewayapi import crd_rollback_refusal
+from upgrader.gatewayapi import observe as gateway_observe
 from upgrader.locking import LockLostError
 from upgrader.metrics import MetricsPort, Sample, describe
 from upgrader.metrics import assess as assess_metrics
@@ -69,14 +73,26 @@ from upgrader.planning import (
     VerifyDataPlane,
     chart_older,
     crds_would_go_back,
+    default_seconds,
     ha_layers,
     hop_values,
+    restart_rounds,
+    step_estimate,
+    step_kind,
 )
-from upgrader.ports import DataPlaneView, HelmRelease, HelmRevision, Pod, ReleaseObject, Workload
+from upgrader.ports import (
+    CustomResourceDefinition,
+    DataPlaneView,
+    HelmRelease,
+    HelmRevision,
+    Pod,
+    ReleaseObject,
+    Workload,
+)
 from upgrader.preflight import CheckResult
 from upgrader.spec import Spec, parse_duration
 from upgrader.states import ACTING, TERMINAL, Machine, RunState, route_of
-from upgrader.values import diff
+from upgrader.values import diff, switched
 from upgrader.versions import major_distance
 
 log = structlog.get_logger("upgrader.execution")
@@ -100,10 +116,34 @@ class PreflightStoppedError(RunStoppedError):
     exit_code = 4
 
 
+class WindowClosed(Exception):  # not an error: the run pauses at a safe point
+    """The maintenance window has no room for the next step (or restart); the run pauses before it.
+
+    ``seconds`` is what ``what`` needs; ``entering`` the state of the step not entered yet (None: the
+    run is inside the step, a wave holding back its next restarts).
+    """
+
+    def __init__(self, fit: windows.Fit, *, what: str, seconds: float, entering: RunState | None = None) -> None:
+        super().__init__(fit.reason)
+        self.fit, self.what, self.seconds, self.entering = fit, what, seconds, entering
+
+
+class WindowTooShortError(RunStoppedError):
+    """No maintenance window is long enough for the next step: waiting would never end. Exit 3: refused."""
+
+    exit_code = EXIT_REFUSED
+
+
+KEPT_DURATIONS = 20  # recorded durations kept per step kind in a checkpoint
+
+
 class NothingToRollBackError(UpgraderError):
     """``rollback`` of a run with nothing left to undo (already rolled back, or it changed nothing). Exit 3: refused."""
 
     exit_code = EXIT_REFUSED
+
+
+CRD_KIND = "CustomResourceDefinition"
 
 
 class ExecutorPorts(Protocol):
@@ -142,6 +182,8 @@ class ExecutorPorts(Protocol):
     def crds_stored(self) -> dict[str, tuple[str, ...]]: ...  # Linkerd CRD -> storedVersions
 
     def crds_served(self, chart: str, version: str) -> dict[str, tuple[str, ...]]: ...  # CRD -> served versions
+
+    def route_crds(self) -> list[CustomResourceDefinition]: ...  # the Gateway API route CRDs, with annotations
 
     def injector_answers(self, namespace: str) -> bool: ...
 
@@ -262,6 +304,10 @@ class Executor:
     sleep: Callable[[float], None] = time.sleep
     on_progress: Callable[[str, int, int], None] | None = None  # (what, done, total)
     lock: Fence = field(default_factory=_NoFence)
+    durations: Mapping[str, list[float]] = field(default_factory=dict)  # earlier runs' step durations, per kind
+    _idle: bool = field(default=False, init=False, repr=False)  # the current step found nothing to do
+    # each state change with the notifications it stands for (upgrader.audit.follow); never raises
+    on_transition: Callable[[Transition, list[Notice]], None] | None = None
 
     def __post_init__(self) -> None:
         self.machine = Machine(state=self.checkpoint.state, stopped_in=self.checkpoint.stopped_in)
@@ -272,27 +318,68 @@ class Executor:
         self.checkpoint.updated_at = self.clock()
         self.store.store(checkpoint=self.checkpoint)
 
-    def _move(self, state: RunState, reason: str) -> None:
+    def _move(
+        self,
+        state: RunState,
+        reason: str,
+        *,
+        resume_at: dt.datetime | None = None,
+        stopped_in: RunState | None = None,
+    ) -> None:
+        """``stopped_in``: a run stopping before it entered a step, so that resume enters that step."""
         if self.machine.state == state:
             return
+        previous = self.machine.state
         self.machine.move(state)
+        if stopped_in is not None and state in (S.PAUSED, S.FAILED):
+            self.machine.stopped_in = stopped_in
         self.checkpoint.state = state
         self.checkpoint.stopped_in = self.machine.stopped_in
         self.checkpoint.events.append(Event(at=self.clock(), state=state, reason=reason))
         if state in ACTING or state == S.DONE:
             self.checkpoint.mark(self.clock(), state)
         log.info("state", run_id=self.checkpoint.run_id, hop=self.checkpoint.hop, state=str(state), reason=reason)
+        change = self._transition(previous, state, reason, resume_at)
+        self.checkpoint.audit, kinds = follow(self.checkpoint.audit, change)
         self._save()
+        if self.on_transition is not None:
+            self.on_transition(change, kinds)
 
-    def _stop(self, reason: str, hint: str, kind: type[RunStoppedError] | None = None) -> RunStoppedError:
+    def _transition(
+        self, previous: RunState, state: RunState, reason: str, resume_at: dt.datetime | None
+    ) -> Transition:
+        cp = self.checkpoint
+        hop = self.plan.hops[cp.hop] if 0 <= cp.hop < len(self.plan.hops) else None
+        return Transition(
+            run_id=cp.run_id,
+            at=self.clock(),
+            previous=previous,
+            state=state,
+            hop=cp.hop,
+            hop_from=hop.from_ if hop else None,
+            hop_to=hop.to if hop else None,
+            reason=reason,
+            next_command=cp.next_command,
+            resume_at=resume_at,
+            rolled_back_hops=tuple(cp.rolled_back_hops),
+        )
+
+    def _stop(
+        self, reason: str, hint: str, kind: type[RunStoppedError] | None = None, *, stopped_in: RunState | None = None
+    ) -> RunStoppedError:
         """Record why the run stops and what to do next, move it to Failed; the error to raise."""
         self.checkpoint.errors.append(reason)
         self.checkpoint.next_command = hint
         if self.machine.state in (*TERMINAL, S.FAILED):
             self._save()
         else:
-            self._move(S.FAILED, reason)
+            self._move(S.FAILED, reason, stopped_in=stopped_in)
         return (kind or RunStoppedError)(reason, hint=hint)
+
+    def resume_command(self) -> str:
+        """``upgrader resume RUN``, with ``--spec FILE`` when the run's spec holds what checkpoints never store."""
+        spec = " --spec FILE" if self.checkpoint.spec_has_values else ""
+        return f"upgrader resume {self.checkpoint.run_id}{spec}"
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> Checkpoint:
@@ -310,21 +397,118 @@ class Executor:
             self.machine.route = route_of(s.state for s in self.plan.hops[first].steps)
         if self.machine.state in (S.PAUSED, S.FAILED):
             target = self.machine.stopped_in or S.PREFLIGHT
+            self.checkpoint.resume_after = None
             self._move(target, f"resumed in {target}")
         if self.machine.state in ACTING and first < len(self.plan.hops):
             first_step = _resume_step(self.plan.hops[first], self.machine.state, self.checkpoint.step)
-        for index in range(first, len(self.plan.hops)):
-            hop = self.plan.hops[index]
-            self.checkpoint.hop = index
-            self.machine.route = route_of(s.state for s in hop.steps)
-            for number, step in enumerate(hop.steps):
-                if index == first and number < first_step:
-                    continue
-                self.checkpoint.step = number
-                self._move(step.state, f"hop {index + 1}: {hop.from_} -> {hop.to}: {step.name}")
-                self._step(index, hop, step)
-            self.checkpoint.step = 0
+        try:
+            for index in range(first, len(self.plan.hops)):
+                hop = self.plan.hops[index]
+                self.checkpoint.hop = index
+                self.machine.route = route_of(s.state for s in hop.steps)
+                for number, step in enumerate(hop.steps):
+                    if index == first and number < first_step:
+                        continue
+                    self.checkpoint.step = number
+                    entering = f"hop {index + 1}: {hop.from_} -> {hop.to}: {step.name}"
+                    if self.machine.state == S.PLANNED:  # a new run: Planned cannot pause, it enters Preflight first
+                        self._move(step.state, entering)
+                    self._window_gate(index, hop, step)  # before the run enters the step: a pause re-enters it
+                    self._move(step.state, entering)
+                    started, self._idle = self.clock(), False
+                    self._step(index, hop, step)
+                    if not isinstance(step, RestartWave):  # a wave records its rounds of restarts itself
+                        self._record(step_kind(step), (self.clock() - started).total_seconds())
+                self.checkpoint.step = 0
+        except WindowClosed as closed:
+            return self._pause_for_window(closed)
         self._move(S.DONE, "every hop done")
+        return self.checkpoint
+
+    # ---- maintenance windows ---------------------------------------------------------------
+    def _recorded(self, kind: str) -> list[float]:
+        """Durations of ``kind`` earlier runs recorded, then this run's own."""
+        return [*self.durations.get(kind, ()), *self.checkpoint.durations.get(kind, ())]
+
+    def _estimate(self, kind: str) -> int:
+        return windows.estimate(self._recorded(kind), default_seconds(kind))
+
+    def _record(self, kind: str, seconds: float) -> None:
+        """Keep how long a finished step of ``kind`` took (saved with the next checkpoint); not for a dry run
+        or a step that found nothing to do (skipped, or found done by an earlier run)."""
+        if self.spec.dry_run or self._idle:
+            return
+        kept = self.checkpoint.durations.get(kind, [])
+        self.checkpoint.durations = {
+            **self.checkpoint.durations,
+            kind: [*kept, round(max(0.0, seconds), 1)][-KEPT_DURATIONS:],
+        }
+
+    def _wave_pending(self, index: int, hop: Hop, number: int) -> dict[str, int]:
+        """Per namespace, the workloads of wave ``number`` this run has not restarted yet (observed now)."""
+        wave = hop.waves[number]
+        if f"{index}/{number}" in self.checkpoint.waves_done or not wave.namespaces:
+            return {}
+        marker = f"{self.checkpoint.run_id}/{index}"
+        counts: dict[str, int] = {}
+        for w in self._inventory(wave.namespaces).targets:
+            if w.pod_annotations.get(RESTARTED_BY) != marker:
+                counts[w.namespace] = counts.get(w.namespace, 0) + 1
+        return counts
+
+    def step_estimate(self, index: int, hop: Hop, step: Step) -> int:
+        """Seconds the step should take (``planning.step_estimate``), from what is observed now: a wave's
+        workloads not restarted yet, 0 for a release already at its chart version."""
+        if isinstance(step, UpgradeRelease | AdoptSplitCharts) and step.chart_version is not None:
+            current = self.ports.release(step.release, step.namespace or self.namespace)
+            if current is not None and current.chart_version == step.chart_version and current.status == "deployed":
+                return 0
+        wave = hop.waves[step.wave] if isinstance(step, RestartWave) else None
+        pending = self._wave_pending(index, hop, step.wave) if isinstance(step, RestartWave) else None
+        recorded = {k: self._recorded(k) for k in {step_kind(step), "restart"}}
+        return step_estimate(step, wave, self.spec, recorded, pending)
+
+    def _window_gate(self, index: int, hop: Hop, step: Step) -> None:
+        """Before a step: raise WindowClosed unless its estimate (and the margin) fits in what is left of the window.
+        A step with nothing to do never pauses the run."""
+        rules = self.spec.window_rules()
+        if not rules:
+            return
+        seconds = self.step_estimate(index, hop, step)
+        what = f"the next step ({step.name})"
+        fit = windows.fits(rules, self.clock(), seconds, what) if seconds > 0 else windows.Fit(True)
+        log.info("window-gate", step=step.name, estimate=seconds, fits=fit.ok, reason=fit.reason or "fits")
+        if not fit.ok:
+            raise WindowClosed(fit, what=what, seconds=seconds, entering=step.state)
+
+    def _restart_fits(self, r: _Rollout) -> windows.Fit:
+        """Before each restart of a wave: one more round of restarts fits in what is left of the window."""
+        rules = self.spec.window_rules()
+        if not rules or r.record_hop is None:  # a rollback's restarts are never held back
+            return windows.Fit(True)
+        seconds = self._estimate("restart")
+        return windows.fits(rules, self.clock(), seconds, f"the next restart of {r.label}")
+
+    def _pause_for_window(self, closed: WindowClosed) -> Checkpoint:
+        """Pause at a safe point (before a step, or between restarts once in-flight ones finished); a step no
+        window can ever hold ends the run Failed instead (exit 3), naming a wider window as the way on."""
+        fit, resume = closed.fit, self.resume_command()
+        rules = self.spec.window_rules()
+        too_long = windows.capacity(rules, self.clock()).too_long(closed.what, closed.seconds)
+        if too_long is not None:
+            raise self._stop(
+                too_long,
+                f'give a window long enough for it: {resume} --window "DAYS HH:MM-HH:MM ZONE" '
+                "(or widen the spec's window)",
+                WindowTooShortError,
+                stopped_in=closed.entering,
+            )
+        opening = fit.next_opening
+        self.checkpoint.resume_after = opening.start if opening else None
+        self.checkpoint.next_command = f"{resume} --wait-for-window"
+        reason = f"{fit.reason}; {fit.next_text()}"
+        log.info("window-pause", run_id=self.checkpoint.run_id, reason=reason, next=self.checkpoint.next_command)
+        self._move(S.PAUSED, reason, resume_at=self.checkpoint.resume_after, stopped_in=closed.entering)
         return self.checkpoint
 
     def already_at_target(self) -> bool:
@@ -365,10 +549,10 @@ class Executor:
 
     def _step(self, index: int, hop: Hop, step: Step) -> None:
         """Run one step; whatever stops it is recorded in the checkpoint as the reason."""
-        resume = f"upgrader resume {self.checkpoint.run_id}"
+        resume = self.resume_command()
         try:
             self._dispatch(index, hop, step, resume)  # every action inside fences itself
-        except (RunStoppedError, LockLostError):
+        except (RunStoppedError, LockLostError, WindowClosed):
             raise  # a run that lost its lock writes nothing more: the other run owns the installation
         except UpgraderError as exc:
             then = f"{resume} (or upgrader rollback {self.checkpoint.run_id})"
@@ -391,6 +575,7 @@ class Executor:
         elif isinstance(step, UpgradeRelease):
             if step.chart_version is None:
                 log.info("step-skipped", step=step.name, reason="no chart version offered")
+                self._idle = True
                 return
             self._helm_step(
                 step.release,
@@ -398,8 +583,10 @@ class Executor:
                 step.chart_version,
                 values=hop if step.send_values else None,
                 namespace=step.namespace,
+                switches=hop.crds_values if step.release == CRDS else None,
             )
         elif isinstance(step, KeepRelease):
+            self._idle = True
             if self.ports.release(step.release, step.namespace) is None:
                 log.warning("kept-release-missing", release=step.release, namespace=step.namespace)
             log.info("release-kept", release=step.release, namespace=step.namespace)
@@ -484,7 +671,10 @@ class Executor:
         self._refuse_rollback_past_split(first)
         crds = self.ports.release(CRDS, cp.releases[CRDS].namespace) if CRDS in cp.releases else None
         if include_crds and CRDS in cp.releases:
-            crds_line = f"{CRDS}: rolled back too (--include-crds), if the older chart serves every stored version"
+            crds_line = (
+                f"{CRDS}: rolled back too (--include-crds), if the older chart serves every stored version and "
+                "neither takes back, downgrades nor deletes a Gateway API CRD"
+            )
         elif crds is not None:
             crds_line = f"{CRDS}: kept at {crds.chart_version} (CRDs are not rolled back unless --include-crds)"
         else:
@@ -664,6 +854,9 @@ class Executor:
     def _roll_back(self, scope: RollbackScope, *, include_crds: bool, again: str) -> None:
         if include_crds and CRDS in self.checkpoint.releases:
             self._check_crd_rollback(scope.mark.charts.get(CRDS) if scope.mark else None)
+            back = next((r for r in scope.releases if r.name == CRDS), None)
+            if back is not None:
+                self._check_gateway_rollback(back)
         for item in scope.releases:
             record = self.checkpoint.releases[item.name]
             log.info("helm-rollback", release=item.name, to_revision=item.to_revision, from_revision=item.from_revision)
@@ -707,13 +900,42 @@ class Executor:
                 "roll back without --include-crds (the default keeps the CRDs)",
             )
 
+    def _check_gateway_rollback(self, back: ReleaseBack) -> None:
+        """Refuse to roll linkerd-crds back when its target revision would take back, downgrade or delete a
+        Gateway API CRD (``gatewayapi.crd_rollback_refusal``): after a hand-over they are no longer Linkerd's."""
+        target = self.catalog.release_for_chart(CRDS, back.to_chart)
+        info = self.catalog.major(target.major) if target is not None else None
+        manifest = {o.name for o in self.ports.release_objects(CRDS, back.namespace) if o.kind == CRD_KIND}
+        reason = crd_rollback_refusal(
+            gateway_observe(self.ports.route_crds(), {CRDS: manifest}),
+            info.gateway_api if info is not None else None,
+            self.ports.user_values(CRDS, back.namespace, revision=back.to_revision),
+            release=CRDS,
+            namespace=back.namespace,
+            target=f"{back.to_chart} (revision {back.to_revision})",
+            known=target is not None,
+        )
+        if reason is not None:
+            raise self._stop(
+                f"{reason}; the Gateway API CRDs stay as they are only if linkerd-crds is kept",
+                f"roll back without --include-crds (upgrader rollback {self.checkpoint.run_id}): linkerd-crds and "
+                "the Gateway API CRDs stay as they are",
+            )
+
     def _charts_of(self, release: str) -> dict[str, str]:
         offering = {str(v): dict(r.charts) for v, r in self.catalog.releases_by_version().items()}
         return offering.get(release, {})
 
     # ---- helm steps ------------------------------------------------------------------------
     def _helm_step(
-        self, name: str, chart: str, version: str, *, values: Hop | None, namespace: str | None = None
+        self,
+        name: str,
+        chart: str,
+        version: str,
+        *,
+        values: Hop | None,
+        namespace: str | None = None,
+        switches: dict[str, Any] | None = None,
     ) -> None:
         ns = namespace or self.namespace
         current = self.ports.release(name, ns)
@@ -727,6 +949,7 @@ class Executor:
         )
         if current.chart_version == version and current.status == "deployed":
             log.info("step-done-already", release=name, chart_version=version, revision=current.revision)
+            self._idle = True
             return
         if name == CRDS and crds_would_go_back(current.chart_version, version):
             note = f"{CRDS} kept at {current.chart_version}: the planned {version} is older (CRDs never move back)"
@@ -742,6 +965,14 @@ class Executor:
             sent, reset, reuse = self._values_for(
                 values, name, ns, chart, version, user=user, installed=installed, strategy=strategy
             )
+        elif switches:  # linkerd-crds with the plan's Gateway API switches (upgrader.gatewayapi)
+            user, _, _ = self._carried_values(name, ns)
+            out = switched(user, switches, target_defaults=self.ports.chart_defaults(f"{self.repo}/{chart}", version))
+            changes = diff(self.ports.all_values(name, ns), out.effective)
+            self.checkpoint.values_diffs[f"{self.checkpoint.hop}/{chart}"] = changes
+            log.info("values", release=name, strategy="reset-then-reuse", changed=len(changes), switches=switches)
+            self._save()
+            sent, reset, reuse = out.values, out.reset_values, out.reuse_values
         log.info("helm-upgrade", release=name, namespace=ns, chart_version=version, revision=current.revision)
         self.lock.fence()
         try:
@@ -865,6 +1096,7 @@ class Executor:
         current = self.ports.release(step.release, ns)
         if current is not None and current.chart_version == version and current.status == "deployed":
             log.info("step-done-already", release=step.release, chart_version=version)
+            self._idle = True
             if step.part == "control-plane":
                 self._remove_legacy(legacy, legacy_ns)
             return
@@ -997,6 +1229,10 @@ class Executor:
             if str(item) not in self.checkpoint.reported:
                 self.checkpoint.reported.append(str(item))
         before = self._metrics(wave.namespaces)
+        started = self.clock()
+        dp = self.spec.data_plane
+        pending = self._wave_pending(index, hop, number)
+        rounds = restart_rounds(pending, dp.max_concurrent_per_namespace, dp.max_namespaces)
         stamp = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
         proxies: dict[str, int] = {}
         for key in (w.key for w in inv.targets):
@@ -1017,6 +1253,8 @@ class Executor:
             record_hop=index,
             resume=resume,
         )
+        if rounds:
+            self._record("restart", (self.clock() - started).total_seconds() / rounds)
         bake = parse_duration(wave.bake_time)
         if bake:
             log.info("bake", wave=wave.name, seconds=bake)
@@ -1100,7 +1338,7 @@ class Executor:
         self._progress(label, 0, len(items))
         while r.pending or r.running:
             self._start_allowed(r, view)
-            if not r.running and not r.pending:
+            if not r.running and (not r.pending or r.held is not None):
                 break
             seen = self.ports.wait_for_change(view.version, self._wait_seconds(r))
             view = self.ports.data_plane() if seen != view.version else view
@@ -1113,6 +1351,8 @@ class Executor:
                 f"{'; '.join(reason for reason, _ in r.gave_up.values())}",
                 f"{'; '.join(hint for _, hint in r.gave_up.values())}; then {r.resume}",
             )
+        if r.held is not None:  # the window has no room for another restart: the in-flight ones finished
+            raise WindowClosed(r.held, what=f"the next restart of {r.label}", seconds=self._estimate("restart"))
 
     def _start_allowed(self, r: _Rollout, view: DataPlaneView) -> None:
         """Start what the throttle allows and the budgets can absorb.
@@ -1141,6 +1381,11 @@ class Executor:
                 r.pending.remove(w)
                 del r.blocked[w.key]
                 r.gave_up[w.key] = (f"{block} (waited {int(waited)}s)", budget_hint(current))
+        if free and r.held is None and not (fit := self._restart_fits(r)).ok:
+            log.info("window-hold", what=r.label, pending=len(r.pending), running=len(r.running), reason=fit.reason)
+            r.held = fit  # no new restart starts; the ones in flight finish
+        if r.held is not None:
+            return
         for w in next_starts(free, in_flight, r.throttle, now=now.timestamp(), last_start=r.last_start):
             if r.record_hop is not None:
                 self.checkpoint.restarted.append(
@@ -1275,3 +1520,4 @@ class _Rollout:
     gave_up: dict[Key, tuple[str, str]] = field(default_factory=dict)  # blocked past pdbWaitTimeout: (why, hint)
     last_start: float | None = None
     done: int = 0
+    held: windows.Fit | None = None  # the window had no room for another restart

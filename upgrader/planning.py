@@ -31,15 +31,17 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from upgrader import windows
 from upgrader.catalog import Catalog, KubernetesRange, Major, Note
 from upgrader.dataplane import inventory, selects
 from upgrader.errors import InputError
+from upgrader.gatewayapi import GatewayCrd, HopLeg, plan_gateway_api
 from upgrader.inputs import validation_error
 from upgrader.metrics import public_url
 from upgrader.pins import Pin, describe, remedies, value_pins, workload_pins
@@ -54,6 +56,7 @@ CRDS, CONTROL_PLANE, LEGACY = "linkerd-crds", "linkerd-control-plane", "linkerd2
 HA_FILE = "values-ha.yaml"  # shipped inside the control-plane chart (and the linkerd2 chart)
 KUBERNETES_WAIVER = "kubernetes-version"  # the preflight check id a spec may waive
 EXTENSIONS = ("linkerd-viz", "linkerd-multicluster", "linkerd-jaeger", "linkerd-smi")
+EXTENSION_LABEL = "linkerd.io/extension"
 EXTENSION_NAMESPACES = {
     "linkerd-viz": "linkerd-viz",
     "linkerd-multicluster": "linkerd-multicluster",
@@ -62,6 +65,42 @@ EXTENSION_NAMESPACES = {
 }
 # Rough minutes for the duration estimate (what reviewers plan a window with).
 MINUTES = {"preflight": 1, "crds": 1, "control-plane": 3, "verify": 1, "extension": 2, "restart": 1}
+
+
+def step_kind(step: _StepBase) -> str:
+    """The kind of step whose recorded durations estimate this one (a wave: one round of restarts)."""
+    if isinstance(step, UpgradeRelease | AdoptSplitCharts):
+        return f"helm:{step.release}"
+    if isinstance(step, RestartWave):
+        return "restart"
+    return str(getattr(step, "action", "step"))  # preflight, keep-release, verify-control-plane, verify-data-plane
+
+
+def default_seconds(kind: str) -> int:
+    """What a step of ``kind`` takes when no earlier run recorded one (a wave: per round of restarts)."""
+    if kind == f"helm:{CRDS}":
+        return MINUTES["crds"] * 60
+    if kind in (f"helm:{CONTROL_PLANE}", f"helm:{LEGACY}"):
+        return MINUTES["control-plane"] * 60
+    if kind.startswith("helm:"):
+        return MINUTES["extension"] * 60
+    return {"preflight": 60, "keep-release": 0, "restart": MINUTES["restart"] * 60}.get(kind, MINUTES["verify"] * 60)
+
+
+def restart_rounds(pods: Mapping[str, int], per_namespace: int, lanes: int) -> int:
+    """Rounds of throttled restarts for ``pods`` (namespace -> workloads or pods to restart).
+
+    A namespace's rounds follow one another whatever the number of lanes (``maxNamespaces``): the
+    wave takes at least its busiest namespace's rounds, and at least the rounds of all shared out
+    over the lanes.
+    """
+    per_ns = [math.ceil(n / per_namespace) for n in pods.values() if n > 0]
+    return max(max(per_ns, default=0), math.ceil(sum(per_ns) / max(1, lanes)))
+
+
+def wave_seconds(restart: int, rounds: int, bake_time: str) -> int:
+    """A wave: its rounds of restarts, then its bake time."""
+    return restart * rounds + parse_duration(bake_time)
 
 
 class _Out(BaseModel):
@@ -86,6 +125,7 @@ class _StepBase(_Out):
     detail: str = ""
     chart: str | None = None
     chart_version: str | None = None
+    estimated_seconds: int = 0  # recorded durations of this step's kind, else the defaults (upgrader.windows)
 
     @model_validator(mode="after")
     def _state_fits(self) -> _StepBase:
@@ -192,6 +232,8 @@ class WavePlan(_Out):
     namespaces: list[str]
     selector: dict[str, str] = Field(default_factory=dict)
     bake_time: str = "0s"
+    # meshed workloads to restart per namespace when planned (estimates); empty: not counted (offline, old plans)
+    workloads: dict[str, int] = Field(default_factory=dict)
 
 
 class Hop(_Out):
@@ -205,6 +247,16 @@ class Hop(_Out):
     values_changes: dict[str, Any] = Field(default_factory=dict)
     notes: list[dict[str, Any]] = Field(default_factory=list)
     estimated_minutes: int = 0
+    # the Gateway API switches the hop sends with linkerd-crds (upgrader.gatewayapi), over that release's user values
+    crds_values: dict[str, Any] = Field(default_factory=dict)
+
+
+class WindowFit(_Out):
+    """Whether the run fits in one maintenance window; else the first step of the next window."""
+
+    fits_one_window: bool
+    first_of_next_window: str | None = None
+    margin_seconds: int = 0
 
 
 class Plan(_Out):
@@ -221,12 +273,17 @@ class Plan(_Out):
     on_failure: str = "pause"
     dry_run: bool = False
     window: dict[str, Any] | None = None
+    windows: list[str] = Field(default_factory=list)  # maintenance windows, e.g. "tue,wed,thu 01:00-05:00 UTC"
+    window_fit: WindowFit | None = None  # with windows: does the run fit in one (else where the next one starts)
     gates: dict[str, Any] = Field(default_factory=dict)
     values_overrides: dict[str, Any] = Field(default_factory=dict)  # redacted
     warnings: list[str] = Field(default_factory=list)  # what a reviewer must look at; they do not block
     high_availability: bool | None = None  # the installation is HA (None: not observed, e.g. offline)
     high_availability_evidence: list[str] = Field(default_factory=list)  # what discovery decided it on
     pins: list[Pin] = Field(default_factory=list)  # versions held by values or workloads (upgrader.pins)
+    gateway_api: str = "auto"  # the spec's gatewayAPI choice
+    gateway_api_crds: list[dict[str, Any]] | None = None  # the route CRDs as observed (None: not observed)
+    kubernetes: dict[str, Any] | None = None  # the live version and the hop that first needs a newer one
     refused: Refusal | None = None
 
     def as_json(self) -> dict[str, Any]:
@@ -288,6 +345,9 @@ class Observed:
     # whose user values the first hop carries when the control plane's last revision is not deployed
     # (``discovery.carried_note``); None when they are the current revision's
     values_carried: str | None = None
+    gateway_api: tuple[GatewayCrd, ...] | None = None  # the Gateway API route CRDs (None: not observed, offline)
+    crds_values: Mapping[str, Any] = field(default_factory=dict)  # linkerd-crds' user values (its switches)
+    extension_releases: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # chart -> (release, namespace)
 
     def namespace_of(self, release: str) -> str:
         """Where a release lives (the control plane's namespace unless discovery found it elsewhere)."""
@@ -516,8 +576,14 @@ def make_plan(
     *,
     acks: frozenset[str] = frozenset(),
     offering_notes: list[str] | None = None,
+    durations: Mapping[str, Sequence[float]] | None = None,
 ) -> Plan:
-    """Plan the way from ``observed`` to ``target``; see the module docstring."""
+    """Plan the way from ``observed`` to ``target``; see the module docstring.
+
+    ``durations`` are step durations earlier runs recorded per step kind (``step_kind``): each
+    step's ``estimated_seconds`` comes from them, else from ``default_seconds``. With maintenance
+    windows, a step longer than any window is refused (``step-longer-than-window``).
+    """
     current = observed.control_plane
     notes = list(offering_notes or [])
     acknowledged = sorted(acks | set(spec.acknowledge))
@@ -533,20 +599,33 @@ def make_plan(
         "on_failure": spec.on_failure,
         "dry_run": spec.dry_run,
         "window": spec.window.model_dump(by_alias=True) if spec.window else None,
+        "windows": [str(r) for r in spec.window_rules()],
         "gates": _gates(spec),
         "values_overrides": redact_values(spec.values.overrides),
         "high_availability": observed.high_availability if observed.ha_evidence else None,
         "high_availability_evidence": list(observed.ha_evidence),
+        "gateway_api": spec.gateway_api,
+        "gateway_api_crds": [c.as_dict() for c in observed.gateway_api] if observed.gateway_api is not None else None,
     }
     if observed.control_plane is not None and not observed.kubernetes:
         notes.append("Kubernetes version unknown (offline): supported ranges were not checked; pass --kubernetes")
+    seen: dict[str, Any] = {}
     try:
         hops = _plan_hops(
-            observed, target, offering, catalog=catalog, spec=spec, acknowledged=set(acknowledged), notes=notes
+            observed,
+            target,
+            offering,
+            catalog=catalog,
+            spec=spec,
+            acknowledged=set(acknowledged),
+            notes=notes,
+            seen=seen,
         )
         warnings = _check_waves(spec, observed) if hops else []
-    except _Refused as refused:
+    except _Refused as refused:  # a refused plan still says which hops the cluster's Kubernetes supports
+        base["kubernetes"] = seen.get("kubernetes")
         return Plan(**base, refused=Refusal(code=refused.code, reason=refused.reason))
+    base["kubernetes"] = _kubernetes_summary(observed, hops, catalog, notes)
     pins = find_pins(observed, spec, [h.to for h in hops], [ns for h in hops for w in h.waves for ns in w.namespaces])
     if pins and spec.pins == "refuse":
         reason = f"versions are pinned: {describe(pins)}. {remedies(pins)}"
@@ -556,10 +635,170 @@ def make_plan(
         carrying = step.model_copy(update={"detail": f"{step.detail}; values carried: {observed.values_carried}"})
         hops[0] = hops[0].model_copy(update={"steps": [carrying if s is step else s for s in hops[0].steps]})
         warnings.append(f"hop 1 carries the {observed.values_carried}")
+    try:
+        hops, gateway_warnings = _with_gateway_api(hops, observed, spec, catalog, notes)
+    except _Refused as refused:
+        return Plan(**base, refused=Refusal(code=refused.code, reason=refused.reason))
+    warnings += gateway_warnings
     unknown = sorted({h.major for h in hops if catalog.major(int(h.major.split(".")[1])) is None})
     if unknown:
         notes.append(f"no catalog entry for {', '.join(unknown)}: Kubernetes range and notes unchecked")
-    return Plan(**base, hops=hops, warnings=warnings, estimated_minutes=sum(h.estimated_minutes for h in hops))
+    counts = _workload_counts(observed, spec, sorted({ns for h in hops for w in h.waves for ns in w.namespaces}))
+    hops = [_with_estimates(_with_workloads(h, counts), spec, durations or {}) for h in hops]
+    rules = spec.window_rules()
+    if rules and hops:
+        fit = windows.plan_fit(
+            rules, ((f"hop {n}, {s.name}", s.estimated_seconds) for n, h in enumerate(hops, 1) for s in h.steps)
+        )
+        if fit.too_long:
+            return Plan(**base, refused=Refusal(code="step-longer-than-window", reason=fit.too_long))
+        base["window_fit"] = WindowFit(
+            fits_one_window=fit.fits_one_window,
+            first_of_next_window=fit.first_of_next_window,
+            margin_seconds=max(r.margin for r in rules),
+        )
+    total = math.ceil(sum(s.estimated_seconds for h in hops for s in h.steps) / 60)
+    return Plan(**base, hops=hops, warnings=warnings, estimated_minutes=total)
+
+
+def step_estimate(
+    step: _StepBase,
+    wave: WavePlan | None,
+    spec: Spec,
+    durations: Mapping[str, Sequence[float]],
+    pending: Mapping[str, int] | None = None,
+) -> int:
+    """About how long ``step`` takes (seconds): the plan, ``apply --wait-for-window`` and the executor's gate
+    all ask this one function.
+
+    Recorded durations of the step's kind (``step_kind``), else ``default_seconds``; a step with no
+    work is 0 (a kept release, a release without an offered chart, a wave with nothing to restart).
+    A wave is its rounds of restarts of ``pending`` workloads per namespace (default: the plan's count,
+    one per namespace when it has none), then its bake time.
+    """
+    if isinstance(step, KeepRelease) or (isinstance(step, UpgradeRelease) and step.chart_version is None):
+        return 0
+    kind = step_kind(step)
+    seconds = windows.estimate(durations.get(kind, ()), default_seconds(kind))
+    if wave is None:
+        return seconds
+    if pending is None:
+        known = wave.workloads
+        pending = {ns: known.get(ns, 0) for ns in wave.namespaces} if known else dict.fromkeys(wave.namespaces, 1)
+    dp = spec.data_plane
+    rounds = restart_rounds(pending, dp.max_concurrent_per_namespace, dp.max_namespaces)
+    return wave_seconds(seconds, rounds, wave.bake_time) if rounds else 0
+
+
+def _with_estimates(hop: Hop, spec: Spec, durations: Mapping[str, Sequence[float]]) -> Hop:
+    steps = [
+        s.model_copy(
+            update={
+                "estimated_seconds": step_estimate(
+                    s, hop.waves[s.wave] if isinstance(s, RestartWave) else None, spec, durations
+                )
+            }
+        )
+        for s in hop.steps
+    ]
+    minutes = math.ceil(sum(s.estimated_seconds for s in steps) / 60)
+    return hop.model_copy(update={"steps": steps, "estimated_minutes": minutes})
+
+
+def _workload_counts(observed: Observed, spec: Spec, namespaces: Sequence[str]) -> dict[str, int]:
+    """Meshed workloads a restart would touch, per namespace (restarts are per workload, not per pod);
+    offline (no data plane observed), the meshed pods per namespace, an upper bound."""
+    view = observed.data_plane_view
+    if view is None:
+        return {ns: sum(observed.data_plane.get(ns, {}).values()) for ns in namespaces if ns in observed.data_plane}
+    dp = spec.data_plane
+    targets = inventory(
+        view,
+        namespaces,
+        exclude_namespaces=dp.exclude_namespaces,
+        include_selector=dp.include_selector or None,
+        exclude_selector=dp.exclude_selector or None,
+    ).targets
+    counts = dict.fromkeys(namespaces, 0)
+    for w in targets:
+        counts[w.namespace] = counts.get(w.namespace, 0) + 1
+    return counts
+
+
+def _with_workloads(hop: Hop, counts: Mapping[str, int]) -> Hop:
+    waves = [
+        w.model_copy(update={"workloads": {ns: counts[ns] for ns in w.namespaces if ns in counts}}) for w in hop.waves
+    ]
+    return hop.model_copy(update={"waves": waves})
+
+
+def _kubernetes_summary(
+    observed: Observed, hops: list[Hop], catalog: Catalog, notes: list[str]
+) -> dict[str, Any] | None:
+    """The plan's Kubernetes line: which hop first needs another Kubernetes (a waived plan still says so)."""
+    moving = [(n, h) for n, h in enumerate(hops, start=1) if h.kind != "data-plane"]
+    if not moving or observed.control_plane is None:
+        return None
+    first, start = moving[0][0], catalog.parse(moving[0][1].from_)
+    path = kubernetes_path(observed.kubernetes, start, [catalog.parse(h.to) for _, h in moving], catalog, first=first)
+    if path is None:
+        return None
+    if path["summary"]:
+        notes.append(f"Kubernetes {path['live']}: {path['summary']}")
+    else:
+        notes.append(f"Kubernetes {path['live']} is supported by every hop")
+    return path
+
+
+def _with_gateway_api(
+    hops: list[Hop], observed: Observed, spec: Spec, catalog: Catalog, notes: list[str]
+) -> tuple[list[Hop], list[str]]:
+    """The hops with their Gateway API linkerd-crds values and notes (``upgrader.gatewayapi``); warnings."""
+    legs = [
+        HopLeg(
+            previous=catalog.parse(h.from_),
+            stop=catalog.parse(h.to),
+            sends_crds=any(isinstance(s, UpgradeRelease) and s.release == CRDS for s in h.steps),
+        )
+        for h in hops
+    ]
+    touched = [
+        leg for leg in legs if leg.sends_crds and (m := catalog.major(leg.stop.major)) and m.gateway_api is not None
+    ]
+    if observed.gateway_api is None:
+        if touched:
+            notes.append(
+                "Gateway API CRDs not observed (offline): what each hop's linkerd-crds does to them is decided by "
+                "preflight (crds.gateway-api) against the cluster"
+            )
+        return hops, []
+    decided = plan_gateway_api(
+        observed.gateway_api,
+        legs,
+        catalog,
+        choice=spec.gateway_api,
+        release=CRDS,
+        namespace=observed.namespace_of(CRDS),
+        user_values=observed.crds_values,
+    )
+    if decided.refusal is not None:
+        raise _Refused(*decided.refusal)
+    out = []
+    for hop, values, hop_notes in zip(hops, decided.values, decided.notes, strict=True):
+        if values:
+            shown = ", ".join(f"{k}: {str(v).lower()}" for k, v in values.items())
+            steps = [
+                s.model_copy(update={"detail": f"{s.detail}; Gateway API: {shown}"})
+                if isinstance(s, UpgradeRelease) and s.release == CRDS
+                else s
+                for s in hop.steps
+            ]
+            out.append(
+                hop.model_copy(update={"steps": steps, "crds_values": values, "notes": [*hop.notes, *hop_notes]})
+            )
+        else:
+            out.append(hop)
+    return out, decided.warnings
 
 
 def find_pins(observed: Observed, spec: Spec, targets: list[str], namespaces: list[str]) -> list[Pin]:
@@ -657,6 +896,7 @@ def _check_stop(
     observed: Observed,
     spec: Spec,
     notes: list[str],
+    where: dict[str, Any] | None = None,
 ) -> None:
     if abs(stop.major - previous.major) > 1:
         raise _Refused(
@@ -672,10 +912,150 @@ def _check_stop(
     if KUBERNETES_WAIVER in spec.waivers:
         notes.append(f"waived {KUBERNETES_WAIVER}: {supported}, the cluster runs {observed.kubernetes}")
         return
-    raise _Refused(
-        "kubernetes-unsupported",
-        f"{supported}; the cluster runs {observed.kubernetes} (waive {KUBERNETES_WAIVER} in the spec to plan anyway)",
+    first = f"; {where['summary']}" if where and where.get("summary") else ""
+    if _older(observed.kubernetes, supported_range.min):
+        hint = f"upgrade Kubernetes first, or waive {KUBERNETES_WAIVER} in the spec to plan anyway"
+    else:  # the cluster is newer than the hop supports: Kubernetes does not go back
+        hint = (
+            f"the cluster's Kubernetes is newer than {stop} supports and cannot be downgraded: waive "
+            f"{KUBERNETES_WAIVER} in the spec to plan anyway (Linkerd {stop} is untested on {observed.kubernetes}), "
+            "or take the path on a cluster whose Kubernetes every hop supports"
+        )
+    raise _Refused("kubernetes-unsupported", f"{supported}; the cluster runs {observed.kubernetes}{first} ({hint})")
+
+
+def kubernetes_path(
+    live: str | None, current: Version, waypoints: list[Version], catalog: Catalog, *, first: int = 1
+) -> dict[str, Any] | None:
+    """Which hops the live Kubernetes supports: the first hop that needs another one, the hops whose range ends
+    below the cluster's (too new for them), the first that needs a newer one and the last supported before it.
+
+    ``first`` is the number of the first waypoint's hop (a data-plane catch-up hop comes before it).
+    None when the live version is unknown (offline without --kubernetes).
+    """
+    if not live:
+        return None
+    rows, previous = [], current
+    for number, stop in enumerate(waypoints, start=first):
+        kr = catalog.kubernetes_for(stop)
+        ok = kr is None or kr.contains(live)
+        row: dict[str, Any] = {"hop": number, "from": str(previous), "to": str(stop), "supported": ok}
+        if kr is not None:
+            row |= {"min": kr.min, "max": kr.max}
+        rows.append(row)
+        previous = stop
+    bad = next((r for r in rows if not r["supported"]), None)
+    too_new = [r for r in rows if not r["supported"] and "min" in r and not _older(live, r["min"])]
+    too_old = [r for r in rows if not r["supported"] and r not in too_new]
+    cut = too_old[0]["hop"] if too_old else None
+    good = [r for r in rows if r["supported"] and (cut is None or r["hop"] < cut)]
+    last = good[-1] if good else None
+    summary = None
+    if bad is not None:
+        parts = []
+        if too_new:
+            head = too_new[0]
+            parts.append(
+                f"hop {head['hop']} ({head['from']} -> {head['to']}) supports at most Kubernetes {head['max']}; "
+                f"the cluster runs {live}: {_hop_list(too_new)} need an older Kubernetes than the cluster's"
+            )
+        if too_old:
+            head = too_old[0]
+            parts.append(
+                f"hop {head['hop']} ({head['from']} -> {head['to']}) is the first that needs Kubernetes "
+                f"{head['min']} or newer"
+            )
+        supported = [r for r in rows if r["supported"]]
+        if not supported:
+            parts.append(f"Kubernetes {live} supports none of the hops")
+        elif too_new:
+            parts.append(f"Kubernetes {live} is supported by {_hop_list(supported)}")
+        elif last is not None:
+            parts.append(
+                f"the last hop Kubernetes {live} supports is hop {last['hop']} ({last['from']} -> {last['to']})"
+            )
+        summary = "; ".join(parts)
+    return {
+        "live": live,
+        "hops": rows,
+        "last_supported_hop": last["hop"] if last else None,
+        "first_unsupported_hop": bad["hop"] if bad else None,
+        "older_kubernetes_hops": [r["hop"] for r in too_new],  # hops whose range ends below the cluster's
+        "summary": summary,
+    }
+
+
+def _hop_list(rows: list[dict[str, Any]]) -> str:
+    """``hop 3``, ``hops 1-2``, ``hops 1-2, 5``: the hop numbers of ``rows``, runs collapsed."""
+    numbers = [r["hop"] for r in rows]
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and runs[-1][-1] == n - 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
+    return f"hops {text}" if len(numbers) > 1 else f"hop {text}"
+
+
+def _older(live: str, floor: str) -> bool:
+    return not KubernetesRange(min=floor, max="99.0").contains(live)
+
+
+def removed_extension_refusal(
+    number: int,
+    previous: Version,
+    stop: Version,
+    info: Major,
+    *,
+    releases: Iterable[tuple[str, str, str]],
+    labelled: Mapping[str, Mapping[str, str]],
+    busy: Collection[str] | None,
+) -> str | None:
+    """Why a hop into a major that no longer ships an installed extension is refused (None: it is not).
+
+    ``releases``: (chart, release, namespace) of the Helm releases; ``labelled``: namespace -> labels;
+    ``busy``: namespaces that still hold workloads (None: unknown). A namespace labelled for the extension
+    counts only while it holds workloads: ``helm uninstall`` leaves the namespace and its label behind."""
+    for gone in info.removed_extensions:
+        found = [(name, ns) for chart, name, ns in releases if chart == gone.chart]
+        left = sorted(
+            ns
+            for ns, labels in labelled.items()
+            if labels.get(EXTENSION_LABEL) == gone.extension and (busy is None or ns in busy)
+        )
+        if not found and not left:
+            continue
+        note = info.note(gone.note)
+        if found:
+            how = "; ".join(f"helm uninstall {name} -n {ns}" for name, ns in found)
+            what = " and ".join(f"the Helm release {ns}/{name} (chart {gone.chart})" for name, ns in found)
+        else:
+            how = f"linkerd {gone.extension} uninstall | kubectl delete -f -"
+            what = f"namespace {', '.join(left)} labelled {EXTENSION_LABEL}={gone.extension}, with workloads,"
+        return (
+            f"hop {number} ({previous} -> {stop}) removes the {gone.extension} extension ({gone.note}: "
+            f"{note.text if note else 'no longer shipped'}), and {what} is installed. Uninstall it first: "
+            f"{how}; then plan again"
+        )
+    return None
+
+
+def _check_removed_extensions(number: int, previous: Version, stop: Version, info: Major, observed: Observed) -> None:
+    """An extension the hop's major no longer ships refuses the hop while it is installed (no --ack lifts it)."""
+    view = observed.data_plane_view
+    reason = removed_extension_refusal(
+        number,
+        previous,
+        stop,
+        info,
+        releases=[(chart, name, ns) for chart, (name, ns) in observed.extension_releases.items()]
+        or [(e, e, observed.namespace_of(e)) for e in observed.extensions],
+        labelled=observed.namespace_labels,
+        busy={w.namespace for w in view.workloads} if view is not None else None,
     )
+    if reason is not None:
+        raise _Refused("extension-removed", reason)
 
 
 def _plan_hops(
@@ -687,7 +1067,9 @@ def _plan_hops(
     spec: Spec,
     acknowledged: set[str],
     notes: list[str],
+    seen: dict[str, Any] | None = None,
 ) -> list[Hop]:
+    """The hops; ``seen["kubernetes"]``: the Kubernetes path over the waypoints, once known (for a refusal)."""
     current = observed.control_plane
     if current is None:
         raise _Refused(
@@ -720,7 +1102,11 @@ def _plan_hops(
         notes=notes,
     )
     previous = current
-    for stop in waypoints:
+    first = len(hops) + 1  # after a data-plane catch-up hop, if any
+    where = kubernetes_path(observed.kubernetes, current, waypoints, catalog, first=first)
+    if seen is not None:
+        seen["kubernetes"] = where
+    for number, stop in enumerate(waypoints, start=first):
         info = catalog.major(stop.major)
         _check_stop(
             previous,
@@ -730,6 +1116,7 @@ def _plan_hops(
             observed=observed,
             spec=spec,
             notes=notes,
+            where=where,
         )
         # Changing channel inside a major (enterprise <-> edge) re-applies that release's CRDs: not a rollback.
         is_rollback = stop < previous and not (stop.major == previous.major and stop.channel != previous.channel)
@@ -740,6 +1127,8 @@ def _plan_hops(
                 f"back into one {LEGACY} release), which upgrader cannot run; restore 2.{stop.major} from a backup",
             )
         hop_notes = [] if is_rollback or info is None or stop.major == previous.major else info.notes
+        if hop_notes and info is not None:
+            _check_removed_extensions(number, previous, stop, info, observed)
         missing = [n.id for n in hop_notes if n.blocking and n.id not in acknowledged]
         if missing:
             raise _Refused(

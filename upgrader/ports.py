@@ -7,6 +7,7 @@ records and never on Kubernetes client objects or pyhelm3 models. The adapters i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -232,6 +233,7 @@ class CustomResourceDefinition:
     served: tuple[str, ...]
     storage: str
     stored_versions: tuple[str, ...] = ()
+    annotations: Mapping[str, str] = field(default_factory=dict)  # owner (meta.helm.sh/*), bundle, policy
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from typing import Any, Literal
 
 import yaml
@@ -17,6 +18,7 @@ from upgrader.logs import bounded
 from upgrader.planning import Plan
 from upgrader.preflight import CheckResult
 from upgrader.states import mermaid
+from upgrader.windows import duration_text
 
 Format = Literal["table", "markdown", "json", "yaml"]
 
@@ -47,6 +49,26 @@ def _summary(plan: Plan) -> str:
     return f"{len(plan.hops)} hop(s): {path}; estimated {plan.estimated_minutes} min"
 
 
+def _window_lines(plan: Plan) -> list[str]:
+    """The maintenance windows and whether the run fits in one (empty without windows)."""
+    if not plan.windows:
+        return []
+    lines = [f"maintenance window: {w}" for w in plan.windows]
+    fit = plan.window_fit
+    if fit is not None:
+        margin = f" (each step with a {duration_text(fit.margin_seconds)} margin)"
+        lines.append(
+            f"fits in one window{margin}"
+            if fit.fits_one_window
+            else f"does not fit in one window{margin}: {fit.first_of_next_window} would be the first step of the next"
+        )
+    return lines
+
+
+def _minutes(seconds: int) -> str:
+    return f"~{math.ceil(seconds / 60)} min" if seconds >= 60 else f"~{seconds} s"
+
+
 def _high_availability(plan: Plan) -> str | None:
     """One line on whether the installation is HA and on what evidence (None when not observed)."""
     if plan.high_availability is None:
@@ -68,11 +90,7 @@ def _markdown(plan: Plan) -> str:
     out += [f"- **warning**: {w}" for w in plan.warnings]
     out += [f"- **pinned**: {p}" for p in plan.pins]
     out.append(f"- on failure: `{plan.on_failure}`{'; dry run (server-side only)' if plan.dry_run else ''}")
-    if plan.window:
-        days = ",".join(plan.window.get("days") or []) or "every day"
-        out.append(
-            f"- maintenance window: {plan.window['start']}-{plan.window['end']} {plan.window['timezone']} ({days})"
-        )
+    out += [f"- {line}" for line in _window_lines(plan)]
     if plan.gates:
         out.append("- gates: " + ", ".join(f"{k}={v}" for k, v in plan.gates.items()))
     if plan.values_overrides:
@@ -93,9 +111,10 @@ def _markdown(plan: Plan) -> str:
             "|---|---|",
         ]
         out += [f"| {chart} | {version} |" for chart, version in hop.charts.items()]
-        out += ["", "| # | state | step | chart version | detail |", "|---|---|---|---|---|"]
+        out += ["", "| # | state | step | chart version | estimate | detail |", "|---|---|---|---|---|---|"]
         out += [
-            f"| {n} | {s.state} | {s.name} | {s.chart_version or ''} | {s.detail} |" for n, s in enumerate(hop.steps, 1)
+            f"| {n} | {s.state} | {s.name} | {s.chart_version or ''} | {_minutes(s.estimated_seconds)} | {s.detail} |"
+            for n, s in enumerate(hop.steps, 1)
         ]
         if hop.values_changes:
             out += ["", "Values changes in this major (migrated or refused before the upgrade):"]
@@ -126,6 +145,8 @@ def _table(plan: Plan) -> str:
     console.print(f"Plan {plan.from_ or 'unknown'} -> {plan.to} (spec {bounded(plan.spec)}): {_summary(plan)}")
     if (ha := _high_availability(plan)) is not None:
         console.print(ha)
+    for line in _window_lines(plan):
+        console.print(line)
     for note in plan.notes:
         console.print(f"note: {note}")
     for warning in plan.warnings:
@@ -138,11 +159,12 @@ def _table(plan: Plan) -> str:
             "state",
             "step",
             "chart version",
+            "estimate",
             "detail",
             title=f"Hop {i}: {hop.from_} -> {hop.to} ({hop.kind}, ~{hop.estimated_minutes} min)",
         )
         for n, s in enumerate(hop.steps, 1):
-            table.add_row(str(n), s.state, s.name, s.chart_version or "", s.detail)
+            table.add_row(str(n), s.state, s.name, s.chart_version or "", _minutes(s.estimated_seconds), s.detail)
         console.print(table)
         for kind, keys in hop.values_changes.items():
             console.print(f"values {kind} in {hop.major}: {json.dumps(keys)}")

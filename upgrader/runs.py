@@ -23,6 +23,7 @@ import os
 import secrets
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from upgrader import audit, notifications, windows
 from upgrader.catalog import Catalog, default_catalog
 from upgrader.checkpoints import (
     Checkpoint,
@@ -49,6 +51,7 @@ from upgrader.discovery import (
     split_chart,
 )
 from upgrader.errors import (
+    EXIT_REFUSED,
     ClusterUnreachableError,
     InputError,
     NeverDeployedError,
@@ -62,29 +65,35 @@ from upgrader.execution import (
     PreflightStoppedError,
     RollbackScope,
     RunStoppedError,
+    WindowTooShortError,
 )
+from upgrader.gatewayapi import observe as gateway_observe
 from upgrader.inputs import DOCUMENT_CAP, check_regular_file, json_digest, read_json_file
 from upgrader.locking import LockLostError, pid_alive
 from upgrader.metrics import public_url
 from upgrader.planning import (
+    CRDS,
     HA_FILE,
     AdoptSplitCharts,
     Hop,
     Observed,
     Plan,
+    RestartWave,
     UpgradeRelease,
     build_offering,
     control_plane_step,
     ha_layers,
     hop_values,
     make_plan,
+    step_estimate,
     wants_ha_values,
 )
 from upgrader.ports import DataPlaneView, HelmRevision, Namespace
 from upgrader.preflight import CheckResult
 from upgrader.preflight.checks import Context, run_checks
 from upgrader.preflight.observe import gather
-from upgrader.spec import Spec, load_spec, parse_duration
+from upgrader.redaction import REDACTED
+from upgrader.spec import Spec, Window, load_spec, parse_duration
 from upgrader.states import TERMINAL, RunState
 from upgrader.values import diff
 
@@ -230,6 +239,26 @@ def _with_pin_inputs(
     )
 
 
+def _with_gateway_api(observed: Observed, kube: Any, helm: Any, notes: list[str]) -> Observed:
+    """``observed`` with the Gateway API route CRDs and linkerd-crds' user values (unreadable: noted, not judged)."""
+    try:
+        release = observed.release_namespaces.get(CRDS)
+        values = helm.get_values(CRDS, release) if release is not None else {}
+        # a CRD linkerd-crds' manifest no longer holds is nobody's, whatever its annotations say
+        manifest = (
+            {CRDS: {o.name for o in helm.manifest(CRDS, release) if o.kind == "CustomResourceDefinition"}}
+            if release is not None
+            else None
+        )
+        crds = gateway_observe(kube.list_crds(), manifest)
+    except UpgraderError as exc:
+        if exc.retryable:
+            raise
+        notes.append(f"Gateway API CRDs not checked ({exc.message}); preflight crds.gateway-api checks them")
+        return observed
+    return replace(observed, gateway_api=crds, crds_values=values or {})
+
+
 def plan_session(
     *,
     to: str | None,
@@ -243,9 +272,16 @@ def plan_session(
     helm: str | None,
     impersonate: str | None = None,
     kubernetes: str | None = None,
+    windows_given: list[Window] | None = None,
+    state_store: str | None = None,
 ) -> Session:
-    """Observe (or take ``--from`` offline), build what can be installed, and plan."""
-    spec = load_spec(spec_file) if spec_file else Spec()
+    """Observe (or take ``--from`` offline), build what can be installed, and plan.
+
+    ``windows_given`` (``--window``) replace the spec's maintenance windows. With windows, each step's
+    estimate comes from the durations earlier runs against this installation recorded in the state
+    store (``state_store``; the default store when not given), else from the plan's defaults.
+    """
+    spec = (load_spec(spec_file) if spec_file else Spec()).with_windows(windows_given or [])
     target_text = to or spec.target
     if not target_text:
         raise InputError("no target version", hint="pass --to VERSION (or set target: in the spec)")
@@ -283,6 +319,9 @@ def plan_session(
             data_plane=inst.proxies,
             kubernetes=inst.kubernetes_version,
             extensions=inst.extensions,
+            extension_releases={
+                r.chart_name: (r.name, r.namespace) for r in inst.releases if r.chart_name in inst.extensions
+            },
             control_plane_namespace=inst.control_plane_namespace or "linkerd",
             namespace_labels=labels,
             namespaces=frozenset(labels) or None,  # a cluster always has namespaces: none read is unknown
@@ -292,6 +331,7 @@ def plan_session(
             ha_evidence=inst.ha_evidence,
         )
         observed = _with_pin_inputs(observed, kube, helm_port, inst, notes, namespaces=namespaces)
+        observed = _with_gateway_api(observed, kube, helm_port, notes)
         log.info(
             "observed",
             control_plane=str(observed.control_plane),
@@ -309,10 +349,131 @@ def plan_session(
     offering, offering_notes = build_offering(catalog, repo_rows)
     if repo_rows is None:
         notes.append(f"helm repository {repo!r} is not added; chart versions come from the bundled catalog")
+    durations = _plan_durations(spec, state_store, kube, observed.control_plane_namespace, notes)
     result = make_plan(
-        observed, target, offering, catalog, spec, acks=frozenset(ack or []), offering_notes=notes + offering_notes
+        observed,
+        target,
+        offering,
+        catalog,
+        spec,
+        acks=frozenset(ack or []),
+        offering_notes=notes + offering_notes,
+        durations=durations,
     )
     return Session(spec, catalog, result, kube, helm_port, observed.control_plane_namespace)
+
+
+def _plan_durations(
+    spec: Spec, state_store: str | None, kube: Any, namespace: str, notes: list[str]
+) -> dict[str, list[float]]:
+    """Step durations recorded by earlier runs against this installation (only read when the spec has windows)."""
+    if not spec.window_rules():
+        return {}
+    try:
+        return recorded_durations(open_store(state_store, kube), namespace, cluster_of(kube))
+    except UpgraderError as exc:
+        notes.append(f"step durations of earlier runs not read ({exc.message}): estimates are the plan defaults")
+        return {}
+
+
+def cluster_of(kube: Any) -> str:
+    """The cluster a run acts on, as its API server's ``scheme://host:port`` ("" when unknown)."""
+    host = getattr(getattr(getattr(kube, "api_client", None), "configuration", None), "host", None)
+    return notifications.url_host(host) if isinstance(host, str) and host else ""
+
+
+def recorded_durations(
+    store: CheckpointStore, namespace: str, cluster: str, *, besides: str | None = None
+) -> dict[str, list[float]]:
+    """Per step kind, the durations earlier runs in ``store`` recorded against this installation: the
+    control plane in ``namespace`` on the API server ``cluster`` (a staging and a production cluster
+    sharing one file store never mix)."""
+    runs = [
+        c
+        for c in store.runs()
+        if c.run_id != besides
+        and c.durations
+        and c.options.get("namespace", "linkerd") == namespace
+        and c.options.get("cluster", "") == cluster
+    ]
+    return windows.history(c.durations for c in runs)
+
+
+def next_step_estimate(session: Session, checkpoint: Checkpoint, durations: dict[str, list[float]]) -> tuple[int, str]:
+    """What the run's next step needs and its name: ``planning.step_estimate``, the function the executor's
+    gate asks too, with the durations earlier runs and this one recorded, and a wave's workloads this
+    run has not restarted yet (the plan's count less the checkpoint's restarts)."""
+    hops = session.plan.hops
+    if not 0 <= checkpoint.hop < len(hops) or not hops[checkpoint.hop].steps:
+        return 0, "the run"
+    hop = hops[checkpoint.hop]
+    step = hop.steps[checkpoint.step if 0 <= checkpoint.step < len(hop.steps) else 0]
+    recorded = windows.history([durations, checkpoint.durations])
+    wave, pending = None, None
+    if isinstance(step, RestartWave):
+        wave = hop.waves[step.wave]
+        if f"{checkpoint.hop}/{step.wave}" in checkpoint.waves_done:
+            pending = {}
+        elif wave.workloads:
+            done: dict[str, int] = {}
+            for r in checkpoint.restarted:
+                if r.hop == checkpoint.hop:
+                    done[r.namespace] = done.get(r.namespace, 0) + 1
+            pending = {ns: max(0, wave.workloads.get(ns, 0) - done.get(ns, 0)) for ns in wave.namespaces}
+    return step_estimate(step, wave, session.spec, recorded, pending), f"the next step ({step.name})"
+
+
+WAIT_SLICE = 300.0  # --wait-for-window: at most this long between progress lines
+
+
+class OutsideWindowError(UpgraderError):
+    """The run may not start (or go on) now: outside the maintenance windows, or no room for its next step."""
+
+    exit_code = EXIT_REFUSED
+
+
+def wait_for_window(
+    session: Session,
+    checkpoint: Checkpoint,
+    command: str,
+    *,
+    wait: bool,
+    clock: Clock,
+    sleep: Callable[[float], None],
+    say: Callable[[str], None],
+    durations: dict[str, list[float]] | None = None,
+) -> None:
+    """Return once the next step of the run fits in an open window; refuse (exit 3) or, with ``wait``, sleep.
+
+    ``command`` is the user's command, repeated in the hint with ``--wait-for-window``. A step no
+    window can ever hold is refused at once (waiting would never end).
+    """
+    rules = session.spec.window_rules()
+    if not rules:
+        return
+    seconds, what = next_step_estimate(session, checkpoint, durations or {})
+    subject = "the run" if checkpoint.state == RunState.PLANNED else f"run {checkpoint.run_id}"
+    too_long = windows.capacity(rules, clock()).too_long(what, seconds)
+    if too_long is not None:
+        raise OutsideWindowError(
+            f"{subject} cannot go on in these maintenance windows: {too_long}",
+            hint=f'give a window long enough for it: {command} --window "DAYS HH:MM-HH:MM ZONE" '
+            "(or widen the spec's window)",
+        )
+    while True:
+        now = clock()
+        fit = windows.fits(rules, now, seconds, what)
+        if fit.ok:
+            return
+        if not wait or fit.next_opening is None:
+            raise OutsideWindowError(
+                f"{subject} does not start now: {fit.reason}; {fit.next_text()}",
+                hint=f"run it then, or wait for it: {command} --wait-for-window",
+            )
+        left = (fit.next_opening.start - now).total_seconds()
+        say(f"waiting for the maintenance window: {fit.next_text()} (in {windows.duration_text(left)})")
+        log.info("window-wait", run_id=checkpoint.run_id, opens=fit.next_opening.start.isoformat(), seconds=left)
+        sleep(min(max(left, 0.5), WAIT_SLICE))
 
 
 def load_plan_file(path: Path) -> dict[str, Any]:
@@ -350,6 +511,19 @@ def check_plan_file(saved: dict[str, Any], plan: Plan, path: Path) -> None:
             f"plan {path} no longer matches the cluster (it starts at {saved.get('from')}, the "
             f"cluster runs {plan.from_})",
             hint="plan again and review the new plan",
+        )
+    # the reviewed Gateway API decision: the choice, the CRDs it was made on, and what each hop sends
+    reviewed = (
+        saved.get("gateway_api", "auto"),
+        saved.get("gateway_api_crds"),
+        [h.get("crds_values", {}) if isinstance(h, dict) else None for h in hops],
+    )
+    now = (plan.gateway_api, plan.gateway_api_crds, [h.crds_values for h in plan.hops])
+    if reviewed != now:
+        raise InputError(
+            f"plan {path} decided the Gateway API CRDs differently (gatewayAPI: {reviewed[0]}, linkerd-crds "
+            f"switches per hop {reviewed[2]}); against the cluster and spec now: gatewayAPI: {now[0]}, {now[2]}",
+            hint="plan again and review the new plan's gateway-api notes",
         )
 
 
@@ -492,7 +666,13 @@ def _ha_layers(
 
 
 def preflight(
-    session: Session, plan: Plan | None = None, *, min_cert_days: int, repo: str, now: dt.datetime | None = None
+    session: Session,
+    plan: Plan | None = None,
+    *,
+    min_cert_days: int,
+    repo: str,
+    now: dt.datetime | None = None,
+    offset: int = 0,
 ) -> list[CheckResult]:
     """Gather once and run every check for ``plan``'s first hop (the session's plan by default)."""
     plan = plan or session.plan
@@ -505,7 +685,15 @@ def preflight(
         values_to_send=values_sender(session, plan, repo),
     )
     return run_checks(
-        Context(snapshot, plan, session.catalog, session.spec, now=now or utc_now(), min_cert_days=min_cert_days)
+        Context(
+            snapshot,
+            plan,
+            session.catalog,
+            session.spec,
+            now=now or utc_now(),
+            min_cert_days=min_cert_days,
+            plan_offset=offset,  # hop numbers in messages count from the run's first hop
+        )
     )
 
 
@@ -608,9 +796,14 @@ def new_checkpoint(session: Session, options: RunOptions, clock: Clock = utc_now
     stored_spec["values"]["overrides"] = {}
     url = stored_spec["gates"].get("prometheusUrl") or ""
     stored_spec["gates"]["prometheusUrl"] = public_url(url) if url else None  # credentials are not stored either
+    hook = (stored_spec.get("notify") or {}).get("webhookUrl") or ""
+    if hook:  # a webhook URL is a secret (a token in its path, query or user:pass@): stored as scheme://host/<redacted>
+        stored_spec["notify"]["webhookUrl"] = notifications.redacted_url(hook)
     checkpoint.spec = stored_spec
-    checkpoint.spec_has_values = bool(session.spec.values.overrides) or public_url(url) != url
-    checkpoint.options = {**options.as_dict(), "namespace": session.namespace}
+    checkpoint.spec_has_values = (
+        bool(session.spec.values.overrides) or public_url(url) != url or session.spec.notify is not None
+    )
+    checkpoint.options = {**options.as_dict(), "namespace": session.namespace, "cluster": cluster_of(session.kube)}
     return checkpoint
 
 
@@ -669,8 +862,17 @@ def execute(
     to_checkpoint: int | None = None,
     hooks: RunHooks | None = None,
     clock: Clock = utc_now,
+    command: str | None = None,
+    wait_for: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = lambda _line: None,
 ) -> Checkpoint:
-    """Run (``apply``), resume or roll back under the lock, with the heartbeat and onFailure."""
+    """Run (``apply``), resume or roll back under the lock, with the heartbeat and onFailure.
+
+    With maintenance windows, ``apply`` and ``resume`` first wait for room in a window for the run's
+    next step (``wait_for``: sleep until then, with ``say`` lines; else refuse, exit 3); the executor
+    then checks every step against the window, with durations earlier runs recorded.
+    """
     from upgrader.adapters import retrying  # noqa: PLC0415
     from upgrader.adapters.cluster_ports import ClusterPorts, RetryingMetrics  # noqa: PLC0415
     from upgrader.adapters.prometheus import PrometheusMetrics  # noqa: PLC0415
@@ -681,11 +883,21 @@ def execute(
             f"run {checkpoint.run_id} stopped while rolling back; it can only go on rolling back",
             hint=f"upgrader rollback {checkpoint.run_id}",
         )
-    checkpoint.options = {**options.as_dict(), "namespace": session.namespace}
+    cluster = str(checkpoint.options.get("cluster") or cluster_of(session.kube))
+    checkpoint.options = {**options.as_dict(), "namespace": session.namespace, "cluster": cluster}
+    durations: dict[str, list[float]] = {}
+    if action != "rollback" and session.spec.window_rules():  # rollbacks are never held by windows
+        durations = recorded_durations(store, session.namespace, cluster, besides=checkpoint.run_id)
+        again = command or _command_of(action, checkpoint)
+        wait_for_window(
+            session, checkpoint, again, wait=wait_for, clock=clock, sleep=sleep, say=say, durations=durations
+        )
     lock, me, heartbeat = _hold_lock(session, checkpoint, take_over=take_over, clock=clock)
 
-    def preflight_for(plan: Plan, _index: int) -> list[CheckResult]:
-        return preflight(session, plan, min_cert_days=options.min_cert_days, repo=options.repo, now=clock())
+    def preflight_for(plan: Plan, index: int) -> list[CheckResult]:
+        return preflight(
+            session, plan, min_cert_days=options.min_cert_days, repo=options.repo, now=clock(), offset=index
+        )
 
     ports = ClusterPorts(
         session.kube,
@@ -694,6 +906,7 @@ def execute(
         timeout_seconds=parse_duration(session.spec.gates.rollout_timeout),
     )
     url = session.spec.gates.prometheus_url
+    notifier = _notifier(session.spec)
     executor = Executor(
         session.plan,
         session.spec,
@@ -708,16 +921,26 @@ def execute(
         metrics=RetryingMetrics(PrometheusMetrics(url)) if url else None,
         on_progress=hooks.on_progress,
         lock=heartbeat,
+        durations=durations,
+        on_transition=_sender(notifier, checkpoint, _installation(session)) if notifier else None,
     )
     try:
+        checkpoint.audit = audit.begin(
+            checkpoint.audit,
+            plan=checkpoint.plan,
+            plan_digest=f"sha256:{checkpoint.plan_hash}",
+            by=who_runs(),
+            action=action,
+            now=clock(),
+        )
         store.store(checkpoint=checkpoint)
         if action == "rollback":
             return executor.rollback(include_crds=include_crds, to_checkpoint=to_checkpoint)
         if action == "resume" and _already_done(session, checkpoint, executor):
             return checkpoint
         return executor.run()
-    except PreflightStoppedError:
-        raise  # nothing was changed: there is nothing to roll back, whatever onFailure says
+    except (PreflightStoppedError, WindowTooShortError):
+        raise  # nothing was changed, or a window too short for a step: nothing to roll back, whatever onFailure says
     except RunStoppedError as exc:
         if session.spec.on_failure == "rollback" and action != "rollback":
             raise on_failure_rollback(executor, exc) from exc
@@ -735,10 +958,86 @@ def execute(
         retrying.wait_for_the_api(False)
         ports.close()
         hooks.close()
+        _release(lock, me, notifier, session.spec)
+
+
+def _command_of(action: str, checkpoint: Checkpoint) -> str:
+    """The command that goes on with the run (``--spec FILE`` when its spec holds what checkpoints never store)."""
+    if action == "apply":
+        return "upgrader apply"
+    return f"upgrader resume {checkpoint.run_id}{' --spec FILE' if checkpoint.spec_has_values else ''}"
+
+
+def _release(lock: LeaseLock, me: str, notifier: Any, spec: Spec) -> None:
+    """The lock first (waiting for unsent events must not keep another run out), then the notifier."""
+    try:
+        lock.release(me)
+    except UpgraderError as exc:  # never hide why the run ended; the lease expires by itself
+        log.warning("lock-release-failed", reason=exc.message)
+    finally:
+        if notifier is not None:
+            notifier.close(wait=notify_flush_seconds(spec))
+
+
+def who_runs() -> audit.Actor:
+    """Who runs this command: the pod's ServiceAccount in a cluster, else user@host."""
+    folder = Path(audit.SERVICE_ACCOUNT_DIR)
+
+    def read(name: str) -> str | None:
         try:
-            lock.release(me)
-        except UpgraderError as exc:  # never hide why the run ended; the lease expires by itself
-            log.warning("lock-release-failed", reason=exc.message)
+            return (folder / name).read_text(encoding="utf-8", errors="replace")[:65536]
+        except OSError:
+            return None
+
+    return audit.actor(os.environ, read, user=_user, host=socket.gethostname())
+
+
+def _user() -> str:
+    """The login name; a pod with an arbitrary UID and no USER or LOGNAME has none: ``uid:<n>``."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # getpwuid finds no entry for the UID
+        return f"uid:{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+
+
+def _notifier(spec: Spec) -> Any:
+    """The webhook notifier of ``spec.notify`` (started), or None."""
+    from upgrader.adapters.webhook import WebhookNotifier  # noqa: PLC0415
+
+    if spec.notify is None:
+        return None
+    url = spec.notify.webhook_url
+    if REDACTED in url:  # a resumed run's stored spec: the URL's credentials were never stored
+        log.warning(
+            "notify-off",
+            url=url,
+            reason="the webhook URL's credentials are not stored; pass --spec to notify on resume",
+        )
+        return None
+    log.info("notify", url=notifications.redacted_url(url))
+    return WebhookNotifier(url, timeout=parse_duration(spec.notify.timeout), retries=spec.notify.retries)
+
+
+def notify_flush_seconds(spec: Spec) -> float:
+    """How long a run's end waits for unsent events: one attempt's timeout and a second, at most 10 s."""
+    return min(10.0, parse_duration(spec.notify.timeout) + 1.0) if spec.notify else 0.0
+
+
+def _installation(session: Session) -> dict[str, str]:
+    return {"namespace": session.namespace, "cluster": cluster_of(session.kube)}
+
+
+def _sender(
+    notifier: Any, checkpoint: Checkpoint, installation: dict[str, str]
+) -> Callable[[audit.Transition, list[audit.Notice]], None]:
+    def send(change: audit.Transition, notices: list[audit.Notice]) -> None:
+        plan_from, plan_to = checkpoint.plan.get("from"), checkpoint.plan.get("to")
+        for payload in notifications.events_for(
+            change, notices, plan_from=plan_from, plan_to=plan_to, installation=installation
+        ):
+            notifier.send(payload)
+
+    return send
 
 
 def _hold_lock(
@@ -832,6 +1131,34 @@ def _already_done(session: Session, checkpoint: Checkpoint, executor: Executor) 
         return False
     executor.finish_elsewhere(f"the cluster is already at {session.plan.to}: control plane and proxies")
     return True
+
+
+def history_entry(checkpoint: Checkpoint) -> dict[str, Any]:
+    """A run as ``history -o json`` shows it: state, versions, times, and its audit record (who, plan digest,
+    each hop's times and outcome, waivers and acknowledgements; ``null`` for runs from before audit records)."""
+    record = checkpoint.audit
+    return {
+        "run_id": checkpoint.run_id,
+        "state": str(checkpoint.state),
+        "from": checkpoint.plan.get("from"),
+        "to": checkpoint.plan.get("to"),
+        "started_at": checkpoint.started_at.isoformat(),
+        "updated_at": checkpoint.updated_at.isoformat(),
+        "by": str(record.by) if record else None,
+        "plan_digest": f"sha256:{checkpoint.plan_hash}",
+        "audit": record.view() if record else None,
+    }
+
+
+def hops_line(checkpoint: Checkpoint) -> str:
+    """Each hop's outcome and duration, for the history table: ``1 done 4m12s; 2 failed 0m40s``."""
+    if checkpoint.audit is None:
+        return "-"
+    parts = []
+    for hop in checkpoint.audit.hops:
+        seconds = int(((hop.ended_at or checkpoint.updated_at) - hop.started_at).total_seconds())
+        parts.append(f"{hop.hop} {hop.outcome} {seconds // 60}m{seconds % 60:02d}s")
+    return "; ".join(parts) or "-"
 
 
 def release_line(record: ReleaseRevisions, history: list[HelmRevision] | None) -> str:

@@ -18,10 +18,10 @@ from pydantic.alias_generators import to_camel
 
 from upgrader.errors import InputError
 from upgrader.inputs import SPEC_CAP, read_yaml_file, validation_error
+from upgrader.windows import EVERY_DAY, Rule, check_zone, duration_text, parse_clock, parse_days
 
 # ASCII digits only (``\d`` and ``int()`` take any Unicode digit), at most 7 of them per unit
 _DURATION = re.compile(r"(?:([0-9]{1,7})h)?(?:([0-9]{1,7})m)?(?:([0-9]{1,7})s)?", re.ASCII)
-_CLOCK = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])", re.ASCII)
 MAX_DURATION = 7 * 24 * 3600  # a week: any wait longer than that is a typo
 
 
@@ -127,20 +127,121 @@ def _http_url_with_host(value: str) -> bool:
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and port != 0
 
 
-class Window(_Model):
-    """A maintenance window; a run pauses at its end and does not start outside it."""
+class Notify(_Model):
+    """Where a run's events go (one JSON POST per state change; see upgrader.notifications)."""
 
+    webhook_url: str
+    timeout: str = "5s"  # per attempt
+    retries: int = Field(default=3, ge=0, le=10)  # after the first attempt, with backoff
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        # the value is never echoed: it may hold user:pass@ or a token
+        if not _http_url_with_host(value):
+            raise ValueError("must be an http:// or https:// URL with a host, like https://hooks.example.com/upgrades")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        if not 1 <= parse_duration(value) <= 60:
+            raise ValueError(f"{value.strip()!r} must be from 1s to 60s, like 5s")
+        return value
+
+
+class Window(_Model):
+    """A maintenance window: a run starts and each step starts only if it can finish inside one.
+
+    ``days`` are the days it opens (``mon``, or a range like ``tue-thu``; none: every day); ``start``
+    and ``end`` are local ``HH:MM`` in ``timezone`` (an IANA zone); an ``end`` before ``start``
+    crosses midnight. ``margin`` is kept free before the window closes. See ``upgrader.windows``.
+    """
+
+    days: list[str] = Field(default_factory=list)
     start: str
     end: str
     timezone: str = "UTC"
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default_factory=list)
+    margin: str = "5m"
 
-    @field_validator("start", "end")
+    _check_margin = field_validator("margin")(_duration)
+
+    @field_validator("start", "end", mode="before")
     @classmethod
-    def _clock(cls, value: str) -> str:
-        if not _CLOCK.fullmatch(value):
-            raise ValueError(f"{value!r} is not a time like 02:00")
+    def _clock(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):  # YAML 1.1 reads 22:00 unquoted as 1320
+            raise ValueError(
+                f"read as the number {value}: YAML takes an unquoted time like 22:00 for a number; "
+                "quote it, like '22:00'"
+            )
+        if isinstance(value, str):
+            parse_clock(value)
         return value
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_days(item)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        return check_zone(value)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Window:
+        if self.start == self.end:
+            raise ValueError(
+                f"start and end are both {self.start}: the window is empty (an end before the start "
+                "crosses midnight, like 22:00-02:00)"
+            )
+        rule = self.rule()
+        if rule.capacity <= 0:
+            raise ValueError(
+                f"margin {self.margin} leaves no time in the {duration_text(rule.length)} window "
+                f"{self.start}-{self.end}"
+            )
+        return self
+
+    def rule(self) -> Rule:
+        days = frozenset().union(*(parse_days(d) for d in self.days)) if self.days else EVERY_DAY
+        return Rule(
+            days=days,
+            start=parse_clock(self.start),
+            end=parse_clock(self.end),
+            zone=self.timezone,
+            margin=parse_duration(self.margin),
+        )
+
+
+def window_from_text(text: str) -> Window:
+    """``--window "[DAYS] HH:MM-HH:MM [ZONE] [margin=DURATION]"`` -> a Window (InputError naming the option)."""
+    hint = 'like --window "tue-thu 01:00-05:00 Europe/Berlin" or --window "daily 22:00-02:00 UTC margin=10m"'
+    shown = repr(text) if len(text) <= 80 else repr(text[:80]) + "..."
+    fields: dict[str, Any] = {}
+    for token in text.split():
+        if "=" in token:
+            key, _, value = token.partition("=")
+            if key != "margin" or "margin" in fields:
+                raise InputError(f"--window {shown}: {token!r} is not understood (only margin=DURATION)", hint=hint)
+            fields["margin"] = value
+        elif re.fullmatch(r"[0-9:]+-[0-9:]+", token) and "start" not in fields:
+            fields["start"], _, fields["end"] = token.partition("-")
+        elif "start" not in fields and "days" not in fields:
+            fields["days"] = [] if token.lower() in ("daily", "*") else [token.lower()]
+        elif "start" in fields and "timezone" not in fields:
+            fields["timezone"] = token
+        else:
+            raise InputError(f"--window {shown}: {token!r} is not understood", hint=hint)
+    if "start" not in fields:
+        raise InputError(f"--window {shown} has no HH:MM-HH:MM", hint=hint)
+    try:
+        return Window.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        raise InputError(f"--window {shown}: {problems}", hint=hint) from None
 
 
 class Spec(_Model):
@@ -155,23 +256,29 @@ class Spec(_Model):
     gates: Gates = Field(default_factory=Gates)
     on_failure: Literal["pause", "rollback"] = "pause"
     window: Window | None = None
+    windows: list[Window] = Field(default_factory=list)  # several windows; a run may act in any of them
+    notify: Notify | None = None
     acknowledge: list[str] = Field(default_factory=list)
     waivers: list[str] = Field(default_factory=list)
     dry_run: bool = False
     # Versions pinned in the values or on workloads (upgrader.pins): refuse to plan, or upgrade the rest and report.
     pins: Literal["refuse", "report"] = "refuse"
+    # Who manages the Gateway API route CRDs (upgrader.gatewayapi): keep whoever does now, linkerd-crds, or not Linkerd.
+    gateway_api: Literal["auto", "linkerd", "external"] = Field(default="auto", alias="gatewayAPI")
 
-    @field_validator("window", mode="before")
-    @classmethod
-    def _window_not_enforced(cls, value: Any) -> Any:
-        # A field we accept is enforced: a run would neither wait for a window nor pause at its end. Refused
-        # before its contents are read, so `start: 1:00` (a number to YAML) gets this message, not a type error.
-        if value is not None:
-            raise ValueError(
-                "maintenance windows are not enforced yet (a run would not wait for it or pause at its "
-                "end); remove `window` and start the run from your scheduler inside the window"
-            )
-        return value
+    @model_validator(mode="after")
+    def _one_way_to_give_windows(self) -> Spec:
+        if self.window is not None and self.windows:
+            raise ValueError("give either window (one) or windows (a list), not both")
+        return self
+
+    def window_rules(self) -> tuple[Rule, ...]:
+        """The maintenance windows a run keeps to (none: any time)."""
+        return tuple(w.rule() for w in ([self.window] if self.window else self.windows))
+
+    def with_windows(self, given: list[Window]) -> Spec:
+        """This spec with the command line's ``--window``s instead of its own (none given: unchanged)."""
+        return self.model_copy(update={"window": None, "windows": list(given)}) if given else self
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -228,6 +228,22 @@ def outgoing(
     return result
 
 
+def switched(user_values: dict[str, Any], switches: dict[str, Any], *, target_defaults: dict[str, Any]) -> Outgoing:
+    """linkerd-crds' values for a hop: its user values with the hop's Gateway API switches over them.
+
+    Sent with ``--reset-values`` (the target chart's defaults, never the old chart's, the
+    ``--reuse-values`` trap); ``effective`` is what the release ends up with, for the values diff.
+    """
+    sent = deep_merge(copy.deepcopy(user_values), switches)
+    return Outgoing(
+        copy.deepcopy(sent),
+        reset_values=True,
+        reuse_values=False,
+        migration=Migration(copy.deepcopy(sent)),
+        effective=deep_merge(target_defaults, sent),
+    )
+
+
 def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(values, dict) and values:
         out: dict[str, Any] = {}

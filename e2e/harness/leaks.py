@@ -6,6 +6,9 @@ private-key material in everything the test made upgrader write or print:
 - the output of every ``upgrader`` command run through :func:`run_upgrader`;
 - every file under the test's ``tmp_path`` (checkpoints, plans, reports), except inputs the
   test wrote on purpose under an ``inputs/`` folder;
+- every notification payload an e2e webhook receiver captured (``PAYLOADS``), and any string a
+  test declared a credential (``CREDENTIALS``: a webhook URL's password or token) in the
+  payloads, the outputs and the test's files;
 - every Secret in the cluster, except helm's release records (``helm.sh/release.v1``, where
   helm keeps the values it was given) and the Secrets the identity itself lives in.
 
@@ -91,3 +94,37 @@ def output_leaks() -> list[str]:
     found = [command for command, text in OUTPUTS if leaks_in(text)]
     OUTPUTS.clear()
     return found
+
+
+# Notification payloads an e2e receiver captured (see e2e/test_notify_audit.py), and strings a test declares
+# must never leave upgrader (a webhook URL's password or token): both checked after every test.
+PAYLOADS: list[str] = []
+CREDENTIALS: set[str] = set()
+
+
+def payload_leaks() -> list[str]:
+    """Each captured payload carrying key material or a declared credential; each upgrader output or file
+    text carrying a declared credential (checked before ``output_leaks`` clears the outputs)."""
+    found = [f"notification payload {n + 1}" for n, text in enumerate(PAYLOADS) if _carries(text)]
+    found += [f"output of `upgrader {command}` (a credential)" for command, text in OUTPUTS if _secret(text)]
+    PAYLOADS.clear()
+    return found
+
+
+def credential_files(folder: Path) -> list[str]:
+    """Files under ``folder`` (outside ``inputs/``) that carry a declared credential."""
+    if not CREDENTIALS:
+        return []
+    return [
+        str(path)
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and "inputs" not in p.relative_to(folder).parts)
+        if path.stat().st_size <= 20_000_000 and _secret(path.read_bytes().decode(errors="replace"))
+    ]
+
+
+def _carries(text: str) -> bool:
+    return leaks_in(text) or _secret(text)
+
+
+def _secret(text: str) -> bool:
+    return any(c in text for c in CREDENTIALS)

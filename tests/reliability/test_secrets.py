@@ -231,3 +231,35 @@ def test_helm_commands_are_built_as_lists() -> None:
         assert isinstance(first, (ast.List, ast.Name, ast.Call, ast.Starred)), ast.unparse(call)
         if isinstance(first, ast.Call):
             assert ast.unparse(first.func) == "list", ast.unparse(call)
+
+
+@pytest.mark.parametrize("output", ["table", "json", "markdown"])
+def test_a_webhook_urls_credentials_never_reach_a_plan_or_a_log(tmp_path: Path, issuer_key: str, output: str) -> None:
+    """A spec's notify.webhookUrl with user:pass@ and a token: plan and its debug logs never show either, nor the
+    issuer key next to it."""
+    spec = _spec_with_key(tmp_path, issuer_key)
+    data = yaml.safe_load(spec.read_text())
+    data["notify"] = {"webhookUrl": "https://bot:pw-7f3e@hooks.example.com/x?token=tk-51aa"}
+    spec.write_text(yaml.safe_dump(data))
+    args = ["--log-format", "json", "--log-level", "debug", "plan", "--from", "stable-2.12.6", "--offline"]
+    result = run_inprocess([*args, "--to", "stable-2.14.10", "--spec", str(spec), "-o", output])
+    assert result.code == 0, result.stderr
+    assert not leaks.leaks_in(result.output)
+    assert "pw-7f3e" not in result.output
+    assert "tk-51aa" not in result.output
+
+
+def test_a_notification_payload_never_carries_the_issuer_key(issuer_key: str) -> None:
+    """A stop reason that quotes the issuer key (a helm error echoing values) is sent redacted."""
+    from upgrader.audit import Notice, Transition  # noqa: PLC0415
+    from upgrader.notifications import events_for  # noqa: PLC0415
+    from upgrader.states import RunState  # noqa: PLC0415
+
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    change = Transition(
+        "run-1", now, RunState.UPGRADING_CONTROL_PLANE, RunState.FAILED, 0, "stable-2.13.7", "stable-2.14.10",
+        f"helm said: bad value {issuer_key}", next_command="upgrader resume run-1",
+    )  # fmt: skip
+    payloads = events_for(change, [Notice("run-failed", 0)], plan_from=None, plan_to=None, installation={})
+    assert payloads
+    assert not leaks.leaks_in(json.dumps(payloads))

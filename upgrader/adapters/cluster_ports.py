@@ -24,10 +24,19 @@ from upgrader.adapters.kube import KubeAdapter, workload_record
 from upgrader.adapters.retrying import retried, retrying
 from upgrader.dataplane import rolled_out
 from upgrader.errors import AccessDeniedError, NotFoundError, UpgraderError
+from upgrader.gatewayapi import ROUTE_CRDS, STORED_CHECKED
 from upgrader.metrics import MetricsPort, Sample
 from upgrader.permissions import PROBE_NAMESPACE
 from upgrader.planning import Plan
-from upgrader.ports import DataPlaneView, HelmRelease, HelmRevision, Pod, ReleaseObject, Workload
+from upgrader.ports import (
+    CustomResourceDefinition,
+    DataPlaneView,
+    HelmRelease,
+    HelmRevision,
+    Pod,
+    ReleaseObject,
+    Workload,
+)
 from upgrader.preflight import CheckResult
 
 CONTROL_PLANE_DEPLOYMENTS = ("linkerd-destination", "linkerd-identity", "linkerd-proxy-injector")
@@ -157,7 +166,10 @@ class ClusterPorts:
         ]
 
     def crds_stored(self) -> dict[str, tuple[str, ...]]:
-        return {c.name: c.stored_versions for c in self.kube.list_crds() if c.name.endswith("linkerd.io")}
+        return {c.name: c.stored_versions for c in self.kube.list_crds() if c.name.endswith(STORED_CHECKED)}
+
+    def route_crds(self) -> list[CustomResourceDefinition]:
+        return [c for c in self.kube.list_crds() if c.name in ROUTE_CRDS]
 
     def crds_served(self, chart: str, version: str) -> dict[str, tuple[str, ...]]:
         from upgrader.preflight.observe import crds_from_manifests  # noqa: PLC0415

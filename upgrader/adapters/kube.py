@@ -166,6 +166,7 @@ class KubeAdapter:
                 served=tuple(v.name for v in c.spec.versions if v.served),
                 storage=next((v.name for v in c.spec.versions if v.storage), ""),
                 stored_versions=tuple((c.status.stored_versions if c.status else None) or ()),
+                annotations=dict(c.metadata.annotations or {}),
             )
             for c in items
         ]

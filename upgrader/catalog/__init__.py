@@ -89,6 +89,37 @@ class ValuesChanges(_Strict):
     new_required: list[str] = Field(default_factory=list)
 
 
+class GatewayApi(_Strict):
+    """What a major's linkerd-crds chart does with the Gateway API route CRDs (``upgrader.gatewayapi``).
+
+    ``crds``: each Gateway API CRD the chart can install -> the value that switches it (``enableHttpRoutes``).
+    ``install_value``: the value that switches them all when the per-CRD one is unset (2.18+:
+    ``installGatewayAPI``); ``default``: whether the chart installs them without values; ``keep``:
+    the templates carry ``helm.sh/resource-policy: keep`` (an upgrade that drops them leaves them
+    in the cluster, unmanaged); ``bundle``: the Gateway API bundle version they carry; ``required``:
+    the CRDs this major expects in the cluster when it does not install them; ``needs_served``: the API
+    versions its policy controller reads each CRD at, which a CRD from elsewhere must serve.
+    """
+
+    crds: dict[str, str]
+    install_value: str | None = None
+    default: bool = True
+    keep: bool = False
+    bundle: str = ""
+    required: list[str] = Field(default_factory=list)
+    # CRD -> the API versions this major's policy controller watches it at: a CRD it does not install must serve
+    # them (Linkerd's Gateway API compatibility table; the policy controller's source per marker tag)
+    needs_served: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class RemovedExtension(_Strict):
+    """An extension a major no longer ships: a hop into that major is refused while it is installed."""
+
+    chart: str  # its Helm chart (linkerd-jaeger)
+    extension: str  # its namespace label linkerd.io/extension value (jaeger)
+    note: str  # the id of the major's note that explains it
+
+
 class Major(_Strict):
     major: int
     released: str
@@ -97,11 +128,24 @@ class Major(_Strict):
     kubernetes: KubernetesRange
     notes: list[Note] = Field(default_factory=list)
     values: ValuesChanges = Field(default_factory=ValuesChanges)
+    gateway_api: GatewayApi | None = None  # None: this major's linkerd-crds installs no Gateway API CRD
+    removed_extensions: list[RemovedExtension] = Field(default_factory=list)
 
     @field_validator("released", mode="before")
     @classmethod
     def _as_text(cls, value: Any) -> str:
         return str(value)
+
+    @model_validator(mode="after")
+    def _notes_named(self) -> Self:
+        ids = {n.id for n in self.notes}
+        missing = [r.note for r in self.removed_extensions if r.note not in ids]
+        if missing:
+            raise ValueError(f"2.{self.major}: removed_extensions name notes it does not have: {', '.join(missing)}")
+        return self
+
+    def note(self, note_id: str) -> Note | None:
+        return next((n for n in self.notes if n.id == note_id), None)
 
 
 class Release(_Strict):

@@ -16,6 +16,7 @@ from rich.text import Text
 from upgrader import __version__, logs
 from upgrader.errors import InputError
 from upgrader.logs import bounded, markup_safe, printable
+from upgrader.spec import Window, window_from_text
 
 app = typer.Typer(
     name="upgrader",
@@ -155,3 +156,18 @@ StateStoreOpt = Annotated[
         help="file:DIR (default file:$XDG_STATE_HOME/upgrader) or kubernetes:NAMESPACE.",
     ),
 ]
+
+
+WindowOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--window",
+        help='Maintenance window, repeatable, instead of the spec\'s: "[DAYS] HH:MM-HH:MM [ZONE] [margin=5m]", '
+        'e.g. "tue-thu 01:00-05:00 Europe/Berlin".',
+    ),
+]
+
+
+def windows_given(texts: list[str] | None) -> list[Window]:
+    """The ``--window`` options as windows (bad input names the option)."""
+    return [window_from_text(t) for t in texts or []]

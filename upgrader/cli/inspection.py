@@ -18,12 +18,15 @@ from upgrader.cli.common import (
     Output,
     RepoOpt,
     SpecOpt,
+    StateStoreOpt,
     ToOpt,
+    WindowOpt,
     app,
     cell,
     echo,
     log,
     stdout_console,
+    windows_given,
     write_file,
 )
 from upgrader.discovery import Installation, observe
@@ -83,6 +86,8 @@ def plan(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     helm: HelmOpt = "helm",
+    window: WindowOpt = None,
+    state_store: StateStoreOpt = None,
 ) -> None:
     """Plan an upgrade (or a one-major rollback) from what is installed to --to, hop by hop."""
     if kubernetes is not None and not offline:
@@ -98,6 +103,8 @@ def plan(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         kubeconfig=kubeconfig,
         context=context,
         helm=helm,
+        windows_given=windows_given(window),
+        state_store=state_store,
     )
     result = session.plan
     text = render(result, output.value)

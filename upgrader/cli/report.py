@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from upgrader.checkpoints import Checkpoint
 from upgrader.cli.common import (
     ContextOpt,
     HelmOpt,
@@ -20,6 +21,8 @@ from upgrader.cli.common import (
     stdout_console,
 )
 from upgrader.runs import (
+    history_entry,
+    hops_line,
     live_status,
     live_view,
     load_run,
@@ -58,8 +61,12 @@ def status(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         echo(f"  {rel.namespace}/{name}: {release_line(rel, histories.get(name))}")
     if unreachable:
         echo(f"  helm: releases not checked live ({unreachable})")
-    echo(f"  workloads restarted: {len(cp.restarted)}; values changes: {len(cp.values_diff)}")
-    for line in waves_passed(hops, cp.waves_done):
+    for line in [
+        *paused_lines(cp),
+        f"workloads restarted: {len(cp.restarted)}; {values_header(cp.values_diffs, len(cp.values_diff))}",
+        *values_lines(cp.values_diffs),
+        *waves_passed(hops, cp.waves_done),
+    ]:
         echo(f"  {line}")
     for item in cp.pinned:
         echo(f"  pinned: {item}")
@@ -80,6 +87,45 @@ def status(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     if cp.state not in ("Done", "RolledBack"):
         echo(f"  lock: {lock_status(cp, kubeconfig, context)}")
         echo(f"next: {cp.next_command or f'upgrader resume {cp.run_id}'}  (or upgrader rollback {cp.run_id})")
+
+
+def values_header(diffs: dict[str, list[dict[str, Any]]], last: int) -> str:
+    """The values changes of the whole run, per hop (``last``: the last hop's count, from a checkpoint that
+    kept only that one)."""
+    if not diffs:
+        return f"values changes: {last} (last hop; this checkpoint kept no per-hop diffs)"
+    per_hop: dict[str, int] = {}
+    for key, rows in diffs.items():
+        hop = key.partition("/")[0]
+        label = str(int(hop) + 1) if hop.isdigit() else hop
+        per_hop[label] = per_hop.get(label, 0) + len(rows)
+    ordered = sorted(per_hop.items(), key=lambda kv: (0, int(kv[0])) if kv[0].isdigit() else (1, 0))
+    counts = ", ".join(f"hop {hop}: {n}" for hop, n in ordered)
+    return f"values changes: {sum(per_hop.values())} over {len(per_hop)} hop(s) ({counts})"
+
+
+def values_lines(diffs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Every hop's values diff (already redacted), hop by hop: a header per hop and chart, a line per key."""
+
+    def order(key: str) -> tuple[int, str]:
+        hop, _, chart = key.partition("/")
+        return (int(hop) if hop.isdigit() else -1, chart)
+
+    lines = []
+    for key in sorted(diffs, key=order):
+        hop, _, chart = key.partition("/")
+        rows = diffs[key]
+        lines.append(f"values of hop {int(hop) + 1 if hop.isdigit() else hop} {chart}: {len(rows)} change(s)")
+        lines += [f"  {r.get('key')}: {r.get('old')!r} -> {r.get('new')!r}" for r in rows]
+    return lines
+
+
+def paused_lines(cp: Checkpoint) -> list[str]:
+    """Why a paused run stopped and, paused by a window, when the next one opens."""
+    if cp.state != "Paused" or not cp.events:
+        return []
+    until = f" until {cp.resume_after:%Y-%m-%d %H:%M:%S} UTC" if cp.resume_after else ""
+    return [f"paused{until}: {cp.events[-1].reason}"]
 
 
 def _dicts(items: object) -> list[dict[str, Any]]:
@@ -116,24 +162,10 @@ def history(
     store = store_for(state_store, kubeconfig, context)
     found = store.survey()
     if output is Output.json:
-        echo(
-            json.dumps(
-                [
-                    {
-                        "run_id": c.run_id,
-                        "state": c.state,
-                        "from": c.plan.get("from"),
-                        "to": c.plan.get("to"),
-                        "started_at": c.started_at.isoformat(),
-                        "updated_at": c.updated_at.isoformat(),
-                    }
-                    for c in found.runs
-                ],
-                indent=2,
-            )
-        )
+        echo(json.dumps([history_entry(c) for c in found.runs], indent=2))
     else:
-        table = Table("run", "state", "from", "to", "started", "updated", title="upgrader runs", min_width=110)
+        columns = ("run", "state", "from", "to", "by", "plan", "hops", "started", "updated")
+        table = Table(*columns, title="upgrader runs", min_width=110)
         for c in found.runs:
             table.add_row(
                 *(
@@ -143,6 +175,9 @@ def history(
                         c.state,
                         c.plan.get("from"),
                         c.plan.get("to"),
+                        str(c.audit.by) if c.audit else "-",
+                        c.plan_hash[:12],
+                        hops_line(c),
                         f"{c.started_at:%Y-%m-%d %H:%M}",
                         f"{c.updated_at:%Y-%m-%d %H:%M}",
                     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,11 +23,13 @@ from upgrader.cli.common import (
     SpecOpt,
     StateStoreOpt,
     ToOpt,
+    WindowOpt,
     app,
     echo,
     log,
+    windows_given,
 )
-from upgrader.errors import EXIT_REFUSED, InputError
+from upgrader.errors import EXIT_PAUSED, EXIT_REFUSED, InputError
 from upgrader.rendering import render, render_checks
 
 MinCertDaysOpt = Annotated[
@@ -34,6 +37,37 @@ MinCertDaysOpt = Annotated[
     typer.Option(help="Certificates must stay valid this many days (default 60; resume: the run's own).", min=0),
 ]
 TakeOverOpt = Annotated[bool, typer.Option(help="Take over a stale lock of a vanished run.")]
+WaitOpt = Annotated[
+    bool,
+    typer.Option("--wait-for-window", help="Outside the maintenance window: sleep until it opens (else exit 3)."),
+]
+
+
+def _say(line: str) -> None:
+    echo(line, err=True)
+
+
+def _print_result(result: Checkpoint) -> None:
+    """The run's end; a run paused by a maintenance window says why and what next, and exits 5."""
+    echo(f"run {result.run_id}: {result.state}")
+    for item in result.pinned:
+        echo(f"  pinned: {item}")
+    if result.state == "Paused" and result.next_command and "--wait-for-window" in result.next_command:
+        if result.events:
+            echo(f"  paused: {result.events[-1].reason}")
+        echo(f"  next: {result.next_command}")
+        raise typer.Exit(EXIT_PAUSED)
+
+
+def _again(command: str, *given: tuple[str, object]) -> str:
+    """The user's command again, from the options given (a hint repeats it with --wait-for-window)."""
+    words = command.split()
+    for option, value in given:
+        if value is None or value is False or value == []:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            words += [option] if item is True else [option, str(item)]
+    return shlex.join(words)
 
 
 def _hooks() -> runs.RunHooks:
@@ -85,6 +119,8 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     helm: HelmOpt = "helm",
+    window: WindowOpt = None,
+    wait_for_window: WaitOpt = False,
 ) -> None:
     """Upgrade (or roll back one major): preflight, CRDs, control plane, extensions, data plane, per hop."""
     if (to is None) == (plan_file is None):
@@ -100,6 +136,8 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         kubeconfig=kubeconfig,
         context=context,
         helm=helm,
+        windows_given=windows_given(window),
+        state_store=state_store,
     )
     if saved is not None and plan_file is not None:
         runs.check_plan_file(saved, session.plan, plan_file)
@@ -120,11 +158,32 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     checkpoint = runs.new_checkpoint(session, options)
     log.info("run", run_id=checkpoint.run_id, hops=len(session.plan.hops), to=session.plan.to)
     result = runs.execute(
-        session, store, checkpoint, "apply", options=options, take_over=take_over_lock, hooks=_hooks()
+        session,
+        store,
+        checkpoint,
+        "apply",
+        options=options,
+        take_over=take_over_lock,
+        hooks=_hooks(),
+        command=_again(
+            "upgrader apply",
+            ("--to", to),
+            ("--plan", plan_file),
+            ("--spec", spec_file),
+            ("--ack", ack or []),
+            ("--yes", True),
+            ("--window", window or []),
+            ("--state-store", state_store),
+            ("--min-cert-days", min_cert_days),
+            ("--repo", repo if repo != "linkerd" else None),
+            ("--kubeconfig", kubeconfig),
+            ("--context", context),
+            ("--helm", helm if helm != "helm" else None),
+        ),
+        wait_for=wait_for_window,
+        say=_say,
     )
-    echo(f"run {checkpoint.run_id}: {result.state}")
-    for item in result.pinned:
-        echo(f"  pinned: {item}")
+    _print_result(result)
 
 
 @app.command()
@@ -138,19 +197,37 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     helm: HelmOpt = "helm",
+    window: WindowOpt = None,
+    wait_for_window: WaitOpt = False,
 ) -> None:
     """Continue an interrupted, paused or failed run from its checkpoint, without redoing finished steps."""
+    given = windows_given(window)  # bad input before anything is read
     store = runs.store_for(state_store, kubeconfig, context)
     checkpoint: Checkpoint = runs.load_run(store, run, unfinished=True)
     session = runs.resume_session(checkpoint, spec_file=spec_file, kubeconfig=kubeconfig, context=context, helm=helm)
+    session.spec = session.spec.with_windows(given)
     options = runs.RunOptions.stored(checkpoint, min_cert_days=min_cert_days, repo=repo)
     log.info("resume", run_id=checkpoint.run_id, state=str(checkpoint.state), hop=checkpoint.hop, **options.as_dict())
     result = runs.execute(
-        session, store, checkpoint, "resume", options=options, take_over=take_over_lock, hooks=_hooks()
+        session,
+        store,
+        checkpoint,
+        "resume",
+        options=options,
+        take_over=take_over_lock,
+        hooks=_hooks(),
+        command=_again(
+            f"upgrader resume {checkpoint.run_id}",
+            ("--spec", spec_file if spec_file is not None else ("FILE" if checkpoint.spec_has_values else None)),
+            ("--window", window or []),
+            ("--state-store", state_store),
+            ("--kubeconfig", kubeconfig),
+            ("--context", context),
+        ),
+        wait_for=wait_for_window,
+        say=_say,
     )
-    echo(f"run {checkpoint.run_id}: {result.state}")
-    for item in result.pinned:
-        echo(f"  pinned: {item}")
+    _print_result(result)
 
 
 @app.command()

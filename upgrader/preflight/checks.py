@@ -19,9 +19,21 @@ from upgrader.catalog import Catalog
 from upgrader.dataplane import budget_block, budget_hint
 from upgrader.discovery import FINISHED, Installation, proxy_version
 from upgrader.errors import InputError, UpgraderError
+from upgrader.gatewayapi import STORED_CHECKED, HopLeg, plan_gateway_api
+from upgrader.gatewayapi import observe as gateway_observe
 from upgrader.permissions import access
 from upgrader.pins import VALUES, Pin, describe, remedies
-from upgrader.planning import CONTROL_PLANE, CRDS, KUBERNETES_WAIVER, LEGACY, Observed, Plan, find_pins
+from upgrader.planning import (
+    CONTROL_PLANE,
+    CRDS,
+    KUBERNETES_WAIVER,
+    LEGACY,
+    Observed,
+    Plan,
+    UpgradeRelease,
+    find_pins,
+    removed_extension_refusal,
+)
 from upgrader.ports import (
     Access,
     Budget,
@@ -82,6 +94,8 @@ class Snapshot:
     render_error: str | None = None  # helm template of the first hop's chart with the values to send
     target_crds: list[CustomResourceDefinition] | None = None  # for rollback plans
     crd_steps: dict[str, list[CustomResourceDefinition]] = field(default_factory=dict)  # chart version -> its CRDs
+    crds_release_namespace: str | None = None  # where the linkerd-crds release lives (None: no such release)
+    release_manifests: dict[str, list[str]] | None = None  # release -> the CRDs its manifest holds (linkerd-crds)
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -93,6 +107,7 @@ class Context:
     spec: Spec
     now: dt.datetime
     min_cert_days: int = 60
+    plan_offset: int = 0  # hops of the run before ``plan.hops[0]`` (a resumed run checks the rest)
 
 
 def _cannot(id_: str, category: str, what: str, ctx: Context) -> CheckResult | None:
@@ -121,10 +136,13 @@ def check_cluster(ctx: Context) -> list[CheckResult]:
         return out
     out.append(passed("cluster.api-reachable", "cluster", f"Kubernetes {snap.kubernetes_version} answers"))
     bad = []
-    for hop in ctx.plan.hops:
+    for number, hop in enumerate(ctx.plan.hops, start=ctx.plan_offset + 1):
         info = ctx.catalog.major(int(hop.major.split(".")[1]))
         if info is not None and not info.kubernetes.contains(snap.kubernetes_version):
-            bad.append(f"Linkerd {hop.major} supports {info.kubernetes.min}-{info.kubernetes.max}")
+            bad.append(
+                f"hop {number} ({hop.from_} -> {hop.to}): Linkerd {hop.major} supports "
+                f"{info.kubernetes.min}-{info.kubernetes.max}"
+            )
     if bad:
         out.append(
             failed(
@@ -576,12 +594,13 @@ def check_crds(ctx: Context) -> list[CheckResult]:
         if not linkerd
         else passed("crds.present", "crds", f"{len(linkerd)} Linkerd CRDs")
     ]
+    checked = {c.name: c for c in snap.crds if c.name.endswith(STORED_CHECKED)}  # as the executor checks them
     rollback = any(h.kind == "rollback" for h in ctx.plan.hops)
     if rollback and snap.target_crds is not None:
         served = {c.name: set(c.served) for c in snap.target_crds}
         lost = [
             f"{name} stores {', '.join(sorted(set(c.stored_versions) - served[name]))}"
-            for name, c in sorted(linkerd.items())
+            for name, c in sorted(checked.items())
             if name in served and set(c.stored_versions) - served[name]
         ]
         out.append(
@@ -595,7 +614,85 @@ def check_crds(ctx: Context) -> list[CheckResult]:
             if lost
             else passed("crds.rollback-stored-versions", "crds", "every stored version is served by the older chart")
         )
-    return out + _check_crd_steps(ctx, linkerd)
+    return out + _check_crd_steps(ctx, checked)
+
+
+def check_gateway_api(ctx: Context) -> list[CheckResult]:
+    """The Gateway API route CRDs as they are now (``upgrader.gatewayapi``). A plan made against observed CRDs
+    (and linkerd-crds' user values) stands while they are unchanged; an offline plan is decided again here."""
+    if (blocked := _cannot("crds.gateway-api", "crds", "crds", ctx)) is not None:
+        return [blocked]
+    hops = ctx.plan.hops
+    if not hops:
+        return []
+    crds = gateway_observe(ctx.snapshot.crds, ctx.snapshot.release_manifests)
+    legs = [
+        HopLeg(
+            previous=ctx.catalog.parse(h.from_),
+            stop=ctx.catalog.parse(h.to),
+            sends_crds=any(isinstance(s, UpgradeRelease) and s.release == CRDS for s in h.steps),
+        )
+        for h in hops
+    ]
+    decided = plan_gateway_api(
+        crds,
+        legs,
+        ctx.catalog,
+        choice=ctx.spec.gateway_api,
+        release=CRDS,
+        namespace=ctx.snapshot.crds_release_namespace or ctx.snapshot.control_plane_namespace,
+        # later in a run, a switch the plan sends off stands for linkerd-crds' user values (not in the snapshot)
+        user_values={k: v for h in hops for k, v in h.crds_values.items() if v is False} if ctx.plan_offset else None,
+    )
+    seen = "; ".join(
+        f"{c.short}: {c.owner()}, bundle {c.bundle or 'unknown'}" if c.present else f"{c.short}: absent" for c in crds
+    )
+    again = "plan again against the cluster (upgrader plan), then apply that plan"
+    # Before a later hop of the run (plan_offset > 0) the earlier hops changed the CRDs on purpose: the
+    # plan-time observation no longer applies, the decision made again against the live CRDs must agree.
+    if ctx.plan.gateway_api_crds is not None and ctx.plan_offset == 0:
+        if [c.as_dict() for c in crds] != ctx.plan.gateway_api_crds:
+            problem: str | None = f"the Gateway API CRDs changed since the plan was made (now: {seen})"
+        else:
+            problem = None
+    elif decided.refusal is not None:
+        return [failed("crds.gateway-api", "crds", f"{decided.refusal[1]} (now: {seen})", "see upgrader plan")]
+    else:
+        stale = [
+            f"hop {n} ({h.from_} -> {h.to}) would send {h.crds_values or 'nothing'}, the CRDs now need {want}"
+            for n, (h, want) in enumerate(zip(hops, decided.values, strict=True), start=ctx.plan_offset + 1)
+            if any(h.crds_values.get(k) != v for k, v in want.items()) or (h.crds_values and not want)
+        ]
+        problem = (
+            f"the plan was made against other Gateway API CRDs (or offline): {'; '.join(stale)} (now: {seen})"
+            if stale
+            else None
+        )
+    if problem is not None:
+        return [failed("crds.gateway-api", "crds", problem, again)]
+    handed = f"; {'; '.join(decided.warnings)}" if decided.warnings else ""
+    return [passed("crds.gateway-api", "crds", f"gatewayAPI: {ctx.spec.gateway_api}; {seen}{handed}")]
+
+
+def check_removed_extensions(ctx: Context) -> list[CheckResult]:
+    """An extension a planned hop's major no longer ships, installed now (a resumed run or a later hop included)."""
+    snap = ctx.snapshot
+    if snap.installation is None or not ctx.plan.hops:
+        return []
+    releases = [(r.chart_name, r.name, r.namespace) for r in snap.installation.releases]
+    labelled = {n.name: n.labels for n in snap.namespaces}
+    busy = None if "workloads" in snap.errors else {w.namespace for w in snap.workloads}
+    for number, hop in enumerate(ctx.plan.hops, start=ctx.plan_offset + 1):
+        previous, stop = ctx.catalog.parse(hop.from_), ctx.catalog.parse(hop.to)
+        info = ctx.catalog.major(stop.major)
+        if info is None or stop.major <= previous.major:
+            continue
+        reason = removed_extension_refusal(
+            number, previous, stop, info, releases=releases, labelled=labelled, busy=busy
+        )
+        if reason is not None:
+            return [failed("extensions.removed", "extensions", reason, "uninstall it, then upgrader resume")]
+    return [passed("extensions.removed", "extensions", "no installed extension is removed by a planned hop")]
 
 
 def _check_crd_steps(ctx: Context, live: dict[str, CustomResourceDefinition]) -> list[CheckResult]:
@@ -783,6 +880,8 @@ CHECKS: tuple[Callable[[Context], list[CheckResult]], ...] = (
     check_data_plane,
     check_values,
     check_crds,
+    check_gateway_api,
+    check_removed_extensions,
     check_ha,
     check_disruption,
     check_pins,

@@ -22,6 +22,7 @@ from upgrader.ports import (
     HelmRelease,
     Pod,
     PreflightKubePort,
+    ReleaseObject,
     Workload,
 )
 from upgrader.preflight.checks import ISSUER_SECRET, Snapshot, config_values, required_access
@@ -31,6 +32,8 @@ T = TypeVar("T")
 
 class PreflightHelmPort(HelmPort, Protocol):
     def template(self, chart: str, version: str, namespace: str, values: dict[str, Any]) -> str: ...
+
+    def manifest(self, release: str, namespace: str) -> list[ReleaseObject]: ...
 
 
 def crds_from_manifests(text: str) -> list[CustomResourceDefinition]:
@@ -146,7 +149,15 @@ def gather(
                 "target-crds", lambda: helm.template(f"{repo}/{CRDS}", hop.charts[CRDS], namespace, {}), ""
             )
             target_crds = crds_from_manifests(rendered) if rendered else None
+    crds_release = next((r for r in releases if r.chart_name == CRDS), None)
+    crds_manifest = None
+    if crds_release is not None:  # which Gateway API CRDs linkerd-crds still manages (upgrader.gatewayapi)
+        objects = attempt("crds-manifest", lambda: helm.manifest(crds_release.name, crds_release.namespace), None)
+        if objects is not None:
+            crds_manifest = {crds_release.name: sorted(o.name for o in objects if o.kind == "CustomResourceDefinition")}
     return Snapshot(
+        crds_release_namespace=crds_release.namespace if crds_release is not None else None,
+        release_manifests=crds_manifest,
         crd_steps=_crd_steps(helm, plan, releases, repo, namespace, attempt),
         control_plane_namespace=namespace,
         kubernetes_version=version,
