@@ -69,10 +69,10 @@ def _checkpoint(tmp_path: Path) -> dict[str, Any]:
     return data
 
 
-def _spec(tmp_path: Path, prometheus: Prometheus) -> Path:
+def _spec(tmp_path: Path, prometheus: Prometheus, on_failure: str = "pause") -> Path:
     spec = tmp_path / "gates.yaml"
     spec.write_text(
-        "name: gates\nwaivers: [kubernetes-version]\nonFailure: pause\n"
+        f"name: gates\nwaivers: [kubernetes-version]\nonFailure: {on_failure}\n"
         f"gates:\n  prometheusUrl: {prometheus.url}\n  minSuccessRate: 0.99\n  maxSuccessRateDrop: 0.01\n"
         f"  maxP99Increase: 1.5\n  metricsWindow: {WINDOW}s\n"
         "dataPlane:\n  waves:\n"
@@ -198,8 +198,10 @@ def test_prometheus_down_mid_wave_pauses_the_run_resumably(
     clean_world: World, env: dict[str, str], tmp_path: Path, gate: ProxyMetrics, prometheus: Prometheus
 ) -> None:
     """Prometheus stops when the canary's first new pod starts (after the gate's "before"): the "after"
-    cannot be read, the retries run out, the run stops in RestartingDataPlane naming Prometheus and how to
-    resume; with Prometheus back, ``upgrader resume`` finishes the upgrade."""
+    cannot be read, the retries run out, and the run pauses (exit 5, not Failed: a gate that cannot read
+    its metrics has not failed, so ``onFailure: rollback`` does not run) in RestartingDataPlane, naming
+    Prometheus, the error and how to resume; with Prometheus back, ``upgrader resume`` judges the canary
+    again and finishes the upgrade."""
     world = clean_world
     _mesh_scraped(world, gate, prometheus)
     stopped = threading.Event()
@@ -210,19 +212,25 @@ def test_prometheus_down_mid_wave_pauses_the_run_resumably(
             prometheus.stop()
 
     gate.on_new_pod(stop_prometheus)
-    spec = _spec(tmp_path, prometheus)
+    spec = _spec(tmp_path, prometheus, on_failure="rollback")
     try:
         out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
     finally:
         if stopped.is_set():
             prometheus.start_again()
     assert stopped.is_set(), "the canary started no new pod"
-    assert out.returncode == 1, out.stderr[-3000:]
+    assert out.returncode == 5, out.stderr[-3000:]
     state = _checkpoint(tmp_path)
-    assert (state["state"], state["stopped_in"]) == ("Failed", "RestartingDataPlane")
-    reason = state["errors"][-1]
+    assert (state["state"], state["stopped_in"]) == ("Paused", "RestartingDataPlane")
+    assert state["errors"] == [], "a pause is not a failure"
+    assert "RollingBack" not in [e["state"] for e in state["events"]], "onFailure: rollback did not run"
+    reason = state["events"][-1]["reason"]
+    assert reason.startswith("wave canary: metric gates cannot judge the wave: "), reason
     assert f"Prometheus at {prometheus.url} did not answer query" in reason, reason
-    assert f"upgrader resume {state['run_id']}" in state["next_command"]
+    assert "Connection refused" in reason, reason
+    assert state["next_command"] == f"upgrader resume {state['run_id']}"
+    assert f"paused: {reason}" in out.stdout
+    assert f"next: upgrader resume {state['run_id']}" in out.stdout
     time.sleep(3)  # a few scrapes again
     resumed = _upgrader(world, env, "resume", "--spec", str(spec))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
