@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml requirements.lock
 
 venv: $(BIN)/.installed
 
-## Build (or reuse from ~/.cache/upgrader-e2e) etcd, Kubernetes, kwok, helm 4 and helm 3, each
+## Build (or reuse from ~/.cache/upgrader-e2e) etcd, Kubernetes, kwok, helm 4, helm 3 and Prometheus, each
 ## from its committed lock (e2e/harness/go/<component>/), and check what is cached against it.
 binaries: venv
 	$(BIN)/python -m e2e.harness.binaries

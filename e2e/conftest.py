@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
+from e2e.fixtures.proxy_metrics import ProxyMetrics
 from e2e.fixtures.world import World
 from e2e.harness import binaries, leaks, reliability
 from e2e.harness.backends import ClusterHandle, open_cluster
 from e2e.harness.processes import Processes
+from e2e.harness.prometheus import Prometheus
 from e2e.harness.waits import wait_for
 
 _ACTIVE: dict[str, ClusterHandle] = {}
@@ -94,6 +96,26 @@ def world(cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         processes.stop()
         _WORLD_PROCESSES.remove(processes)
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
+    """A real Prometheus on 127.0.0.1 (1 s scrapes of file-discovered targets), started for the tests that ask."""
+    folder = tmp_path_factory.mktemp("prometheus")
+    processes = Processes(folder / "logs")
+    _WORLD_PROCESSES.append(processes)
+    try:
+        yield Prometheus.start(folder, processes)
+    finally:
+        processes.stop()
+        _WORLD_PROCESSES.remove(processes)
+
+
+@pytest.fixture(scope="session")
+def proxy_metrics(world: World, prometheus: Prometheus) -> Iterator[ProxyMetrics]:
+    """Linkerd proxy metrics of every meshed pod of the world, scraped by ``prometheus``."""
+    with ProxyMetrics(world.api, prometheus) as metrics:
+        yield metrics
 
 
 @pytest.fixture

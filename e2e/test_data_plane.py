@@ -1,4 +1,4 @@
-"""The data plane on the fixture world: waves, throttles measured from the API, gates, metric gates."""
+"""The data plane on the fixture world: waves, throttles measured from the API, health gates."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 from kubernetes import client
 
 from e2e.fixtures import mesh
-from e2e.fixtures.prometheus import CannedPrometheus
 from e2e.fixtures.world import World
 from e2e.harness.rollouts import RolloutRecorder
 
@@ -212,37 +211,3 @@ def test_a_workload_that_never_becomes_ready_stops_the_waves(
     assert "upgrader.io/restarted-by" not in (flaky.spec.template.metadata.annotations or {})
     pods = _pods(world, "fragile")
     assert [p.status.phase for p in pods] == ["Running"], "back on its old ReplicaSet; the pending pod is gone"
-
-
-@pytest.mark.parametrize(("success", "passes"), [(0.999, True), (0.95, False)])
-def test_metric_gates_read_a_prometheus_compatible_endpoint(
-    clean_world: World, env: dict[str, str], tmp_path: Path, success: float, passes: bool
-) -> None:
-    """Demonstration 6: the wave's metric gate asks a real HTTP endpoint serving canned Linkerd series."""
-    world = clean_world
-    world.install("stable-2.13.7")
-    docs = mesh.sample_mesh(scale_namespaces=2, workloads_per_namespace=1)
-    world.apply(docs)
-    world.wait_ready(mesh.namespaces(docs))
-    with CannedPrometheus() as prom:
-        prom.set("scale-000", success_rate=success, p99_ms=40.0, rps=25.0)
-        for ns in ("scale-001", "shop", "edge", "payments"):
-            prom.set(ns, success_rate=0.999, p99_ms=40.0, rps=25.0)
-        spec = tmp_path / "metrics.yaml"
-        spec.write_text(
-            "name: metrics\nwaivers: [kubernetes-version]\n"
-            f"gates:\n  prometheusUrl: {prom.url}\n  minSuccessRate: 0.99\n  maxP99LatencyMs: 250\n"
-            "  metricsWindow: 1m\n"
-            "dataPlane:\n  waves:\n  - {name: canary, namespaces: [scale-000]}\n  - {name: rest, namespaces: ['*']}\n"
-        )
-        out = _upgrader(world, env, "apply", "--to", "stable-2.14.10", "--spec", str(spec), "--yes")
-        asked = list(prom.queries)
-    assert any('namespace="scale-000"' in q and "[1m]" in q for q in asked), asked
-    summaries = [e["summary"] for e in _events(out) if e["event"] == "metrics"]
-    if passes:
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert any(s.startswith("scale-000: success 99.9%") for s in summaries), summaries
-        return
-    assert out.returncode == 1, out.stderr[-3000:]
-    assert "wave canary: metric gate failed: scale-000: success rate 95.0% < 99.0%" in out.stderr
-    assert _proxies(world, "scale-001") == {"stable-2.13.7"}, "the rest never started"

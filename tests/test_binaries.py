@@ -161,3 +161,36 @@ def test_verify_names_the_component_the_wanted_and_the_found_version(
         binaries.verify(probe, Path("/nowhere"))
     assert str(err.value).startswith("probe: ")
     assert expected in str(err.value)
+
+
+def test_prometheus_builds_with_file_discovery_only_and_no_ui_assets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prometheus: `remove_all_sd` (plugins/minimum.go keeps file and HTTP discovery), never
+    `builtinassets` (the UI is not compiled in), its release version in build_info."""
+    prometheus = binaries.COMPONENTS["prometheus"]
+    ran: list[list[str]] = []
+    monkeypatch.setattr(binaries, "_run", lambda cmd, cwd, log, env=None: ran.append(cmd))
+    (tmp_path / "work").mkdir()
+    binaries._build(prometheus, tmp_path / "work", tmp_path / "out", tmp_path / "log")
+    [cmd] = ran
+    assert cmd[cmd.index("-tags") + 1] == "remove_all_sd"
+    assert "builtinassets" not in " ".join(cmd)
+    assert cmd[-1] == "github.com/prometheus/prometheus/cmd/prometheus"
+    assert "-X 'github.com/prometheus/common/version.Version=3.16.0'" in cmd[cmd.index("-ldflags") + 1]
+    assert binaries.program("prometheus") == prometheus.dir / "prometheus"
+
+
+def test_components_without_tags_build_without_a_tags_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ran: list[list[str]] = []
+    monkeypatch.setattr(binaries, "_run", lambda cmd, cwd, log, env=None: ran.append(cmd))
+    (tmp_path / "work").mkdir()
+    binaries._build(binaries.COMPONENTS["kwok"], tmp_path / "work", tmp_path / "out", tmp_path / "log")
+    assert "-tags" not in ran[0]
+
+
+def test_build_tags_are_part_of_the_cache_key(probe: binaries.Component) -> None:
+    """The same lock built with other tags is another build: it never reuses the untagged one."""
+    tagged = dataclasses.replace(probe, tags=("remove_all_sd",))
+    assert tagged.dir != probe.dir
+    assert tagged.dir.name.startswith("probe-v1.0.0-")

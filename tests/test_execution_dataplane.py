@@ -213,3 +213,79 @@ def test_metric_gates_compare_each_wave_with_before(after: float, passes: bool) 
     with pytest.raises(RunStoppedError, match=r"wave canary: metric gate failed: a: success rate 90\.0%"):
         executor.run()
     assert _restarts(cluster) == ["a/app-0"], "wave rest never started"
+
+
+class _Unanswered:
+    """Prometheus answers ``answers`` samples, then refuses every connection until ``back`` is set."""
+
+    def __init__(self, answers: int) -> None:
+        self.answers, self.back, self.calls = answers, False, 0
+
+    def sample(self, namespace: str, window_seconds: int) -> Sample:
+        from upgrader.metrics import MetricsUnavailableError  # noqa: PLC0415
+
+        self.calls += 1
+        if self.calls > self.answers and not self.back:
+            raise MetricsUnavailableError(
+                "Prometheus at http://prom:9090 did not answer query up: [Errno 111] Connection refused"
+            )
+        return Sample(namespace, 0.999, 50.0, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("answers", "restarted"),
+    [pytest.param(0, [], id="down before the wave: nothing restarted"), pytest.param(1, ["a/app-0"], id="down after")],
+)
+def test_prometheus_not_answering_a_wave_gate_pauses_the_run_and_resume_judges_it_again(
+    answers: int, restarted: list[str]
+) -> None:
+    """Prometheus down (after the retries) is not a failed gate: the run ends Paused in RestartingDataPlane
+    (not Failed, so onFailure never runs), the reason names the wave, Prometheus and the error, ``run-paused``
+    is sent with them; resumed with Prometheus back, the wave is judged and the run ends Done."""
+    from upgrader.notifications import events_for  # noqa: PLC0415
+
+    spec = _spec(waves=[{"name": "canary", "namespaces": ["a"]}, {"name": "rest", "namespaces": ["*"]}])
+    cluster, store = _cluster(a=1, b=1), MemoryStore()
+    executor = _executor(cluster, _plan(spec, ["a", "b"]), store, spec=spec)
+    metrics = _Unanswered(answers)
+    executor.metrics = metrics
+    sent: list[dict[str, object]] = []
+    executor.on_transition = lambda change, notices: sent.extend(
+        events_for(change, notices, plan_from=None, plan_to=None, installation={})
+    )
+    result = executor.run()
+    assert (result.state, result.stopped_in) == (RunState.PAUSED, RunState.RESTARTING_DATA_PLANE)
+    assert result.next_command == "upgrader resume run-1"
+    assert result.errors == [], "a pause is not an error"
+    reason = result.events[-1].reason
+    assert reason.startswith("wave canary: metric gates cannot judge the wave: Prometheus at http://prom:9090")
+    assert "Connection refused" in reason
+    assert [(e["kind"], e["reason"], e["next_command"]) for e in sent[-1:]] == [
+        ("run-paused", reason, "upgrader resume run-1")
+    ]
+    assert _restarts(cluster) == restarted
+    metrics.back = True
+    assert executor.run().state == RunState.DONE
+    assert _restarts(cluster) == ["a/app-0", "b/app-0"], "the canary restarted once, then the rest"
+
+
+def test_a_run_paused_by_prometheus_exits_5_with_the_reason_and_the_resume_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``apply``/``resume`` ending Paused with ``upgrader resume RUN`` next (no window) exit 5, as a window pause."""
+    import typer  # noqa: PLC0415
+
+    from upgrader.checkpoints import Event  # noqa: PLC0415
+    from upgrader.cli.run import _print_result  # noqa: PLC0415
+    from upgrader.errors import EXIT_PAUSED  # noqa: PLC0415
+
+    cp = Checkpoint.new("run-9", {}, NOW)
+    cp.state = RunState.PAUSED
+    cp.next_command = "upgrader resume run-9"
+    cp.events.append(Event(at=NOW, state=RunState.PAUSED, reason="wave canary: metric gates cannot judge the wave"))
+    with pytest.raises(typer.Exit) as info:
+        _print_result(cp)
+    assert info.value.exit_code == EXIT_PAUSED
+    out = capsys.readouterr().out
+    assert "paused: wave canary: metric gates cannot judge the wave" in out
+    assert "next: upgrader resume run-9" in out

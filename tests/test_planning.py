@@ -488,9 +488,13 @@ def test_the_plan_says_whether_the_installation_is_ha_and_on_what_evidence() -> 
 LIVE_NAMESPACES = frozenset({"default", "kube-system", "linkerd", "linkerd-viz", "shop", "payments", "idle"})
 
 
-def _live_plan(waves: list[dict[str, object]], labels: Mapping[str, Mapping[str, str]] | None = None) -> Plan:
+def _live_plan(
+    waves: list[dict[str, object]],
+    labels: Mapping[str, Mapping[str, str]] | None = None,
+    gates: Mapping[str, object] | None = None,
+) -> Plan:
     """A live plan 2.13 -> 2.14: shop and payments meshed, idle exists with nothing meshed (scaled to 0)."""
-    spec = Spec.model_validate({"dataPlane": {"waves": waves}})
+    spec = Spec.model_validate({"dataPlane": {"waves": waves}, "gates": gates or {}})
     observed = Observed(
         v("stable-2.13.7"),
         {ns: {"stable-2.13.7": 2} for ns in ("linkerd", "linkerd-viz", "shop", "payments")},
@@ -559,6 +563,42 @@ def test_a_selector_wave_matching_no_namespace_is_a_warning() -> None:
     assert plan.warnings[1].startswith("wave critical restarts nothing")
     matched = _live_plan([{"name": "web", "selector": {"tier": "web"}}, {"name": "rest", "namespaces": ["*"]}], labels)
     assert matched.warnings == []
+
+
+@pytest.mark.parametrize(
+    ("gates", "warned"),
+    [
+        pytest.param({"prometheusUrl": "http://prom:9090", "metricsWindow": "5m"}, ["canary", "rest"], id="5m window"),
+        pytest.param(
+            {"prometheusUrl": "http://prom:9090", "metricsWindow": "1m"}, ["rest"], id="1m window: a 1m bake is enough"
+        ),
+        pytest.param({"metricsWindow": "5m"}, [], id="no metric gates without a Prometheus"),
+    ],
+)
+def test_a_gated_wave_baked_for_less_than_the_metrics_window_is_a_warning(
+    gates: Mapping[str, object], warned: list[str]
+) -> None:
+    """With metric gates, each wave that restarts something and bakes for less than gates.metricsWindow is
+    named with its bake time and the window (its "after" would read mostly pods from before the wave); an
+    empty wave is not, nor a wave baked for as long as the window."""
+    waves: list[dict[str, object]] = [
+        {"name": "canary", "namespaces": ["shop"], "bakeTime": "1m"},
+        {"name": "empty", "namespaces": ["idle"]},
+        {"name": "rest", "namespaces": ["*"]},
+    ]
+    plan = _live_plan(waves, gates=gates)
+    assert plan.refused is None
+    window = str(gates["metricsWindow"])
+    bakes = {"canary": "1m", "rest": "0s"}
+    short = [
+        f"wave {name}: bakeTime {bakes[name]} is shorter than gates.metricsWindow {window}, so its metric gate "
+        f"judges mostly pods from before the wave; give it a bakeTime of at least {window} (or a shorter "
+        "metricsWindow)"
+        for name in warned
+    ]
+    assert plan.warnings[1:] == short  # after the empty wave's own warning
+    assert plan.warnings[0].startswith("wave empty restarts nothing")
+    assert all(f"**warning**: {w}" in render(plan, "markdown") for w in short)
 
 
 def test_a_hop_lists_only_the_charts_it_touches() -> None:

@@ -39,6 +39,7 @@ def test_example_specs_validate_and_plan_offline(path: Path) -> None:
     assert plan.spec == spec.name
     restarted = {ns for w in plan.hops[0].waves for ns in w.namespaces}
     assert restarted == {"shop", "payments"}
+    assert not [w for w in plan.warnings if "metricsWindow" in w], "every gated wave bakes for the metrics window"
 
 
 def test_staged_rollout_refuses_to_leave_a_meshed_excluded_namespace_two_majors_behind() -> None:
@@ -65,6 +66,7 @@ def test_staged_rollout_orders_canary_then_critical_then_rest() -> None:
         ("critical", ["payments"]),
         ("rest", ["edge"]),
     ]
+    assert plan.warnings == [], "every gated wave bakes for at least the metrics window"
 
 
 @pytest.mark.parametrize(

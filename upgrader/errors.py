@@ -30,7 +30,7 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_REFUSED = 3
 EXIT_PREFLIGHT = 4
-EXIT_PAUSED = 5  # apply or resume ended Paused by a maintenance window: resume it in the next one
+EXIT_PAUSED = 5  # apply or resume ended Paused (a maintenance window, Prometheus not answering): resume later
 
 
 class UpgraderError(Exception):

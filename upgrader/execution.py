@@ -51,7 +51,7 @@ from upgrader.errors import EXIT_REFUSED, InputError, ReleaseLockedError, Upgrad
 from upgrader.gatewayapi import crd_rollback_refusal
 from upgrader.gatewayapi import observe as gateway_observe
 from upgrader.locking import LockLostError
-from upgrader.metrics import MetricsPort, Sample, describe
+from upgrader.metrics import MetricsPort, MetricsUnavailableError, Sample, describe
 from upgrader.metrics import assess as assess_metrics
 from upgrader.pins import PROXY_KEY, Pin, remedies, values_proxy, workload_pins
 from upgrader.pins import describe as describe_pins
@@ -126,6 +126,18 @@ class WindowClosed(Exception):  # not an error: the run pauses at a safe point
     def __init__(self, fit: windows.Fit, *, what: str, seconds: float, entering: RunState | None = None) -> None:
         super().__init__(fit.reason)
         self.fit, self.what, self.seconds, self.entering = fit, what, seconds, entering
+
+
+class MetricsUnanswered(Exception):  # not an error: a gate that cannot read its metrics has not failed
+    """Prometheus did not answer a wave's metric gate (after the retries); the run pauses where it is.
+
+    A metrics source that is down says nothing about the wave, so the run neither fails nor triggers
+    ``onFailure: rollback``: it ends ``Paused`` (exit 5) and ``upgrader resume`` judges the wave again.
+    """
+
+    def __init__(self, wave: str, error: MetricsUnavailableError) -> None:
+        super().__init__(error.message)
+        self.wave, self.error = wave, error
 
 
 class WindowTooShortError(RunStoppedError):
@@ -422,6 +434,8 @@ class Executor:
                 self.checkpoint.step = 0
         except WindowClosed as closed:
             return self._pause_for_window(closed)
+        except MetricsUnanswered as unanswered:
+            return self._pause_for_metrics(unanswered)
         self._move(S.DONE, "every hop done")
         return self.checkpoint
 
@@ -504,11 +518,37 @@ class Executor:
                 stopped_in=closed.entering,
             )
         opening = fit.next_opening
-        self.checkpoint.resume_after = opening.start if opening else None
-        self.checkpoint.next_command = f"{resume} --wait-for-window"
-        reason = f"{fit.reason}; {fit.next_text()}"
-        log.info("window-pause", run_id=self.checkpoint.run_id, reason=reason, next=self.checkpoint.next_command)
-        self._move(S.PAUSED, reason, resume_at=self.checkpoint.resume_after, stopped_in=closed.entering)
+        return self._pause(
+            "window-pause",
+            f"{fit.reason}; {fit.next_text()}",
+            f"{resume} --wait-for-window",
+            resume_at=opening.start if opening else None,
+            stopped_in=closed.entering,
+        )
+
+    def _pause_for_metrics(self, unanswered: MetricsUnanswered) -> Checkpoint:
+        """Prometheus did not answer a wave's gate: pause in the wave (not Failed, so no ``onFailure``);
+        resume re-enters it, and its gate reads the metrics again."""
+        reason = (
+            f"wave {unanswered.wave}: metric gates cannot judge the wave: {unanswered.error.message}; "
+            "resume once Prometheus answers"
+        )
+        return self._pause("metrics-pause", reason, self.resume_command())
+
+    def _pause(
+        self,
+        event: str,
+        reason: str,
+        next_command: str,
+        *,
+        resume_at: dt.datetime | None = None,
+        stopped_in: RunState | None = None,
+    ) -> Checkpoint:
+        """End the run ``Paused`` with the reason and the command that goes on (the CLI exits 5)."""
+        self.checkpoint.resume_after = resume_at
+        self.checkpoint.next_command = next_command
+        log.info(event, run_id=self.checkpoint.run_id, reason=reason, next=next_command)
+        self._move(S.PAUSED, reason, resume_at=resume_at, stopped_in=stopped_in)
         return self.checkpoint
 
     def already_at_target(self) -> bool:
@@ -552,7 +592,7 @@ class Executor:
         resume = self.resume_command()
         try:
             self._dispatch(index, hop, step, resume)  # every action inside fences itself
-        except (RunStoppedError, LockLostError, WindowClosed):
+        except (RunStoppedError, LockLostError, WindowClosed, MetricsUnanswered):
             raise  # a run that lost its lock writes nothing more: the other run owns the installation
         except UpgraderError as exc:
             then = f"{resume} (or upgrader rollback {self.checkpoint.run_id})"
@@ -1228,7 +1268,7 @@ class Executor:
             log.info("not-restarted", wave=wave.name, what=str(item))
             if str(item) not in self.checkpoint.reported:
                 self.checkpoint.reported.append(str(item))
-        before = self._metrics(wave.namespaces)
+        before = self._metrics(wave.name, wave.namespaces)
         started = self.clock()
         dp = self.spec.data_plane
         pending = self._wave_pending(index, hop, number)
@@ -1473,17 +1513,21 @@ class Executor:
         if sick:
             raise self._stop(f"wave {wave}: unhealthy after its bake time: {'; '.join(sick)}", resume)
 
-    def _metrics(self, namespaces: list[str]) -> dict[str, Sample]:
+    def _metrics(self, wave: str, namespaces: list[str]) -> dict[str, Sample]:
+        """Each namespace's sample; a Prometheus that does not answer (after the retries) pauses the run."""
         if self.metrics is None:
             return {}
         window = parse_duration(self.spec.gates.metrics_window)
-        return {ns: self.metrics.sample(ns, window) for ns in namespaces}
+        try:
+            return {ns: self.metrics.sample(ns, window) for ns in namespaces}
+        except MetricsUnavailableError as exc:
+            raise MetricsUnanswered(wave, exc) from exc
 
     def _metric_gate(self, wave: str, namespaces: list[str], before: Mapping[str, Sample], resume: str) -> None:
         if self.metrics is None:
             return
         problems = []
-        for ns, after in self._metrics(namespaces).items():
+        for ns, after in self._metrics(wave, namespaces).items():
             log.info("metrics", wave=wave, summary=describe(before.get(ns), after))
             problems += assess_metrics(before.get(ns), after, self.spec.gates)
         if problems:

@@ -3,8 +3,9 @@
 Before and after each wave the caller takes a ``Sample`` per namespace through a
 ``MetricsPort`` (``PrometheusMetrics`` in real runs) and hands both to ``assess``, which
 returns the problems found ([] = passed) and never does I/O. A namespace with no inbound
-traffic in the window cannot be judged by metrics and passes; ``describe`` says so in the
-one-line summary the caller logs.
+traffic in the window (the proxies' admin port, scraped by Prometheus itself, does not count)
+cannot be judged by metrics and passes; ``describe`` says so in the one-line summary the
+caller logs.
 
 ``PrometheusMetrics`` sorts failures by whether a retry helps: an unreachable, overloaded
 or rate-limiting Prometheus raises ``MetricsUnavailableError`` (retryable); a query it
@@ -29,6 +30,10 @@ from upgrader.spec import Gates
 
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 RETRYABLE_STATUS = frozenset({408, 429})  # besides 5xx: the server may answer later
+# The proxy counts the requests to its own admin server (Prometheus's scrapes of /metrics, the
+# kubelet's probes of the proxy) as inbound responses with target_port="4191" (Linkerd's
+# proxy.ports.admin default): left in, a namespace serving nothing looks busy and 100% healthy.
+PROXY_ADMIN_PORT = 4191
 _EPSILON = 1e-9  # float slack so a drop of exactly the allowed amount passes
 
 
@@ -73,15 +78,19 @@ def render_window(window_seconds: int) -> str:
 
 
 def queries(namespace: str, window_seconds: int) -> dict[str, str]:
-    """The PromQL for a namespace's inbound request rate, success rate and p99 latency."""
+    """The PromQL for a namespace's inbound request rate, success rate and p99 latency (the proxies' own
+    admin traffic left out)."""
     if not _NAMESPACE.match(namespace):
         raise InputError(f"{namespace!r} is not a Kubernetes namespace name", hint="namespaces are DNS labels")
     window = render_window(window_seconds)
-    selector = f'namespace="{namespace}",direction="inbound"'
+    selector = f'namespace="{namespace}",direction="inbound",target_port!="{PROXY_ADMIN_PORT}"'
     rate = f"sum(rate(response_total{{{selector}}}[{window}]))"
+    success = f'sum(rate(response_total{{{selector},classification="success"}}[{window}]))'
     return {
         "rate": rate,
-        "success": f'sum(rate(response_total{{{selector},classification="success"}}[{window}])) / {rate}',
+        # A pod that never succeeded has no success series at all: "or vector(0)" makes that 0% rather
+        # than an empty answer, which would read as "no traffic" and pass a workload failing every request.
+        "success": f"({success} or vector(0)) / {rate}",
         "p99": f"histogram_quantile(0.99, sum by (le) (rate(response_latency_ms_bucket{{{selector}}}[{window}])))",
     }
 

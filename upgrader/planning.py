@@ -18,7 +18,8 @@ offline), the spec and the acknowledgements, and returns a ``Plan``:
   executor cannot run: a rollback across the 2.12 chart split), ``wave-namespace-missing`` (a
   wave names a namespace the cluster does not have), ``pinned-versions`` (image versions
   pinned in the values or on workloads, under the spec's default ``pins: refuse``; see
-  ``upgrader.pins``). A wave that restarts nothing is a plan warning, not a refusal.
+  ``upgrader.pins``). A wave that restarts nothing, or one baked for less than the metric
+  gates' window (``gates.metricsWindow``), is a plan warning, not a refusal.
 - Each hop's ``steps`` are typed actions (``PreflightStep``, ``UpgradeRelease``,
   ``KeepRelease``, ``AdoptSplitCharts``, ``VerifyControlPlane``, ``RestartWave``,
   ``VerifyDataPlane``): the executor runs exactly these, in this order. ``HOP_KINDS`` lists
@@ -501,6 +502,23 @@ def _in_scope(spec: Spec, ns: str, excluded: set[str], labels: Mapping[str, Mapp
     )
 
 
+def _short_bakes(spec: Spec, hops: Sequence[Hop]) -> list[str]:
+    """With metric gates, a wave that restarts something and bakes for less than ``gates.metricsWindow``:
+    its "after" still reads mostly the pods from before the wave, so a bad canary can pass (once per wave)."""
+    if spec.gates.prometheus_url is None:
+        return []
+    window = spec.gates.metrics_window
+    short: dict[str, str] = {}
+    for wave in (w for h in hops for w in h.waves):
+        if wave.namespaces and parse_duration(wave.bake_time) < parse_duration(window):
+            short.setdefault(wave.name, wave.bake_time)
+    return [
+        f"wave {name}: bakeTime {bake} is shorter than gates.metricsWindow {window}, so its metric gate judges "
+        f"mostly pods from before the wave; give it a bakeTime of at least {window} (or a shorter metricsWindow)"
+        for name, bake in short.items()
+    ]
+
+
 def _check_waves(spec: Spec, observed: Observed) -> list[str]:
     """A wave naming a namespace the cluster does not have is refused; one that restarts nothing is a warning.
 
@@ -639,7 +657,7 @@ def make_plan(
         hops, gateway_warnings = _with_gateway_api(hops, observed, spec, catalog, notes)
     except _Refused as refused:
         return Plan(**base, refused=Refusal(code=refused.code, reason=refused.reason))
-    warnings += gateway_warnings
+    warnings += gateway_warnings + _short_bakes(spec, hops)
     unknown = sorted({h.major for h in hops if catalog.major(int(h.major.split(".")[1])) is None})
     if unknown:
         notes.append(f"no catalog entry for {', '.join(unknown)}: Kubernetes range and notes unchecked")

@@ -56,6 +56,7 @@ KUBERNETES_VERSION = "v1.36.3"
 KWOK_VERSION = "v0.7.0"
 HELM4_VERSION = "v4.2.4"
 HELM3_VERSION = "v3.21.4"
+PROMETHEUS_VERSION = "v0.316.0"  # the module's tag for Prometheus 3.16.0
 
 LOCKS_DIR = Path(__file__).resolve().parent / "go"
 LOCK_COMMAND = "python -m e2e.harness.binaries lock"
@@ -143,6 +144,19 @@ def _helm_flags(major: int) -> Callable[[str], dict[str, str]]:
     return flags
 
 
+def _prometheus_flags(version: str) -> dict[str, str]:
+    # Prometheus 3.x tags its Go module v0.3MM.P for release 3.MM.P (its build_info reports it).
+    minor, patch = version.lstrip("v").split(".")[1:3]
+    base = "github.com/prometheus/common/version"
+    return {
+        f"{base}.Version": f"{minor[0]}.{int(minor[1:])}.{patch}",
+        f"{base}.Revision": "unknown-module-proxy-build",
+        f"{base}.Branch": "HEAD",
+        f"{base}.BuildUser": "upgrader-e2e",
+        f"{base}.BuildDate": _build_date(),
+    }
+
+
 def _no_flags(_version: str) -> dict[str, str]:
     return {}
 
@@ -153,6 +167,7 @@ class Component:
 
     ``packages`` maps each program's file name to its Go package. ``staging`` says the
     module needs Kubernetes' staging replaces (``k8s.io/<staging> => v0.X.Y``) in its lock.
+    ``tags`` are the Go build tags of the build (the lock covers every tag: ``go mod tidy``).
     """
 
     name: str
@@ -161,6 +176,7 @@ class Component:
     packages: dict[str, str] = field(compare=False)
     ldflags: Callable[[str], dict[str, str]] = field(default=_no_flags, compare=False, repr=False)
     staging: bool = False
+    tags: tuple[str, ...] = ()
 
     @property
     def programs(self) -> tuple[str, ...]:
@@ -171,11 +187,13 @@ class Component:
         return LOCKS_DIR / self.name
 
     def lock_digest(self) -> str:
-        """A short digest of the committed lock: part of the cache key."""
+        """A short digest of the committed lock (and the build tags, if any): part of the cache key."""
         digest = hashlib.sha256()
         for name in ("go.mod", "go.sum"):
             path = self.lock_dir / name
             digest.update(path.read_bytes() if path.exists() else b"")
+        if self.tags:  # a build with other tags is another build
+            digest.update(("tags:" + ",".join(self.tags)).encode())
         return digest.hexdigest()[:10]
 
     @property
@@ -206,6 +224,17 @@ COMPONENTS: dict[str, Component] = {
             | {"kubectl": "k8s.io/kubernetes/cmd/kubectl"},
             _kubernetes_flags,
             staging=True,
+        ),
+        # Without the web UI's assets (no `builtinassets` tag: the UI would be read from disk, and
+        # nothing asks for it) and with only the file and HTTP service discovery that
+        # plugins/minimum.go always registers (`remove_all_sd` drops every other plugin).
+        Component(
+            "prometheus",
+            "github.com/prometheus/prometheus",
+            PROMETHEUS_VERSION,
+            {"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+            _prometheus_flags,
+            tags=("remove_all_sd",),
         ),
     )
 }
@@ -386,7 +415,8 @@ def _build(component: Component, work: Path, out: Path, log: Path) -> None:
     # (their file names are their packages' last path elements then).
     target = str(out / component.programs[0]) if len(packages) == 1 else str(out) + "/"
     ldflags = f"-s -w {flags}".strip()
-    _run(["go", "build", "-mod=readonly", "-ldflags", ldflags, "-o", target, *packages], work, log)
+    tags = ["-tags", ",".join(component.tags)] if component.tags else []
+    _run(["go", "build", "-mod=readonly", *tags, "-ldflags", ldflags, "-o", target, *packages], work, log)
 
 
 @contextmanager
@@ -448,6 +478,7 @@ def ensure(
             "version": component.version,
             "lock": component.lock_digest(),
             "programs": list(component.programs),
+            "tags": list(component.tags),
             "built_at": _build_date(),
             "build_seconds": round(elapsed, 1),
             "go": subprocess.run(["go", "version"], capture_output=True, text=True, check=False).stdout.strip(),

@@ -48,11 +48,12 @@ def _say(line: str) -> None:
 
 
 def _print_result(result: Checkpoint) -> None:
-    """The run's end; a run paused by a maintenance window says why and what next, and exits 5."""
+    """The run's end; a run paused resumably (a maintenance window, Prometheus not answering a wave's gate)
+    says why and what next, and exits 5."""
     echo(f"run {result.run_id}: {result.state}")
     for item in result.pinned:
         echo(f"  pinned: {item}")
-    if result.state == "Paused" and result.next_command and "--wait-for-window" in result.next_command:
+    if result.state == "Paused" and result.next_command and result.next_command.startswith("upgrader resume "):
         if result.events:
             echo(f"  paused: {result.events[-1].reason}")
         echo(f"  next: {result.next_command}")
