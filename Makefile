@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: demo test reliability lint unit e2e binaries lock lock-python cluster-up cluster-down world-up bench clean venv
+.PHONY: demo test reliability lint unit e2e binaries cluster-binaries lock lock-python cluster-up cluster-down world-up bench clean venv
 
 # Every Python package (with pip, setuptools and wheel) comes from requirements.lock, pinned
 # with hashes; the package itself is installed without resolving anything further.
@@ -21,6 +21,11 @@ venv: $(BIN)/.installed
 binaries: venv
 	$(BIN)/python -m e2e.harness.binaries
 
+## Only what the local cluster and the world run on (the demo needs no Prometheus).
+CLUSTER_COMPONENTS := etcd kwok helm helm3 kubernetes
+cluster-binaries: venv
+	$(BIN)/python -m e2e.harness.binaries $(CLUSTER_COMPONENTS)
+
 ## Regenerate requirements.lock after changing a dependency in pyproject.toml (needs PyPI).
 PIP_TOOLS_VERSION := 7.6.2
 lock-python:
@@ -36,7 +41,7 @@ lock: venv
 	$(BIN)/python -m e2e.harness.binaries lock $(COMPONENTS)
 
 ## The main job on the built-in local cluster: world up, upgrader against it, world down.
-demo: binaries
+demo: cluster-binaries
 	@$(MAKE) --no-print-directory world-up || { $(MAKE) --no-print-directory cluster-down; exit 1; }
 	@$(BIN)/python -m e2e.demo; rc=$$?; $(MAKE) --no-print-directory cluster-down; exit $$rc
 
@@ -68,12 +73,12 @@ e2e: binaries
 	$(BIN)/pytest e2e
 
 ## A long-lived local cluster: prints the kubeconfig path.
-cluster-up: binaries
+cluster-up: cluster-binaries
 	@$(BIN)/python -m e2e.harness.cluster up
 
 ## The Linkerd-like world on the local cluster: chart repo, injector, Linkerd and the sample mesh.
 WORLD_ARGS ?= --version stable-2.13.7 --ha --viz
-world-up: binaries
+world-up: cluster-binaries
 	@$(BIN)/python -m e2e.fixtures.world up $(WORLD_ARGS)
 
 cluster-down: venv
