@@ -24,7 +24,17 @@ def sample(success: float | None = 0.999, p99: float | None = 100.0, rps: float 
     [
         pytest.param(sample(), sample(), [], id="a steady namespace passes"),
         pytest.param(None, sample(), [], id="a healthy namespace with no sample before passes"),
-        pytest.param(sample(), sample(None, None, 0.0), [], id="an idle namespace passes"),
+        pytest.param(sample(None, None, 0.0), sample(None, None, 0.0), [], id="a namespace idle throughout passes"),
+        pytest.param(None, sample(None, None, 0.0), [], id="an idle namespace with no sample before passes"),
+        pytest.param(
+            sample(),
+            sample(None, None, 0.0),
+            [
+                "shop: no inbound traffic after the wave (before: 10.0 rps, success 99.9%): the new proxies are not "
+                "serving or not scraped"
+            ],
+            id="traffic that stops with the wave fails",
+        ),
         pytest.param(sample(None, None, 0.0), sample(), [], id="a namespace idle before is judged on absolute gates"),
         pytest.param(
             sample(0.995), sample(0.985), ["shop: success rate 98.5% < 99.0%"], id="success below the minimum fails"

@@ -144,8 +144,15 @@ def _ms(value: float) -> str:
 
 
 def assess(before: Sample | None, after: Sample, gates: Gates) -> list[str]:
-    """Problems with a namespace after a wave, compared with before it ([] = passed; idle passes)."""
+    """Problems with a namespace after a wave, compared with before it ([] = passed). A namespace idle after
+    the wave passes only if it was idle before too: traffic that stops with the wave (new proxies not serving,
+    or not scraped) is a problem, never a silent pass."""
     if after.success_rate is None:  # idle: metrics cannot judge it
+        if before is not None and before.success_rate is not None:
+            return [
+                f"{after.namespace}: no inbound traffic after the wave (before: {before.requests_per_second:.1f} rps, "
+                f"success {_pct(before.success_rate)}): the new proxies are not serving or not scraped"
+            ]
         return []
     ns, rate, problems = after.namespace, after.success_rate, []
     if rate < gates.min_success_rate:
