@@ -400,3 +400,36 @@ def test_chart_split_by_hand_adopts_the_linkerd2_objects(clean_world: World, tmp
     )
     web = core.list_namespaced_pod("shop", label_selector="app=web").items[0]
     assert web.metadata.annotations["linkerd.io/trust-root-sha256"] == installed.identity.trust_root_sha256
+
+
+def test_reset_lets_a_crd_stuck_terminating_without_instances_go(clean_world: World) -> None:
+    """A fixture-scoped CRD held by a finalizer nobody removes (as the API server's cleanup controller does when
+    it backs off on a CRD whose storage was still starting) is let go by the reset once it has no instances."""
+    ext = client.ApiextensionsV1Api(clean_world.api)
+    name = "widgets.upgrader-e2e.linkerd.io"
+    ext.create_custom_resource_definition(
+        {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": name, "finalizers": ["upgrader-e2e.linkerd.io/hold"]},
+            "spec": {
+                "group": "upgrader-e2e.linkerd.io",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                "scope": "Namespaced",
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {"openAPIV3Schema": {"type": "object"}},
+                    }
+                ],
+            },
+        }
+    )
+    wait_for("the CRD established", lambda: bool(ext.read_custom_resource_definition(name).status.conditions))
+    ext.delete_custom_resource_definition(name)
+    assert ext.read_custom_resource_definition(name).metadata.deletion_timestamp is not None, "held by the finalizer"
+    clean_world.reset(timeout=60)
+    names = {c.metadata.name for c in ext.list_custom_resource_definition().items}
+    assert name not in names
