@@ -81,7 +81,8 @@ def test_ha_upgrade_matches_a_fresh_ha_install_of_the_target(clean_world: World,
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Done" in out.stdout
     events = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
-    values_event = next(e for e in events if e.get("event") == "values")
+    # linkerd-crds has its own values event (its Gateway API switches): the control plane's says what HA did
+    values_event = next(e for e in events if e.get("event") == "values" and e.get("release") == "linkerd-control-plane")
     assert values_event["ha_values"] == "target"
 
     target = release(TARGET)
