@@ -47,16 +47,8 @@ FACTS = {
         required=[HTTP, GRPC],
         needs_served=V1,
     ),
-    20: GatewayApi(
-        crds=WIDE,
-        install_value="installGatewayAPI",
-        default=False,
-        keep=True,
-        bundle="v1.1.1",
-        required=[HTTP, GRPC],
-        needs_served=V1,
-    ),
 }
+FACTS[20] = FACTS[19]  # 2.20's linkerd-crds treats them as 2.19's does
 JAEGER = RemovedExtension(chart="linkerd-jaeger", extension="jaeger", note="jaeger-removed-2.19")
 
 

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from upgrader import windows
 from upgrader.catalog import Catalog, KubernetesRange, Major, Note
-from upgrader.dataplane import inventory, selects
+from upgrader.dataplane import Inventory, inventory, selects
 from upgrader.errors import InputError
 from upgrader.gatewayapi import GatewayCrd, HopLeg, plan_gateway_api
 from upgrader.inputs import validation_error
@@ -723,20 +723,25 @@ def _with_estimates(hop: Hop, spec: Spec, durations: Mapping[str, Sequence[float
     return hop.model_copy(update={"steps": steps, "estimated_minutes": minutes})
 
 
+def _inventory(view: DataPlaneView, namespaces: Sequence[str], spec: Spec) -> Inventory:
+    """The meshed workloads of ``namespaces`` the spec's data-plane filters leave in."""
+    dp = spec.data_plane
+    return inventory(
+        view,
+        namespaces,
+        exclude_namespaces=dp.exclude_namespaces,
+        include_selector=dp.include_selector or None,
+        exclude_selector=dp.exclude_selector or None,
+    )
+
+
 def _workload_counts(observed: Observed, spec: Spec, namespaces: Sequence[str]) -> dict[str, int]:
     """Meshed workloads a restart would touch, per namespace (restarts are per workload, not per pod);
     offline (no data plane observed), the meshed pods per namespace, an upper bound."""
     view = observed.data_plane_view
     if view is None:
         return {ns: sum(observed.data_plane.get(ns, {}).values()) for ns in namespaces if ns in observed.data_plane}
-    dp = spec.data_plane
-    targets = inventory(
-        view,
-        namespaces,
-        exclude_namespaces=dp.exclude_namespaces,
-        include_selector=dp.include_selector or None,
-        exclude_selector=dp.exclude_selector or None,
-    ).targets
+    targets = _inventory(view, namespaces, spec).targets
     counts = dict.fromkeys(namespaces, 0)
     for w in targets:
         counts[w.namespace] = counts.get(w.namespace, 0) + 1
@@ -835,14 +840,7 @@ def find_pins(observed: Observed, spec: Spec, targets: list[str], namespaces: li
     )
     view = observed.data_plane_view
     if view is not None and namespaces:
-        dp = spec.data_plane
-        inv = inventory(
-            view,
-            namespaces,
-            exclude_namespaces=dp.exclude_namespaces,
-            include_selector=dp.include_selector or None,
-            exclude_selector=dp.exclude_selector or None,
-        )
+        inv = _inventory(view, namespaces, spec)
         pins += workload_pins(inv.targets, view.namespaces, view.pods, targets=targets)
     return pins
 
