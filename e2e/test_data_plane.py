@@ -15,10 +15,12 @@ from kubernetes import client
 from e2e.fixtures import mesh
 from e2e.fixtures.world import World
 from e2e.harness.rollouts import RolloutRecorder
+from e2e.harness.stages import PodTiming, timed
 
 pytestmark = pytest.mark.e2e
 PROXY = "cr.l5d.io/linkerd/proxy:"
 POOL = "upgrader-e2e/pool"
+ROLLING_PODS = PodTiming(ready_ms=800, jitter_ms=400, delete_ms=300)
 
 
 @pytest.fixture
@@ -62,7 +64,8 @@ def test_waves_restart_every_meshed_workload_throttled_and_leave_the_rest_alone(
     every meshed pod ends on the target proxy; unmeshed, opted-out, skipped workloads and Job pods keep their pods."""
     world = clean_world
     world.install("stable-2.13.7")
-    docs = mesh.sample_mesh(scale_namespaces=2, workloads_per_namespace=6)
+    # Pods take 0.4-1.2 s to become Ready and 0.3 s to go (KWOK stages): rollouts last long enough to overlap.
+    docs = timed(mesh.sample_mesh(scale_namespaces=2, workloads_per_namespace=6), ROLLING_PODS)
     world.apply(docs)
     world.wait_ready(mesh.namespaces(docs))
     world.kubectl("annotate", "deployment", "api", "-n", "shop", "upgrader.io/skip=true")

@@ -5,6 +5,9 @@ kwok (all built by ``e2e.harness.binaries``) on free 127.0.0.1 ports with freshl
 certificates, creates N fake nodes, waits until the API is ready, the nodes are Ready and
 the controllers work, and writes an admin kubeconfig. ``stop()`` terminates every process
 group it started and removes its folder. Each component logs to ``<dir>/logs/<name>.log``.
+The API server writes an audit log to ``<dir>/audit`` (``e2e.harness.audit``); kwok plays pods
+with the stages of ``e2e.harness.stages`` (Ready and gone at once unless ``pod_timing`` or a pod's
+annotations ask for delays).
 
 Command line (used by ``make cluster-up`` / ``make cluster-down``)::
 
@@ -36,8 +39,9 @@ from pathlib import Path
 
 import yaml
 
-from e2e.harness import binaries, certs
+from e2e.harness import audit, binaries, certs
 from e2e.harness.processes import ProcessError, Processes, alive
+from e2e.harness.stages import PodTiming, stages_yaml
 
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "upgrader-e2e-cluster"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -106,6 +110,10 @@ class LocalCluster:
 
     nodes: int = 3
     dir: Path | None = None
+    # How long pods take to become Ready and to go (e2e.harness.stages); pods may override it by annotation.
+    pod_timing: PodTiming = field(default_factory=PodTiming)
+    pods_per_node: int = 110  # the fake nodes' pod capacity (a scale benchmark needs more)
+    api_qps: int | None = None  # the controllers' client rate (their default, 20/s, makes 10,000 pods slow)
     detach: bool = False  # processes survive this Python process (for `cluster up`)
     ports: dict[str, int] = field(default_factory=dict)
     _owns_dir: bool = False
@@ -124,6 +132,11 @@ class LocalCluster:
     @property
     def log_dir(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def audit_dir(self) -> Path:
+        """The API server's audit log (read it with ``e2e.harness.audit.read``)."""
+        return self.root / "audit"
 
     @property
     def processes(self) -> Processes:
@@ -280,6 +293,7 @@ class LocalCluster:
                 f"--proxy-client-key-file={front_key}",
                 f"--cert-dir={pki}",
                 "--profiling=false",
+                *audit.apiserver_flags(self.audit_dir),
             ],
         )
         ctx = ssl.create_default_context(cafile=str(ca_crt))
@@ -306,6 +320,7 @@ class LocalCluster:
                 f"--authentication-kubeconfig={kc}",
                 f"--authorization-kubeconfig={kc}",
                 "--leader-elect=false",
+                *([f"--kube-api-qps={self.api_qps}", f"--kube-api-burst={2 * self.api_qps}"] if self.api_qps else []),
                 "--controllers=*",
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={ca_crt}",
@@ -332,10 +347,13 @@ class LocalCluster:
                 "--profiling=false",
             ],
         )
+        stages = self.root / "kwok-stages.yaml"
+        stages.write_text(stages_yaml(self.pod_timing))
         self.processes.spawn(
             "kwok",
             [
                 bins["kwok"],
+                f"--config={stages}",
                 f"--kubeconfig={kc}",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 # 0 makes v0.7.0 heartbeat too slowly and nodes flip to NotReady.
@@ -403,8 +421,8 @@ class LocalCluster:
                     },
                 },
                 "status": {
-                    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110"},
-                    "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110"},
+                    "allocatable": {"cpu": "32", "memory": "256Gi", "pods": str(self.pods_per_node)},
+                    "capacity": {"cpu": "32", "memory": "256Gi", "pods": str(self.pods_per_node)},
                 },
             }
             core.create_node(body)

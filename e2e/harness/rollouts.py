@@ -20,6 +20,9 @@ class RolloutRecorder:
         self.busy: dict[str, set[str]] = defaultdict(set)
         self.peak: dict[str, int] = defaultdict(int)
         self.ever: set[str] = set()
+        # Per "ns/name", when (time.time()) a rollout was first seen and when it was last seen to end.
+        self.began: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._watch: Any = None
         self.error: Exception | None = None  # a watch that broke mid-run would miss events: the test fails
@@ -46,7 +49,10 @@ class RolloutRecorder:
                     if event["type"] != "DELETED" and self.rolling(d):
                         self.busy[ns].add(name)
                         self.ever.add(f"{ns}/{name}")
+                        self.began.setdefault(f"{ns}/{name}", time.time())
                     else:
+                        if name in self.busy[ns]:
+                            self.ended[f"{ns}/{name}"] = time.time()
                         self.busy[ns].discard(name)
                     self.peak[ns] = max(self.peak[ns], len(self.busy[ns]))
             except Exception as exc:
