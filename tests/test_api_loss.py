@@ -16,8 +16,9 @@ import pytest
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+import upgrader
 from upgrader.adapters.errors import HelmUnreachableError, classify
-from upgrader.adapters.kube import CONNECT_RETRIES, KubeAdapter
+from upgrader.adapters.kube import CONNECT_RETRIES, USER_AGENT, KubeAdapter
 from upgrader.adapters.kube_state import LeaseLock
 from upgrader.adapters.retrying import ATTEMPTS, retrying, wait_for_the_api
 from upgrader.checkpoints import Checkpoint, FileStore
@@ -261,3 +262,16 @@ def test_the_clients_own_retries_back_off_and_never_resend_a_request(tmp_path: P
     assert retries is CONNECT_RETRIES
     assert (retries.connect, retries.read, retries.status) == (2, 0, 0)
     assert retries.backoff_factor > 0
+
+
+def test_the_client_names_itself_upgrader_with_its_version_so_the_audit_log_tells_it_from_helm(tmp_path: Path) -> None:
+    """Every request carries the user agent ``upgrader/<version>`` (helm's children send their own)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        "users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    api = KubeAdapter(kubeconfig=kubeconfig).api_client
+    assert api.user_agent == USER_AGENT == f"upgrader/{upgrader.__version__}"
+    assert api.default_headers["User-Agent"] == USER_AGENT

@@ -14,6 +14,7 @@ from upgrader.dataplane import (
     inventory,
     next_starts,
     owner_of,
+    pods_by_namespace,
 )
 from upgrader.ports import Budget, Container, DataPlaneView, Namespace, Pod, Workload
 
@@ -303,3 +304,38 @@ def test_the_gate_ignores_terminating_pods_and_counts_daemon_set_pods() -> None:
     ]
     assert _gate(ds, pods) == ("passed", "")
     assert _gate(ds, pods[:1])[0] == "rolling"
+
+
+def test_a_gate_over_one_namespaces_pods_judges_as_over_all_pods() -> None:
+    """pods_by_namespace keeps every pod, in order, under its namespace: the gate's verdicts do not change."""
+    pods = [
+        _pod("shop", "web-abc-1", ("ReplicaSet", "web-abc")),
+        _pod("edge", "web-abc-1", ("ReplicaSet", "web-abc"), ready=False),
+        _pod("shop", "web-abc-2", ("ReplicaSet", "web-abc"), annotations={}),
+    ]
+    grouped = pods_by_namespace(pods)
+    assert grouped == {"shop": [pods[0], pods[2]], "edge": [pods[1]]}
+    for ns in ("shop", "edge"):
+        web = _w("Deployment", ns, "web", replicas=2 if ns == "shop" else 1)
+        kw = {"marker": MARK, "version": "stable-2.14.10", "elapsed": 1.0, "timeout": 60.0}
+        assert assess(web, grouped[ns], **kw) == assess(web, pods, **kw)  # type: ignore[arg-type]
+
+
+def test_with_every_slot_taken_nothing_starts_and_a_freed_slot_goes_to_a_running_namespace() -> None:
+    """2 namespaces x 2 running: nothing starts; once one of a's finishes, a (already running) gets the slot."""
+    throttle = Throttle(per_namespace=2, namespaces=2)
+    running = [_w("Deployment", ns, f"r{i}") for ns in ("a", "b") for i in range(2)]
+    pending = [_w("Deployment", "c", "w0"), _w("Deployment", "a", "w9")]
+    assert next_starts(pending, running, throttle, now=0, last_start=None) == []
+    started = next_starts(pending, running[1:], throttle, now=0, last_start=None)
+    assert [(w.namespace, w.name) for w in started] == [("a", "w9")]
+
+
+def test_a_budget_in_another_namespace_or_selecting_other_pods_never_blocks() -> None:
+    """Only budgets of the workload's namespace that select its pods are weighed."""
+    web = _w("Deployment", "shop", "web", replicas=1, strategy="RollingUpdate", max_surge="0", max_unavailable="1")
+    elsewhere = Budget("edge", "web", {"app": "web"}, 0, max_unavailable="0")
+    other_pods = Budget("shop", "db", {"app": "db"}, 0, max_unavailable="0")
+    mine = Budget("shop", "web", {"app": "web"}, 0, max_unavailable="0")
+    assert blocking_budgets(web, [elsewhere, other_pods]) == []
+    assert blocking_budgets(web, [elsewhere, other_pods, mine]) == [mine]

@@ -289,3 +289,19 @@ def test_a_run_paused_by_prometheus_exits_5_with_the_reason_and_the_resume_comma
     out = capsys.readouterr().out
     assert "paused: wave canary: metric gates cannot judge the wave" in out
     assert "next: upgrader resume run-9" in out
+
+
+def test_workloads_started_together_are_recorded_in_one_checkpoint_write_before_their_patches() -> None:
+    """Five free slots, five workloads: one fenced save for the batch instead of one per workload (and one
+    lock check, the save's fence), and every restarted workload is in the checkpoint."""
+
+    def saves_for(per_namespace: int) -> int:
+        spec = _spec(maxConcurrentPerNamespace=per_namespace)
+        cluster, store = _cluster(a=5), MemoryStore()
+        result = _executor(cluster, _plan(spec, ["a"]), store, spec=spec).run()
+        assert result.state == RunState.DONE
+        assert sorted(f"{r.namespace}/{r.name}" for r in result.restarted) == sorted(_restarts(cluster))
+        return store.saves
+
+    one_by_one, together = saves_for(1), saves_for(5)
+    assert one_by_one - together == 4, (one_by_one, together)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import pytest
 from kubernetes import client as k
 
-from upgrader.adapters.kube import budget_record, namespace_record, pod_record, webhook_record, workload_record
+from upgrader.adapters.kube import Raw, budget_record, namespace_record, pod_record, webhook_record, workload_record
 from upgrader.ports import (
     Budget,
     Container,
@@ -321,3 +322,53 @@ def test_a_webhook_configuration_keeps_each_webhook_selectors_and_rules() -> Non
         ),
         WebhookEntry("second.linkerd.io", "Fail", None, None, ()),
     )
+
+
+def _as_json(obj: Any) -> Raw:
+    """``obj`` as the API sends it (camelCase JSON), read through Raw."""
+    return Raw(json.loads(json.dumps(k.ApiClient().sanitize_for_serialization(obj))))
+
+
+def test_records_read_from_the_apis_json_equal_records_read_from_client_models() -> None:
+    """LISTs and watches skip the client's models (Raw): every record comes out the same as from a model."""
+    crashing = k.V1PodStatus(
+        phase="Running",
+        conditions=_ready("False"),
+        container_statuses=[_status("app", restarts=4, waiting="CrashLoopBackOff")],
+        init_container_statuses=[_status("linkerd-proxy", restarts=1)],
+    )
+    owned = [k.V1OwnerReference(api_version="apps/v1", kind="ReplicaSet", name="web-abc", uid="r")]
+    pods = [
+        _pod(k.V1PodStatus(phase="Running", conditions=_ready("True"))),
+        _pod(crashing, owner_references=owned),
+        _pod(None, deletion_timestamp=dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),
+    ]
+    for pod in pods:
+        assert pod_record(_as_json(pod)) == pod_record(pod)
+    strategy = k.V1DeploymentStrategy(
+        type="RollingUpdate", rolling_update=k.V1RollingUpdateDeployment(max_surge=1, max_unavailable="25%")
+    )
+    status = k.V1DeploymentStatus(replicas=4, ready_replicas=3, available_replicas=3, updated_replicas=1)
+    for deployment in (_deployment(strategy, status), _deployment(None, None)):
+        assert workload_record("Deployment", _as_json(deployment)) == workload_record("Deployment", deployment)
+    statefulset = _statefulset(k.V1StatefulSetStatus(replicas=2, current_revision="a", update_revision="b"))
+    assert workload_record("StatefulSet", _as_json(statefulset)) == workload_record("StatefulSet", statefulset)
+    budget = k.V1PodDisruptionBudget(
+        metadata=_meta(),
+        spec=k.V1PodDisruptionBudgetSpec(selector=SELECTOR, min_available=2),
+        status=k.V1PodDisruptionBudgetStatus(
+            current_healthy=3, desired_healthy=2, disruptions_allowed=1, expected_pods=3
+        ),
+    )
+    assert budget_record(_as_json(budget)) == budget_record(budget)
+    namespace = k.V1Namespace(metadata=k.V1ObjectMeta(name="shop", labels={"a": "1"}, annotations={"b": "2"}))
+    assert namespace_record(_as_json(namespace)) == namespace_record(namespace)
+
+
+def test_a_field_the_api_left_out_reads_as_none_and_string_maps_stay_dicts() -> None:
+    """Raw answers a missing field with None, like a model, and keeps labels/annotations as plain dicts."""
+    raw = Raw({"metadata": {"name": "web", "labels": {"app": "web"}, "ownerReferences": [{"kind": "ReplicaSet"}]}})
+    assert raw.status is None
+    assert raw.metadata.labels == {"app": "web"}
+    assert raw.metadata.owner_references[0].kind == "ReplicaSet"
+    assert raw.metadata.deletion_timestamp is None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from tests.fakes import FakeKube
 from upgrader.checkpoints import Checkpoint
-from upgrader.runs import RunOptions
+from upgrader.ports import Pod
+from upgrader.runs import ReadOnce, RunOptions
 
 NOW = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 
@@ -29,3 +31,26 @@ def test_a_checkpoint_without_options_gets_the_defaults() -> None:
     checkpoint = Checkpoint.new("run-1", {"from": "a", "to": "b", "hops": []}, NOW)
     assert RunOptions.stored(checkpoint) == RunOptions()
     assert RunOptions.given(min_cert_days=None, repo="linkerd") == RunOptions()
+
+
+def test_one_observation_lists_the_meshed_pods_once_and_passes_every_other_read_through() -> None:
+    """ReadOnce: discovery and the pin inputs share one LIST per (kind, selector); other reads are not kept."""
+    kube = FakeKube(pods=[Pod("shop", "web-1", labels={"linkerd.io/control-plane-ns": "linkerd"})])
+    reads = ReadOnce(kube)
+    first = reads.list_pods(label_selector="linkerd.io/control-plane-ns")
+    assert reads.list_pods(label_selector="linkerd.io/control-plane-ns") is first
+    assert [p.name for p in first] == ["web-1"]
+    reads.list_pods(label_selector="other")
+    reads.list_workloads("linkerd")
+    reads.list_workloads()
+    reads.list_workloads()
+    reads.server_version()
+    reads.server_version()
+    assert kube.calls == [
+        "list_pods linkerd.io/control-plane-ns",
+        "list_pods other",
+        "list_workloads linkerd",
+        "list_workloads *",
+        "version",
+        "version",
+    ]

@@ -84,6 +84,14 @@ def pods_of(workload: Workload, pods: Iterable[Pod]) -> list[Pod]:
     ]
 
 
+def pods_by_namespace(pods: Iterable[Pod]) -> dict[str, list[Pod]]:
+    """``pods`` grouped by namespace, in their order (a gate over many workloads scans each namespace only)."""
+    out: dict[str, list[Pod]] = {}
+    for p in pods:
+        out.setdefault(p.namespace, []).append(p)
+    return out
+
+
 def selects(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
     """Whether ``labels`` satisfy a matchLabels ``selector``."""
     return all(labels.get(k) == v for k, v in selector.items())
@@ -185,15 +193,15 @@ def down_at_once(workload: Workload) -> int:
 
 def blocking_budgets(workload: Workload, budgets: Iterable[Budget]) -> list[Budget]:
     """Every PodDisruptionBudget selecting ``workload`` that cannot absorb its restart right now."""
-    down = down_at_once(workload)
-    return [
+    selecting = [
         b
         for b in budgets
-        if b.namespace == workload.namespace
-        and b.match_labels
-        and selects(workload.pod_labels, b.match_labels)
-        and down > b.disruptions_allowed
+        if b.namespace == workload.namespace and b.match_labels and selects(workload.pod_labels, b.match_labels)
     ]
+    if not selecting:  # the common case, checked for every pending workload on every change: no arithmetic
+        return []
+    down = down_at_once(workload)
+    return [b for b in selecting if down > b.disruptions_allowed]
 
 
 def budget_block(workload: Workload, budgets: Iterable[Budget]) -> str | None:
@@ -259,6 +267,12 @@ def next_starts(
     """
     busy: Counter[str] = Counter(w.namespace for w in running)
     chosen: list[Workload] = []
+
+    def full() -> bool:  # every slot taken: nothing pending can start (checked before sorting thousands)
+        return len(+busy) >= throttle.namespaces and all(n >= throttle.per_namespace for n in busy.values())
+
+    if full():
+        return chosen
     for w in sorted(pending, key=lambda w: (busy[w.namespace] == 0, w.namespace, w.kind, w.name)):
         if now < throttle.next_start_at(last_start):
             break
@@ -270,6 +284,8 @@ def next_starts(
         chosen.append(w)
         if throttle.per_minute is not None:
             last_start = now
+        if full():
+            break
     return chosen
 
 

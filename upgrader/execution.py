@@ -38,6 +38,7 @@ from upgrader.dataplane import (
     budget_hint,
     inventory,
     next_starts,
+    pods_by_namespace,
 )
 from upgrader.discovery import (
     carried_revision,
@@ -81,6 +82,7 @@ from upgrader.planning import (
     step_kind,
 )
 from upgrader.ports import (
+    Budget,
     CustomResourceDefinition,
     DataPlaneView,
     HelmRelease,
@@ -1404,10 +1406,13 @@ class Executor:
         now, dp = self.clock(), self.spec.data_plane
         workloads = {w.key: w for w in view.workloads}
         in_flight = [workloads[k] for k in r.running if k in workloads]
+        budgets: dict[str, list[Budget]] = {}  # by namespace: each pending workload checks its own only
+        for b in view.budgets:
+            budgets.setdefault(b.namespace, []).append(b)
         free = []
         for w in list(r.pending):
             current = workloads.get(w.key, w)
-            block = budget_block(current, view.budgets)
+            block = budget_block(current, budgets.get(w.namespace, ()))
             if not block:
                 r.blocked.pop(w.key, None)
                 free.append(w)
@@ -1426,21 +1431,28 @@ class Executor:
             r.held = fit  # no new restart starts; the ones in flight finish
         if r.held is not None:
             return
-        for w in next_starts(free, in_flight, r.throttle, now=now.timestamp(), last_start=r.last_start):
-            if r.record_hop is not None:
-                self.checkpoint.restarted.append(
-                    Restarted(
-                        kind=w.kind,
-                        namespace=w.namespace,
-                        name=w.name,
-                        hop=r.record_hop,
-                        previous_restarted_at=w.pod_annotations.get(RESTARTED_AT),
-                        previous_restarted_by=w.pod_annotations.get(RESTARTED_BY),
-                    )
+        starts = next_starts(free, in_flight, r.throttle, now=now.timestamp(), last_start=r.last_start)
+        if not starts:
+            return
+        # One fenced checkpoint for the whole batch, written before any of its patches: a run stopped half-way
+        # has recorded a few workloads it did not patch yet, as when it stops between a save and its patch; those
+        # still carry their old restarted-by, so a resume restarts them and a rollback's revert changes nothing.
+        if r.record_hop is not None:
+            self.checkpoint.restarted += [
+                Restarted(
+                    kind=w.kind,
+                    namespace=w.namespace,
+                    name=w.name,
+                    hop=r.record_hop,
+                    previous_restarted_at=w.pod_annotations.get(RESTARTED_AT),
+                    previous_restarted_by=w.pod_annotations.get(RESTARTED_BY),
                 )
-                self._save()  # fenced
-            else:
-                self.lock.fence()
+                for w in starts
+            ]
+            self._save()  # fenced
+        else:
+            self.lock.fence()
+        for w in starts:
             self.ports.restart(w, r.want[w.key])
             log.info("restart", what=r.label, workload=f"{w.kind} {w.namespace}/{w.name}", running=len(r.running) + 1)
             r.pending.remove(w)
@@ -1450,6 +1462,7 @@ class Executor:
     def _gate(self, r: _Rollout, view: DataPlaneView, total: int) -> None:
         """Assess every running workload; passed ones leave, failures stop the run (nothing more starts)."""
         current = {w.key: w for w in view.workloads}
+        pods = pods_by_namespace(view.pods)  # once per view, not once per running workload
         failures = []
         for key, started in list(r.running.items()):
             name = f"{key[0]} {key[1]}/{key[2]}"
@@ -1460,7 +1473,7 @@ class Executor:
             elapsed = (self.clock() - started).total_seconds()
             verdict = assess(
                 current[key],
-                view.pods,
+                pods.get(key[1], ()),
                 marker=r.want[key].get(RESTARTED_BY),
                 version=r.version,
                 elapsed=elapsed,

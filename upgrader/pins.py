@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from upgrader.dataplane import digest_of, pods_of
+from upgrader.dataplane import digest_of, pods_by_namespace, pods_of
 from upgrader.ports import Namespace, Pod, Workload
 
 PROXY_VERSION = "config.linkerd.io/proxy-version"
@@ -141,9 +141,10 @@ def workload_pins(
 ) -> list[Pin]:
     """The workloads whose proxy a restart would not bring to every one of ``targets`` (a digest: never)."""
     spaces = {n.name: n for n in namespaces}
+    by_namespace = pods_by_namespace(pods)  # each workload scans its namespace's pods, not all of them
     out = []
     for w in workloads:
-        pin = proxy_pin(w, spaces.get(w.namespace), pods, values_version=values_version)
+        pin = proxy_pin(w, spaces.get(w.namespace), by_namespace.get(w.namespace, ()), values_version=values_version)
         if pin is not None and (pin.source == DIGEST or any(pin.version != t for t in targets)):
             out.append(pin)
     return out

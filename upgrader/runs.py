@@ -187,6 +187,33 @@ def cluster_adapters(
     return kube_adapter(kubeconfig, context, impersonate), helm_port
 
 
+class ReadOnce:
+    """The kube adapter for one observation: each cluster-wide list is read once and shared (discovery and the
+    pin inputs both read every meshed pod; at 10,000 pods a second LIST costs seconds). Anything else passes
+    through. Never kept past the observation: a run reads the cluster again after every action."""
+
+    def __init__(self, kube: Any) -> None:
+        self._kube = kube
+        self._read: dict[tuple[str, str | None], Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kube, name)
+
+    def _once(self, key: tuple[str, str | None], read: Callable[[], Any]) -> Any:
+        if key not in self._read:
+            self._read[key] = read()
+        return self._read[key]
+
+    def list_pods(self, *, label_selector: str = "") -> Any:
+        return self._once(("pods", label_selector), lambda: self._kube.list_pods(label_selector=label_selector))
+
+    def list_workloads(self, namespace: str | None = None) -> Any:
+        return self._once(("workloads", namespace), lambda: self._kube.list_workloads(namespace))
+
+    def list_namespaces(self) -> Any:
+        return self._once(("namespaces", None), self._kube.list_namespaces)
+
+
 def _namespaces(kube: Any, notes: list[str]) -> tuple[Namespace, ...] | None:
     """The namespaces, read once for wave and spec selectors and for pins (None: unreadable, noted)."""
     try:
@@ -303,8 +330,9 @@ def plan_session(
         return Session(spec, catalog, result)
     kube, helm_port = cluster_adapters(kubeconfig, context, helm, spec, impersonate=impersonate)
     notes: list[str] = []
+    reads = ReadOnce(kube)
     try:
-        inst = observe(kube, helm_port)
+        inst = observe(reads, helm_port)
     except UpgraderError as exc:
         if exc.retryable:
             raise
@@ -312,7 +340,7 @@ def plan_session(
         inst = None
     observed = Observed(control_plane=None)
     if inst is not None:
-        namespaces = _namespaces(kube, notes)
+        namespaces = _namespaces(reads, notes)
         labels = {n.name: n.labels for n in namespaces or ()}
         observed = Observed(
             control_plane=catalog.parse(inst.control_plane_version) if inst.control_plane_version else None,
@@ -330,7 +358,7 @@ def plan_session(
             high_availability=inst.high_availability,
             ha_evidence=inst.ha_evidence,
         )
-        observed = _with_pin_inputs(observed, kube, helm_port, inst, notes, namespaces=namespaces)
+        observed = _with_pin_inputs(observed, reads, helm_port, inst, notes, namespaces=namespaces)
         observed = _with_gateway_api(observed, kube, helm_port, notes)
         log.info(
             "observed",

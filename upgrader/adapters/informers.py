@@ -7,7 +7,8 @@ again from the last resourceVersion it saw (bookmarks included). Anything else -
 with a fresh LIST after a short backoff; that LIST replaces the resource's records wholesale, so
 objects deleted while we were not watching disappear too.
 
-Only records from ``upgrader.ports`` are kept, never client objects. One Condition guards every
+Only records from ``upgrader.ports`` are kept, never client objects; LIST pages and watch events are
+read as parsed JSON (``kube.Raw``), never built into the client's models. One Condition guards every
 store and a change counter: a change that alters a record bumps the counter and wakes waiters, so
 ``snapshot()`` is a consistent copy and ``wait_for_change()`` sleeps instead of polling. Events
 that leave every record as it was (a status heartbeat we do not record) do not count as changes.
@@ -27,14 +28,13 @@ import structlog
 from kubernetes import client, watch
 
 from upgrader.adapters.errors import classify, outside
-from upgrader.adapters.kube import budget_record, namespace_record, pod_record, workload_record
+from upgrader.adapters.kube import Raw, budget_record, namespace_record, pod_record, raw_pages, workload_record
 from upgrader.errors import AccessDeniedError, ClusterUnreachableError, UpgraderError
 from upgrader.ports import DataPlaneView
 
 _log = structlog.get_logger("upgrader.adapters")
 
 _LIST_TIMEOUT = 30  # seconds per LIST page
-_PAGE_SIZE = 500  # objects per LIST page, so a big cluster never arrives as one response
 _WATCH_SECONDS = 60  # the server ends each watch after this long; we watch again from where it ended
 _WATCH_READ_TIMEOUT = _WATCH_SECONDS + 30  # a silent half-open connection is dropped after this long
 _BACKOFF = 1.0  # seconds between a failed LIST/WATCH and the next LIST
@@ -62,6 +62,17 @@ class _WatchEnded(Exception):
     """The server sent an ERROR event; the watch must start over from a LIST."""
 
 
+class _JsonWatch(watch.Watch):
+    """A watch whose events carry the object as ``Raw`` (parsed JSON), never as a client model: every
+    event of every pod goes through here, and building a model costs about a millisecond."""
+
+    def unmarshal_event(self, data: str, return_type: Any) -> Any:
+        event = super().unmarshal_event(data, None)  # type: ignore[no-untyped-call]  # JSON only
+        if isinstance(event, dict) and event.get("type") != "ERROR" and isinstance(event.get("object"), dict):
+            event["object"] = Raw(event["object"])
+        return event
+
+
 def _key(obj: Any) -> _Key:
     return (obj.metadata.namespace or "", obj.metadata.name)
 
@@ -85,7 +96,7 @@ class _Informer(Generic[_R]):
         self._list_fn = list_fn
         self._convert = convert
         self._ledger = ledger
-        self._watch: Any = watch.Watch()  # type: ignore[no-untyped-call]  # the client ships no types
+        self._watch: Any = _JsonWatch()  # type: ignore[no-untyped-call]  # the client ships no types
         self._thread = threading.Thread(target=self._run, name=f"upgrader-informer-{resource}", daemon=True)
 
     def start(self) -> None:
@@ -118,14 +129,10 @@ class _Informer(Generic[_R]):
     def _list(self) -> str:
         """Replace the records with a fresh LIST; return its resourceVersion."""
         fresh: dict[_Key, _R] = {}
-        token: str | None = None
-        while True:
-            page = self._list_fn(limit=_PAGE_SIZE, _continue=token, _request_timeout=_LIST_TIMEOUT)
-            fresh.update((_key(obj), self._convert(obj)) for obj in page.items or ())
-            token = page.metadata._continue
-            if not token:
-                break
-            if self._ledger.stopping.is_set():
+        meta: dict[str, Any] = {}
+        for items, meta in raw_pages(self._list_fn, _request_timeout=_LIST_TIMEOUT):
+            fresh.update((_key(obj), self._convert(obj)) for obj in items)
+            if meta.get("continue") and self._ledger.stopping.is_set():
                 return ""  # stopped half-way: keep what we had rather than a partial list
         with self._ledger.cond:
             if fresh != self.items:
@@ -133,7 +140,7 @@ class _Informer(Generic[_R]):
                 self._ledger.changed()
             self.synced = True
             self._ledger.cond.notify_all()
-        return str(page.metadata.resource_version)
+        return str(meta.get("resourceVersion", ""))
 
     def _follow(self, resource_version: str) -> str:
         """Apply one watch stream's events; return the last resourceVersion seen."""
