@@ -84,10 +84,13 @@ world-up: cluster-binaries
 cluster-down: venv
 	@$(BIN)/python -m e2e.harness.cluster down
 
-## Benchmarks print figures; nothing here is timed inside a test.
-bench: binaries
-	$(BIN)/python -m e2e.bench
-	$(BIN)/python -m e2e.bench --data-plane
+## Benchmarks at scale (e2e/bench.py; nothing here is timed inside a test): data-plane restarts against the
+## ideal and a naive kubectl baseline, and discovery+plan, each size on a fresh local cluster. Prints a table
+## and writes JSON and a PNG plot under bench/results/. Pick scenarios and sizes with BENCH_ARGS, e.g.
+## BENCH_ARGS="--only restart --restart-sizes 20x10" (python -m e2e.bench --help lists the flags).
+BENCH_ARGS ?= --restart-sizes 20x10,100x10,200x10 --plan-sizes 100x5x2,1000x5x2
+bench: cluster-binaries
+	$(BIN)/python -m e2e.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .reliability .pytest_cache .mypy_cache .ruff_cache .import_linter_cache *.egg-info
