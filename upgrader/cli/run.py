@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from upgrader import runs
-from upgrader.checkpoints import Checkpoint
+from upgrader.checkpoints import Checkpoint, CheckpointStore, check_run_id
 from upgrader.cli.common import (
     OUTPUT,
     AckOpt,
@@ -29,14 +29,28 @@ from upgrader.cli.common import (
     log,
     windows_given,
 )
-from upgrader.errors import EXIT_PAUSED, EXIT_REFUSED, InputError
+from upgrader.errors import EXIT_FAILED, EXIT_PAUSED, EXIT_REFUSED, InputError
 from upgrader.rendering import render, render_checks
+from upgrader.spec import Window
+from upgrader.states import TERMINAL, RunState
 
 MinCertDaysOpt = Annotated[
     int | None,
     typer.Option(help="Certificates must stay valid this many days (default 60; resume: the run's own).", min=0),
 ]
 TakeOverOpt = Annotated[bool, typer.Option(help="Take over a stale lock of a vanished run.")]
+AsOpt = Annotated[
+    str | None,
+    typer.Option("--as", help="Act as this user (impersonation), e.g. system:serviceaccount:NAMESPACE:NAME."),
+]
+RunIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run-id",
+        help="Name the run (a Job's pods share one): a run of that id already in the state store is continued "
+        "if unfinished, reported if finished; --take-over-lock then takes over only that run's lock.",
+    ),
+]
 WaitOpt = Annotated[
     bool,
     typer.Option("--wait-for-window", help="Outside the maintenance window: sleep until it opens (else exit 3)."),
@@ -122,10 +136,33 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     helm: HelmOpt = "helm",
     window: WindowOpt = None,
     wait_for_window: WaitOpt = False,
+    run_id: RunIdOpt = None,
+    impersonate: AsOpt = None,
 ) -> None:
     """Upgrade (or roll back one major): preflight, CRDs, control plane, extensions, data plane, per hop."""
     if (to is None) == (plan_file is None):
         raise InputError("give either --to VERSION or --plan FILE", hint="upgrader apply --to stable-2.14.10")
+    if run_id is not None:
+        check_run_id(run_id)
+        store = runs.store_for(state_store, kubeconfig, context, impersonate)
+        existing = store.fetch(run_id=run_id)
+        if existing is not None:
+            _continue_named(
+                existing,
+                store,
+                to=to,
+                spec_file=spec_file,
+                kubeconfig=kubeconfig,
+                context=context,
+                helm=helm,
+                impersonate=impersonate,
+                options=runs.RunOptions.stored(existing, min_cert_days=min_cert_days, repo=repo),
+                take_over=take_over_lock,
+                state_store=state_store,
+                windows=windows_given(window),
+                wait_for_window=wait_for_window,
+            )
+            return
     saved = runs.load_plan_file(plan_file) if plan_file is not None else None
     session = runs.plan_session(
         to=saved["to"] if saved is not None else to,
@@ -137,6 +174,7 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         kubeconfig=kubeconfig,
         context=context,
         helm=helm,
+        impersonate=impersonate,
         windows_given=windows_given(window),
         state_store=state_store,
     )
@@ -156,7 +194,7 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
             raise InputError("refusing to apply without confirmation", hint="review the plan above, then add --yes")
         typer.confirm("Apply this plan?", abort=True)
     store = runs.open_store(state_store, session.kube)
-    checkpoint = runs.new_checkpoint(session, options)
+    checkpoint = runs.new_checkpoint(session, options, run_id=run_id)
     log.info("run", run_id=checkpoint.run_id, hops=len(session.plan.hops), to=session.plan.to)
     result = runs.execute(
         session,
@@ -165,6 +203,7 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         "apply",
         options=options,
         take_over=take_over_lock,
+        own_lock_only=run_id is not None,
         hooks=_hooks(),
         command=_again(
             "upgrader apply",
@@ -180,6 +219,65 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
             ("--kubeconfig", kubeconfig),
             ("--context", context),
             ("--helm", helm if helm != "helm" else None),
+            ("--run-id", run_id),
+            ("--as", impersonate),
+        ),
+        wait_for=wait_for_window,
+        say=_say,
+    )
+    _print_result(result)
+
+
+def _continue_named(
+    existing: Checkpoint,
+    store: CheckpointStore,
+    *,
+    to: str | None,
+    spec_file: Path | None,
+    kubeconfig: Path | None,
+    context: str | None,
+    helm: str,
+    impersonate: str | None,
+    options: runs.RunOptions,
+    take_over: bool,
+    state_store: str | None,
+    windows: list[Window],
+    wait_for_window: bool,
+) -> None:
+    """``apply --run-id`` of a run already in the store: a finished one is reported (exit 0 when Done, 1 when
+    rolled back), an unfinished one continued from its checkpoint like ``resume`` (a Job's pod started again)."""
+    planned_to = str(existing.plan.get("to") or "")
+    if to is not None and planned_to and to != planned_to:
+        raise InputError(
+            f"run {existing.run_id} upgrades to {planned_to}, not {to}",
+            hint="give the new target a new --run-id (a CronJob's run id carries its target)",
+        )
+    if existing.state in TERMINAL:
+        echo(f"run {existing.run_id}: {existing.state} (already finished; nothing to do)")
+        if existing.state != RunState.DONE:
+            raise typer.Exit(EXIT_FAILED)
+        return
+    session = runs.resume_session(
+        existing, spec_file=spec_file, kubeconfig=kubeconfig, context=context, helm=helm, impersonate=impersonate
+    )
+    session.spec = session.spec.with_windows(windows)
+    log.info("resume", run_id=existing.run_id, state=str(existing.state), hop=existing.hop, **options.as_dict())
+    result = runs.execute(
+        session,
+        store,
+        existing,
+        "resume",
+        options=options,
+        take_over=take_over,
+        own_lock_only=True,
+        hooks=_hooks(),
+        command=_again(
+            f"upgrader resume {existing.run_id}",
+            ("--spec", spec_file),
+            ("--state-store", state_store),
+            ("--kubeconfig", kubeconfig),
+            ("--context", context),
+            ("--as", impersonate),
         ),
         wait_for=wait_for_window,
         say=_say,
@@ -200,12 +298,15 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     helm: HelmOpt = "helm",
     window: WindowOpt = None,
     wait_for_window: WaitOpt = False,
+    impersonate: AsOpt = None,
 ) -> None:
     """Continue an interrupted, paused or failed run from its checkpoint, without redoing finished steps."""
     given = windows_given(window)  # bad input before anything is read
-    store = runs.store_for(state_store, kubeconfig, context)
+    store = runs.store_for(state_store, kubeconfig, context, impersonate)
     checkpoint: Checkpoint = runs.load_run(store, run, unfinished=True)
-    session = runs.resume_session(checkpoint, spec_file=spec_file, kubeconfig=kubeconfig, context=context, helm=helm)
+    session = runs.resume_session(
+        checkpoint, spec_file=spec_file, kubeconfig=kubeconfig, context=context, helm=helm, impersonate=impersonate
+    )
     session.spec = session.spec.with_windows(given)
     options = runs.RunOptions.stored(checkpoint, min_cert_days=min_cert_days, repo=repo)
     log.info("resume", run_id=checkpoint.run_id, state=str(checkpoint.state), hop=checkpoint.hop, **options.as_dict())
@@ -224,6 +325,7 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
             ("--state-store", state_store),
             ("--kubeconfig", kubeconfig),
             ("--context", context),
+            ("--as", impersonate),
         ),
         wait_for=wait_for_window,
         say=_say,

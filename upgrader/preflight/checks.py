@@ -68,9 +68,10 @@ EXEMPT_LABEL = "config.linkerd.io/admission-webhooks"
 PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
 
 
-def required_access(namespace: str, *, releases: Iterable[str] = ()) -> list[Access]:
-    """The permissions a run uses (upgrader.permissions.REQUIRED) in the control-plane and ``releases`` namespaces."""
-    return access(namespace, releases=releases)
+def required_access(namespace: str, *, releases: Iterable[str] = (), state: str | None = None) -> list[Access]:
+    """The permissions a run uses (upgrader.permissions.REQUIRED) in the control-plane, ``releases`` and
+    ``state`` (a kubernetes: store's; None: the control plane's) namespaces."""
+    return access(namespace, releases=releases, state=state)
 
 
 @dataclass(frozen=True)

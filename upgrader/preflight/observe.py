@@ -100,6 +100,7 @@ def gather(
     namespace: str = "linkerd",
     repo: str = "linkerd",
     values_to_send: Callable[[dict[str, Any]], dict[str, Any]] | None = None,  # user values -> what apply sends
+    state_namespace: str | None = None,  # a kubernetes: state store's namespace
 ) -> Snapshot:
     """Observe everything the checks need; failures become ``errors`` entries."""
     errors: dict[str, str] = {}
@@ -168,7 +169,11 @@ def gather(
         webhooks=attempt("webhooks", kube.list_webhooks, []),
         budgets=budgets,
         crds=attempt("crds", kube.list_crds, []),
-        access=attempt("access", lambda: kube.review_access(required_access(namespace, releases=linkerd_ns)), []),
+        access=attempt(
+            "access",
+            lambda: kube.review_access(required_access(namespace, releases=linkerd_ns, state=state_namespace)),
+            [],
+        ),
         issuer=attempt("identity", lambda: kube.read_certificate_secret(namespace, ISSUER_SECRET), None),
         # 2.10 kept the anchors only in linkerd-config's values; the trust-roots ConfigMap came in 2.11
         trust_bundle=(roots or {}).get("ca-bundle.crt") or config_values(raw_values).get("identityTrustAnchorsPEM"),
