@@ -14,11 +14,10 @@ import datetime as dt
 import itertools
 import json
 import os
-import shutil
+import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,24 +207,43 @@ def test_a_cluster_failing_in_stage_one_leaves_stage_two_untouched(clean_fleet: 
     assert "rollout resume" in again.stderr
 
 
+def _helm_holding_the_control_plane(fleet: Fleet, folder: Path) -> tuple[Path, Path]:
+    """A helm that is the real one, except that ``helm upgrade linkerd-control-plane`` (not a dry run) marks
+    ``reached`` and then waits to be killed: a run using it stops deterministically mid-hop, its CRDs
+    upgraded and its control-plane step entered but not started."""
+    folder.mkdir()
+    reached, program = folder / "reached", folder / "helm"
+    program.write_text(
+        "#!/bin/sh\n"
+        "up= cp= dry=\n"
+        'for a in "$@"; do case "$a" in upgrade) up=1;; linkerd-control-plane) cp=1;; --dry-run*) dry=1;; esac; done\n'
+        f'if [ -n "$up" ] && [ -n "$cp" ] && [ -z "$dry" ]; then : > {shlex.quote(str(reached))}; exec sleep 900; fi\n'
+        f'exec {shlex.quote(str(fleet.helm))} "$@"\n'
+    )
+    program.chmod(0o755)
+    return program, reached
+
+
 def test_sigkill_mid_stage_then_resume_upgrades_each_cluster_once(clean_fleet: Fleet, tmp_path: Path) -> None:
-    """The rollout and a's run are SIGKILLed once a's CRDs moved; `rollout resume` resumes a's run from its own
+    """The rollout and a's run are SIGKILLed mid-hop (a's CRDs upgraded, its control-plane upgrade about to
+    start, held there by a helm that waits); `rollout resume` with the real helm resumes a's run from its own
     checkpoint (taking over its dead lock), then runs b: each release has exactly one upgrade revision."""
     fleet = clean_fleet
     _install(fleet, {"a": "stable-2.14.10", "b": "stable-2.14.10"})
     spec = _rollout(tmp_path, [("first", ["a"]), ("second", ["b"])])
-    command = [sys.executable, "-m", "upgrader", *_args(fleet, tmp_path, "apply", spec, "--yes")]
-    rollout = subprocess.Popen(command, env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    holding, reached = _helm_holding_the_control_plane(fleet, tmp_path / "holding")
+    args = _args(fleet, tmp_path, "apply", spec, "--yes")
+    args[args.index(str(fleet.helm))] = str(holding)
+    rollout = subprocess.Popen(
+        [sys.executable, "-m", "upgrader", *args], env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
-        wait_for(
-            "a's linkerd-crds upgraded (the run is mid-hop)",
-            lambda: len(_history(fleet.worlds["a"], "linkerd-crds")) >= 2,
-            timeout=300,
-            interval=0.5,
-        )
+        wait_for("a's run mid-hop (its control-plane upgrade held)", reached.exists, timeout=300, interval=0.5)
+        assert len(_history(fleet.worlds["a"], "linkerd-crds")) == 2, "a's CRDs were upgraded before"
+        assert len(_history(fleet.worlds["a"], "linkerd-control-plane")) == 1, "a's control plane not yet"
         child = _record(tmp_path)["clusters"]["a"]["pid"]
         rollout.send_signal(signal.SIGKILL)
-        os.kill(child, signal.SIGKILL)
+        os.killpg(child, signal.SIGKILL)  # a's run and the helm it waits on (the rollout starts it in its own group)
     finally:
         rollout.kill()
         out, err = rollout.communicate(timeout=30)
@@ -269,13 +287,12 @@ JOB_NS, SA = "upgrader-rollout", "upgrader"
 
 
 def _chart_rbac(world: World) -> list[dict[str, Any]]:
-    """deploy/chart's ServiceAccount and RBAC (``helm template``), without its own Job."""
+    """deploy/chart's ServiceAccount and RBAC (``helm template``), installed RBAC-only (job.enabled: false): the
+    rollout creates each cluster's Job itself."""
     values = {
-        "image": dict(zip(("repository", "digest"), IMAGE.split("@", 1), strict=True)),
-        "target": TARGET,
+        "job": {"enabled": False},
         "controlPlaneNamespace": "linkerd",
         "releaseNamespaces": ["linkerd"],
-        "probeNamespace": "default",
     }
     chart = Path(__file__).resolve().parents[1] / "deploy" / "chart"
     out = subprocess.run(
@@ -287,7 +304,9 @@ def _chart_rbac(world: World) -> list[dict[str, Any]]:
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
-    return [d for d in yaml.safe_load_all(out.stdout) if d and d["kind"] not in ("Job", "CronJob", "ConfigMap")]
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert not [d["kind"] for d in docs if d["kind"] in ("Job", "CronJob", "ConfigMap")]
+    return docs
 
 
 def _run_pod(
@@ -297,10 +316,10 @@ def _run_pod(
     emptyDir as a folder, the init container's helm repo add, then the container's upgrader command line under
     the Job's ServiceAccount (impersonated: the pod's token would say the same)."""
     pod = job["spec"]["template"]["spec"]
-    # The pod's emptyDir lives outside tmp_path: helm caches the API server's OpenAPI documents in it, whose field
-    # descriptions name "PRIVATE KEY" blocks (the leak guard would read them as key material; they are docs).
-    mount, work = tmp_path / "pod-spec", Path(tempfile.mkdtemp(prefix="upgrader-pod-work-"))
+    # the pod's emptyDir is its HOME: helm's OpenAPI cache lands there (the leak guard reads it; e2e/harness/leaks.py)
+    mount, work = tmp_path / "pod-spec", tmp_path / "pod-work"
     mount.mkdir()
+    work.mkdir()
     for key, value in secret.items():
         (mount / key).write_text(value)
     local = {incluster.SPEC_DIR: str(mount), incluster.WORK_DIR: str(work)}
@@ -319,10 +338,7 @@ def _run_pod(
     args = [here(a) for a in main["args"]]
     subject = f"system:serviceaccount:{JOB_NS}:{pod['serviceAccountName']}"
     cli = [*args, "--kubeconfig", str(world.kubeconfig), "--helm", str(world.helm), "--as", subject]
-    try:
-        return run_upgrader(*cli, env=env, timeout=600)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return run_upgrader(*cli, env=env, timeout=600)
 
 
 def test_in_cluster_rollout_runs_each_cluster_as_a_job_and_follows_its_state_store(
@@ -336,6 +352,10 @@ def test_in_cluster_rollout_runs_each_cluster_as_a_job_and_follows_its_state_sto
     _install(fleet, {"b": "stable-2.14.10"})
     b.ensure_namespace(JOB_NS, {"upgrader-e2e/sample": "true"})
     b.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(_chart_rbac(b)))
+    # KWOK would mark the Job's pod Succeeded without running it: no pod may start, so the Job stays unfinished
+    # until the test has run its command line (a Job that completes with no run of it is Failed, not Done)
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods", "namespace": JOB_NS}}
+    b.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({**quota, "spec": {"hard": {"pods": "0"}}}))
     spec = _rollout(tmp_path, [("only", ["b"])], name="e2e-jobs")
     more = ["--yes", "--in-cluster", "--image", IMAGE, "--job-namespace", JOB_NS, "--service-account", SA]
     command = [
@@ -375,5 +395,7 @@ def test_in_cluster_rollout_runs_each_cluster_as_a_job_and_follows_its_state_sto
     record = _record(tmp_path, "e2e-jobs")
     assert record["state"] == "Done"
     assert record["clusters"]["b"]["state"] == "Done"
+    run_id = record["clusters"]["b"]["run_id"]
+    assert record["clusters"]["b"]["reason"] in ("run Done", f"run {run_id} is Done"), record["clusters"]["b"]
     assert record["clusters"]["b"]["launches"] == 1
     _upgraded_to_target(b)

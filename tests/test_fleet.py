@@ -19,6 +19,7 @@ import pytest
 
 from upgrader import fleet
 from upgrader.checkpoints import Checkpoint, CheckpointStore, FileStore
+from upgrader.errors import ApiError, ClusterUnreachableError, InputError
 from upgrader.rollout import ClusterState, RolloutState, StageState, load_rollout, new_record, resolve
 from upgrader.spec import load_spec
 from upgrader.states import RunState
@@ -37,6 +38,10 @@ script = json.loads((root / "script.json").read_text()).get(context, {{}})
 with (root / "calls.log").open("a") as out:
     out.write(json.dumps({{"context": context, "command": command, "args": args, "start": time.time()}}) + "\\n")
 time.sleep(script.get("sleep", 0.05))
+if script.get("window"):  # its own window check refuses to start it: the event, the error, exit 3, nothing stored
+    print(json.dumps({{"event": "window-refused", "reason": "no window is open now", "next": script["window"]}}))
+    print("error: the run does not start now")
+    sys.exit(3)
 store = FileStore(root / "stores" / context)
 if command == "apply":
     later = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
@@ -177,6 +182,27 @@ def test_a_paused_cluster_pauses_the_rollout_with_exit_5(tmp_path: Path) -> None
     assert fleet.exit_code(record) == 5
 
 
+def test_a_run_its_own_window_refused_to_start_pauses_the_rollout_with_the_next_opening(tmp_path: Path) -> None:
+    """A cluster's run refused at start by its window check (exit 3, no checkpoint) pauses the rollout (exit 5)
+    with the reason and the next opening, and only the rollout's resume is offered; it is not Failed."""
+    opens = "the next window opens Sat 01:00 UTC"
+    runner, rollout, resolved, _ = _setup(
+        tmp_path,
+        "  - name: one\n    clusters: [{context: x}]\n  - name: two\n    clusters: [{context: y}]\n",
+        {"x": {"window": opens}},
+        ["x", "y"],
+    )
+    record = _start(runner, rollout, resolved)
+    assert record.state is RolloutState.PAUSED
+    assert fleet.exit_code(record) == 5
+    x = record.clusters["x"]
+    assert x.state is ClusterState.PAUSED
+    assert x.reason == f"outside its maintenance window (no window is open now; {opens})"
+    assert x.next_commands == [f"upgrader rollout resume {record.spec_path}"]
+    assert opens in record.reason
+    assert [c["context"] for c in _calls(tmp_path) if "command" in c] == ["x"]  # stage two never started
+
+
 def test_resume_resumes_a_killed_run_from_its_checkpoint_and_leaves_done_clusters_alone(tmp_path: Path) -> None:
     """After a kill: x (Done) is left alone, y's run (killed in UpgradingControlPlane, its process gone) is resumed
     with `resume RUN --take-over-lock`, z (never started) is applied."""
@@ -203,7 +229,7 @@ def test_resume_resumes_a_killed_run_from_its_checkpoint_and_leaves_done_cluster
     assert done.state is RolloutState.DONE
     calls = [c for c in _calls(tmp_path) if "args" in c]
     assert [(c["context"], c["command"]) for c in calls] == [("y", "resume"), ("z", "apply")]
-    assert calls[0]["args"][2:5] == ["resume", "run-y", "--take-over-lock"]
+    assert calls[0]["args"][2:6] == ["resume", "run-y", "--take-over-lock", "--own-lock-only"]
     assert done.clusters["y"].launches == 2
     assert done.clusters["y"].run_id == "run-y"
 
@@ -281,6 +307,111 @@ def test_in_cluster_runs_each_cluster_as_a_job_and_follows_its_checkpoint(tmp_pa
     assert args[args.index("--state-store") + 1] == "kubernetes:upgrader"
     assert "kubernetes-version" in fake.secrets[f"upgrader/{cluster.job}-spec"]["spec.yaml"]
     assert not _calls(tmp_path), "no local process was started"
+
+
+def test_a_launch_is_recorded_before_its_process_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record says Running with the run id and launch time before the child starts, and its pid after."""
+    runner, rollout, resolved, _clock = _setup(tmp_path, "  - name: one\n    clusters: [{context: x}]\n", {}, ["x"])
+    seen: list[dict[str, Any]] = []
+    real = fleet.subprocess.Popen
+
+    def popen(*args: Any, **kw: Any) -> Any:
+        seen.append(json.loads(runner.files.path("r").read_text())["clusters"]["x"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fleet.subprocess, "Popen", popen)
+    record = _start(runner, rollout, resolved)
+    assert record.state is RolloutState.DONE
+    [before] = seen
+    assert (before["state"], before["pid"], before["launches"]) == ("Running", None, 1)
+    assert before["run_id"] == record.clusters["x"].run_id
+    assert before["launched_at"]
+
+
+def test_resume_refuses_when_the_stages_resolve_to_other_clusters_than_it_started_with(tmp_path: Path) -> None:
+    """A selector that matches other contexts today (a changed kubeconfig) is bad input naming the difference."""
+    stages = "  - name: one\n    clusters: [{context: x}]\n  - name: two\n    clusters: [{match: 'prod-*'}]\n"
+    script = {"x": {"state": "Paused", "exit": 5}}
+    runner, rollout, resolved, _clock = _setup(tmp_path, stages, script, ["x", "prod-a", "prod-b"])
+    assert _start(runner, rollout, resolved).state is RolloutState.PAUSED
+    with pytest.raises(InputError) as refused:
+        fleet.resume(runner, rollout, resolve(rollout, ["x", "prod-a", "prod-c"]))
+    assert refused.value.exit_code == 2
+    assert "stage two now also matches prod-c" in refused.value.message
+    assert "stage two no longer matches prod-b" in refused.value.message
+    assert not [c for c in _calls(tmp_path) if c.get("context") == "prod-c"]
+
+
+class Unreadable(FakeJobs):
+    """A Job adapter whose reads fail the way our adapters fail (an error of ours, not a crash)."""
+
+    def __init__(self, store: CheckpointStore, clock: Clock, error: Exception) -> None:
+        super().__init__(store, clock)
+        self.error = error
+
+    def create_job(self, manifest: dict[str, Any]) -> None:
+        meta = manifest["metadata"]
+        self.jobs[f"{meta['namespace']}/{meta['name']}"] = manifest
+
+    def job(self, namespace: str, name: str) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "state", "rollout_state"),
+    [
+        (ClusterUnreachableError("cluster x did not answer", hint="check the network"), "Paused", "Paused"),
+        (ApiError("the API refused: 403", hint="grant get jobs"), "Failed", "Failed"),
+    ],
+)
+def test_an_error_reading_one_cluster_stops_that_cluster_not_the_driver(
+    tmp_path: Path, error: Exception, state: str, rollout_state: str
+) -> None:
+    """The record ends Paused/Failed naming the cluster, the error and its hint, never left Running."""
+    runner, rollout, resolved, clock = _setup(tmp_path, "  - name: one\n    clusters: [{context: x}]\n", {}, ["x"])
+    runner.in_cluster = fleet.InCluster("registry.example/upgrader@sha256:" + "0" * 64, "upgrader", "upgrader")
+    runner._jobs["x"] = Unreadable(runner._stores["x"], clock, error)
+    record = _start(runner, rollout, resolved)
+    stored = json.loads(runner.files.path("r").read_text())
+    assert (stored["state"], stored["clusters"]["x"]["state"]) == (rollout_state, state)
+    assert str(error) in stored["clusters"]["x"]["reason"] or error.args[0] in stored["clusters"]["x"]["reason"]
+    assert "upgrader rollout resume" in stored["clusters"]["x"]["next_commands"][-1]
+    assert record.state == RolloutState(rollout_state)
+
+
+class CompletedAtOnce(FakeJobs):
+    """A Job Kubernetes marks Complete at once (KWOK's pods succeed without running): no checkpoint of its run."""
+
+    def create_job(self, manifest: dict[str, Any]) -> None:
+        meta = manifest["metadata"]
+        self.jobs[f"{meta['namespace']}/{meta['name']}"] = manifest
+
+    def job(self, namespace: str, name: str) -> Any:
+        from upgrader.rollout import JobView  # noqa: PLC0415
+
+        return JobView(0, 1, 0, "Complete") if f"{namespace}/{name}" in self.jobs else None
+
+
+@pytest.mark.parametrize(("at_target", "state"), [(False, ClusterState.FAILED), (True, ClusterState.DONE)])
+def test_a_job_that_completes_without_a_checkpoint_is_done_only_when_the_cluster_is_at_the_target(
+    tmp_path: Path, at_target: bool, state: ClusterState
+) -> None:
+    stages = "  - name: one\n    clusters: [{context: x}]\n"
+    runner, rollout, resolved, clock = _setup(tmp_path, stages, {}, ["x"])
+    runner.in_cluster = fleet.InCluster("registry.example/upgrader@sha256:" + "0" * 64, "upgrader", "upgrader")
+    runner._jobs["x"] = CompletedAtOnce(runner._stores["x"], clock)
+    asked: list[tuple[str, str]] = []
+    runner.at_target = lambda context, _spec, target: asked.append((context, target)) is None and at_target
+    record = _start(runner, rollout, resolved)
+    cluster = record.clusters["x"]
+    assert asked == [("x", "stable-2.14.10")]
+    assert cluster.state is state
+    if at_target:
+        assert "already at stable-2.14.10" in cluster.reason
+    else:
+        assert record.state is RolloutState.FAILED
+        assert "left no checkpoint" in cluster.reason
+        assert cluster.job in cluster.reason
 
 
 def test_the_rollout_plan_shows_each_clusters_own_hops_in_stage_order(tmp_path: Path) -> None:
@@ -403,3 +534,33 @@ def test_resume_and_status_reopen_the_rollout_with_its_own_kubeconfig_and_state_
     assert again.in_cluster is None
     assert [m.context for m in stages[0].members] == ["x", "y"]
     assert record.state is RolloutState.DONE
+
+
+def test_the_record_holds_absolute_paths_and_the_helm_options_so_resume_works_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started from the spec's folder with relative paths, --helm and --repo: the record's spec paths are absolute
+    and its helm binary and repository are what a resume from elsewhere uses unless it is given others."""
+    (tmp_path / "up.yaml").write_text("name: up\n")
+    stages = "  - name: one\n    clusters: [{context: x, spec: up.yaml}]\n"
+    runner, _rollout, _resolved, _ = _setup(tmp_path, stages, {}, ["x"])
+    monkeypatch.chdir(tmp_path)
+    rollout = load_rollout(Path("rollout.yaml"), load_spec)
+    runner.helm, runner.repo = "/opt/helm4/helm", "mirror"
+    _start(runner, rollout, resolve(rollout, ["x"]))
+    calls = [c for c in _calls(tmp_path) if "args" in c]
+    assert calls[0]["args"][calls[0]["args"].index("--spec") + 1] == str(tmp_path / "up.yaml")
+    monkeypatch.chdir("/")
+    record = runner.files.fetch("r")
+    assert record is not None
+    assert record.spec_path == str(tmp_path / "rollout.yaml")
+    assert record.clusters["x"].spec == str(tmp_path / "up.yaml")
+    assert (record.helm, record.repo) == ("/opt/helm4/helm", "mirror")
+    again = fleet.Fleet(kubeconfig=None, helm="helm", repo="linkerd", state_namespace="linkerd", files=runner.files)
+    with pytest.raises(InputError):  # no such kubeconfig: the stages cannot be resolved, the options are set first
+        fleet.reopened(again, rollout, tmp_path / "missing")
+    assert (again.helm, again.repo) == ("/opt/helm4/helm", "mirror")
+    given = fleet.Fleet(kubeconfig=None, helm="helm", repo="linkerd", state_namespace="linkerd", files=runner.files)
+    with pytest.raises(InputError):
+        fleet.reopened(given, rollout, tmp_path / "missing", helm="helm3", repo="other")
+    assert (given.helm, given.repo) == ("helm3", "other")

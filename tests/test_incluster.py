@@ -19,7 +19,7 @@ from upgrader import incluster
 from upgrader.cli import app
 from upgrader.errors import InputError
 from upgrader.locking import LeaseView, decide
-from upgrader.permissions import REQUIRED, Scope, rbac_rules
+from upgrader.permissions import PROBE_NAMESPACE, REQUIRED, Scope, rbac_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "deploy" / "chart"
@@ -143,12 +143,20 @@ def test_job_retries_with_backoff_and_replaces_a_pod_only_once_it_stopped() -> N
     assert spec["podReplacementPolicy"] == "Failed"
     fail_job, ignore = spec["podFailurePolicy"]["rules"]
     assert fail_job["action"] == "FailJob"
-    assert fail_job["onExitCodes"] == {"containerName": "upgrader", "operator": "In", "values": [2, 4]}
+    assert fail_job["onExitCodes"] == {"containerName": "upgrader", "operator": "In", "values": [2, 4, 6]}
     assert ignore == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert "activeDeadlineSeconds" not in spec
     assert "ttlSecondsAfterFinished" not in spec
     spec = _job(backoff_limit=2, active_deadline_seconds=7200, ttl_seconds_after_finished=86400)["spec"]
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"]) == (2, 7200, 86400)
+    assert _job(ttl_seconds_after_finished=0)["spec"]["ttlSecondsAfterFinished"] == 0  # removed once finished
+
+
+def test_job_pulls_its_image_with_the_given_pull_secrets() -> None:
+    """imagePullSecrets (as the chart's value) only when given."""
+    assert "imagePullSecrets" not in _job()["spec"]["template"]["spec"]
+    pod = _job(image_pull_secrets=("registry-a", "registry-b"))["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}]
 
 
 def test_job_adds_the_chart_repository_in_an_init_container() -> None:
@@ -262,6 +270,9 @@ def test_chart_role_template_reads_every_scope_from_the_generated_file() -> None
     for scope in ("control-plane", "releases", "state", "probe"):
         assert f'"scope" "{scope}"' in template
     assert 'index $rules "cluster"' in template
+    # the probe pod's namespace is the run's own, not a value the run would not read
+    assert f'(dict "scope" "probe" "namespace" "{PROBE_NAMESPACE}")' in template
+    assert "probeNamespace" not in (CHART / "values.yaml").read_text()
 
 
 # ---- the Containerfile -----------------------------------------------------------------------------------
@@ -311,6 +322,18 @@ def test_containerfile_entrypoint_is_the_console_script() -> None:
     assert entry == ['["upgrader"]']
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert yaml.safe_load(entry[0])[0] in scripts
+
+
+def test_containerfile_creates_the_users_home_for_the_user() -> None:
+    """HOME (the pod's emptyDir mount point, incluster.WORK_DIR) exists in the image, owned by the numeric user, so
+    the image also runs without the chart (docker run) and helm can write its cache there."""
+    final = _final_stage()
+    env = " ".join(args for word, args in final if word == "ENV")
+    assert f"HOME={incluster.WORK_DIR}" in env
+    runs = " ".join(args for word, args in final if word == "RUN")
+    uid = incluster.RUN_AS_USER
+    assert f"install -d -m 0700 -o {uid} -g {uid} {incluster.WORK_DIR}" in runs
+    assert "tests/test_incluster.py" in CONTAINERFILE.read_text().splitlines()[2]
 
 
 def test_containerfile_installs_locked_dependencies_and_helm_from_our_lock() -> None:
@@ -400,3 +423,104 @@ def test_in_cluster(  # noqa: PLR0917 - pytest passes fixtures and parameters by
         (tmp_path / ".kube").mkdir()
         (tmp_path / ".kube" / "config").write_text("{}")
     assert in_cluster(given, None) is inside
+
+
+@pytest.mark.parametrize("command", ["resume", "rollback"])
+def test_commands_that_go_on_with_a_run_act_as_the_given_user(monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """`resume` and `rollback` take --as like apply, and read the run's state store as that user."""
+    from upgrader.cli import run as run_cli  # noqa: PLC0415 - the command module whose seam is replaced
+
+    seen: list[Any] = []
+
+    def store_for(*given: Any) -> Any:
+        seen.append(given)
+        raise InputError("stopped by the test", hint="none")
+
+    monkeypatch.setattr(run_cli.runs, "store_for", store_for)
+    out = CliRunner().invoke(app, [command, "run-1", "--as", "system:serviceaccount:upgrader:upgrader"])
+    assert isinstance(out.exception, InputError), out.output  # the test's stop, not a refused option
+    assert seen == [(None, None, None, "system:serviceaccount:upgrader:upgrader")]
+
+
+def _stored(state: str, *, resume_after: dt.datetime | None = None) -> Any:
+    from upgrader.checkpoints import Checkpoint, Event  # noqa: PLC0415
+    from upgrader.states import RunState  # noqa: PLC0415
+
+    now = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC)
+    checkpoint = Checkpoint.new("nightly-1", {"from": "stable-2.13.7", "to": "stable-2.14.10", "hops": []}, now)
+    checkpoint.state = RunState(state)
+    checkpoint.resume_after = resume_after
+    checkpoint.events.append(Event(at=now, state=RunState(state), reason=f"why it is {state}"))
+    return checkpoint
+
+
+@pytest.mark.parametrize(
+    ("state", "window", "continued"),
+    [
+        ("UpgradingControlPlane", False, True),  # a pod killed mid-step
+        ("Preflight", False, True),
+        ("Paused", True, True),  # a maintenance window paused it: its next opening is known
+        ("Paused", False, False),  # a gate (Prometheus not answering) or an interrupted rollback paused it
+        ("Failed", False, False),
+        ("RollingBack", False, False),
+        ("RolledBack", False, False),
+    ],
+)
+def test_apply_run_id_continues_only_an_interrupted_or_window_paused_run(
+    monkeypatch: pytest.MonkeyPatch, state: str, window: bool, continued: bool
+) -> None:
+    """A Job's pod started again continues its run only when nothing but the pod's end stopped it; a run that
+    stopped for an operator is reported with exit 6, which the Job's podFailurePolicy makes final."""
+    from upgrader.cli import run as run_cli  # noqa: PLC0415 - the command module whose seam is replaced
+    from upgrader.errors import EXIT_NEEDS_OPERATOR, RunNeedsOperatorError  # noqa: PLC0415
+
+    opens = dt.datetime(2026, 12, 2, 1, 0, tzinfo=dt.UTC) if window else None
+    existing = _stored(state, resume_after=opens)
+    resumed: list[str] = []
+
+    def resume_session(checkpoint: Any, **_: Any) -> Any:
+        resumed.append(checkpoint.run_id)
+        raise InputError("stopped by the test", hint="none")
+
+    monkeypatch.setattr(run_cli.runs, "resume_session", resume_session)
+    call = {
+        "to": None, "spec_file": None, "kubeconfig": None, "context": None, "helm": "helm", "impersonate": None,
+        "options": None, "take_over": True, "state_store": None, "windows": [], "wait_for_window": False,
+    }  # fmt: skip
+    with pytest.raises((InputError, RunNeedsOperatorError)) as raised:
+        run_cli._continue_named(existing, None, **call)  # type: ignore[arg-type]
+    if continued:
+        assert resumed == ["nightly-1"]
+        assert raised.value.message == "stopped by the test"
+    else:
+        assert not resumed
+        assert raised.value.exit_code == EXIT_NEEDS_OPERATOR
+        assert f"why it is {state}" in raised.value.message
+        assert "upgrader resume nightly-1" in (raised.value.hint or "")
+        assert EXIT_NEEDS_OPERATOR in incluster.POD_FAILURE_POLICY["rules"][0]["onExitCodes"]["values"]
+
+
+@pytest.mark.parametrize(("flags", "own_only"), [([], False), (["--own-lock-only"], True)])
+def test_resume_takes_over_only_its_own_runs_lock_when_told(
+    monkeypatch: pytest.MonkeyPatch, flags: list[str], own_only: bool
+) -> None:
+    """`resume RUN --take-over-lock --own-lock-only` (what `rollout resume` launches) hands own_lock_only to the run."""
+    from upgrader.cli import run as run_cli  # noqa: PLC0415 - the command module whose seams are replaced
+
+    seen: dict[str, Any] = {}
+
+    class Session:
+        spec = type("S", (), {"with_windows": lambda self, _w: self})()
+
+    def execute(*_: Any, **kw: Any) -> Any:
+        seen.update(kw)
+        raise InputError("stopped by the test", hint="none")
+
+    monkeypatch.setattr(run_cli.runs, "store_for", lambda *_: None)
+    monkeypatch.setattr(run_cli.runs, "load_run", lambda *_, **__: _stored("UpgradingControlPlane"))
+    monkeypatch.setattr(run_cli.runs, "resume_session", lambda *_, **__: Session())
+    monkeypatch.setattr(run_cli.runs.RunOptions, "stored", classmethod(lambda cls, *_, **__: run_cli.runs.RunOptions()))
+    monkeypatch.setattr(run_cli.runs, "execute", execute)
+    out = CliRunner().invoke(app, ["resume", "nightly-1", "--take-over-lock", *flags])
+    assert isinstance(out.exception, InputError), out.output
+    assert (seen["take_over"], seen["own_lock_only"]) == (True, own_only)

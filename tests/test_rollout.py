@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,10 @@ from upgrader.rollout import (
     run_state_of,
     skip_reason,
     stage_outcome,
+    window_refusal,
 )
 from upgrader.spec import Gates, Spec, load_spec
+from upgrader.windows import REFUSED_EVENT
 
 EXAMPLE = Path(__file__).parent.parent / "plans" / "rollouts" / "fleet.yaml"
 CONTEXTS = ["staging", "prod-eu-1", "prod-eu-2", "prod-us-1", "prod-ap-1", "prod-us-legacy", "dev"]
@@ -245,6 +248,20 @@ def test_what_a_resumed_rollout_does_with_a_cluster(
     assert next_action(_cluster(state), run_state, alive).action is action
 
 
+def test_a_launch_recorded_without_its_process_id_is_never_started_blind() -> None:
+    """The rollout records a launch (Running) before its process starts, then the pid: killed in between, a resumed
+    rollout goes on from the run's checkpoint if there is one, and otherwise stops for an operator instead of
+    starting a second process beside one that may still be starting."""
+    launching = ClusterRecord(context="c", stage="s", state=ClusterState.RUNNING, run_id="run-1", launches=1)
+    stopped = next_action(launching, None, False)
+    assert stopped.action is Action.STOP
+    assert "upgrader apply --run-id run-1" in stopped.reason
+    assert next_action(launching, "UpgradingCRDs", False).action is Action.RESUME
+    assert next_action(launching, "Done", False).action is Action.MARK_DONE
+    job = launching.model_copy(update={"job": "run-1-1"})
+    assert next_action(job, None, False).action is Action.START  # a Job's absence is read from the cluster
+
+
 @pytest.mark.parametrize(
     ("code", "run_state", "expected"),
     [
@@ -259,6 +276,32 @@ def test_what_a_resumed_rollout_does_with_a_cluster(
 def test_a_clusters_state_after_its_process_ended(code: int, run_state: str | None, expected: ClusterState) -> None:
     """run_state_of: the checkpoint decides; without a run only exit 0 is Done."""
     assert run_state_of(code, run_state)[0] is expected
+
+
+WINDOW_EVENT = json.dumps(
+    {"event": REFUSED_EVENT, "reason": "no window is open now", "next": "the next window opens Sat 01:00 UTC"}
+)
+
+
+@pytest.mark.parametrize(
+    ("code", "run_state", "lines", "expected"),
+    [
+        pytest.param(3, None, [WINDOW_EVENT, "error: x"], ClusterState.PAUSED, id="its window refused to start it"),
+        pytest.param(3, "Paused", [WINDOW_EVENT], ClusterState.PAUSED, id="a paused run its window refused to resume"),
+        pytest.param(3, None, ["error: lock held"], ClusterState.FAILED, id="refused for another reason"),
+        pytest.param(1, None, [WINDOW_EVENT], ClusterState.FAILED, id="an event without a refusal's exit code"),
+    ],
+)
+def test_a_run_refused_by_its_own_window_pauses_its_cluster(
+    code: int, run_state: str | None, lines: list[str], expected: ClusterState
+) -> None:
+    """A run its window check would not start now (exit 3, the window-refused event) is Paused with the next
+    opening, like a run paused from within; any other refusal still fails the cluster."""
+    refused = window_refusal(["# 2026-12-01 apply --to stable-2.14.10", "not json {", *lines])
+    state, reason = run_state_of(code, run_state, refused)
+    assert state is expected
+    if expected is ClusterState.PAUSED:
+        assert reason == ("outside its maintenance window (no window is open now; the next window opens Sat 01:00 UTC)")
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,7 @@ import yaml
 from upgrader import runs
 from upgrader.catalog import default_catalog
 from upgrader.checkpoints import Checkpoint, CheckpointStore
-from upgrader.errors import EXIT_FAILED, EXIT_PAUSED, EXIT_REFUSED, InputError, UpgraderError
+from upgrader.errors import EXIT_FAILED, EXIT_PAUSED, EXIT_REFUSED, InputError, TransientError, UpgraderError
 from upgrader.incluster import APP, LINKERD_REPO, SPEC_KEY, job_manifest
 from upgrader.inputs import DOCUMENT_CAP, read_json_file, read_yaml_file
 from upgrader.locking import pid_alive
@@ -60,6 +60,7 @@ from upgrader.rollout import (
     RolloutState,
     StagePlan,
     StageState,
+    check_membership,
     context_names,
     job_exit,
     last_wave_namespaces,
@@ -72,6 +73,7 @@ from upgrader.rollout import (
     run_state_of,
     skip_reason,
     stage_outcome,
+    window_refusal,
 )
 from upgrader.spec import Spec, load_spec
 
@@ -115,14 +117,18 @@ def stages_of(rollout: Rollout, kubeconfig: Path | None) -> tuple[StagePlan, ...
     return resolve(rollout, context_names(data, str(path)))
 
 
-def reopened(fleet: Fleet, rollout: Rollout, kubeconfig: Path | None) -> tuple[RolloutRecord, tuple[StagePlan, ...]]:
-    """A started rollout's record and stages, ``fleet`` set up as the rollout started (its kubeconfig unless one is
-    given, its clusters' state store, in-cluster or not)."""
+def reopened(
+    fleet: Fleet, rollout: Rollout, kubeconfig: Path | None, *, helm: str | None = None, repo: str | None = None
+) -> tuple[RolloutRecord, tuple[StagePlan, ...]]:
+    """A started rollout's record and stages, ``fleet`` set up as the rollout started (its kubeconfig, helm binary
+    and repository name unless given, its clusters' state store, in-cluster or not)."""
     record = existing_record(fleet, rollout)
     fleet.state_namespace = record.state_store.removeprefix("kubernetes:")
     fleet.in_cluster = InCluster(**record.in_cluster) if record.in_cluster else None
     if kubeconfig is None and record.kubeconfig:
         fleet.kubeconfig = Path(record.kubeconfig)
+    fleet.helm = helm or record.helm or fleet.helm
+    fleet.repo = repo or record.repo or fleet.repo
     return record, stages_of(rollout, fleet.kubeconfig)
 
 
@@ -360,6 +366,8 @@ class Fleet:
     python: str = sys.executable
     in_cluster: InCluster | None = None  # run each cluster's run as a Job in it, not as a local process
     metrics: Callable[[str], MetricsPort] | None = None  # a Prometheus URL's MetricsPort (None: the HTTP client)
+    # whether a cluster (context, its upgrade spec) is installed at the target already (None: planned with helm)
+    at_target: Callable[[str, Path | None, str], bool] | None = None
     _stores: dict[str, CheckpointStore] = field(default_factory=dict)
     _jobs: dict[str, Any] = field(default_factory=dict)
 
@@ -379,6 +387,23 @@ class Fleet:
         if context not in self._stores:
             self._stores[context] = runs.open_store(self.state_store, runs.kube_adapter(self.kubeconfig, context))
         return self._stores[context]
+
+    def installed_at_target(self, context: str, spec_path: Path | None, target: str) -> bool:
+        """The cluster needs no hop to ``target`` now (its own plan, the single-cluster planning path)."""
+        if self.at_target is not None:
+            return self.at_target(context, spec_path, target)
+        session = runs.plan_session(
+            to=target,
+            from_=None,
+            offline=False,
+            spec_file=spec_path,
+            ack=None,
+            repo=self.repo,
+            kubeconfig=self.kubeconfig,
+            context=context,
+            helm=self.helm,
+        )
+        return not session.plan.hops and session.plan.refused is None
 
     def common(self, context: str) -> list[str]:
         out = ["--context", context, "--state-store", self.state_store]
@@ -419,6 +444,16 @@ def hints(fleet: Fleet, record: RolloutRecord, cluster: ClusterRecord) -> list[s
         ]
     out.append(f"upgrader rollout resume {shlex.quote(record.spec_path)}")
     return out
+
+
+def _last_launch(path: Path) -> list[str]:
+    """The lines a child wrote to its log since its last launch (``# TIME COMMAND``); none without a log."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-400:]
+    except OSError:
+        return []
+    starts = [i for i, line in enumerate(lines) if line.startswith("# ")]
+    return lines[starts[-1] + 1 :] if starts else lines
 
 
 def _error_line(path: Path) -> str:
@@ -485,9 +520,13 @@ class Driver:
                 queue.clear()
             while queue and len(self.children) + len(following) < stage.max_concurrent:
                 cluster, action = queue.pop(0)
-                closed = outside_window(self._spec_of(self._member(cluster.context)), self.fleet.clock())
-                if closed is None:
-                    self._launch(cluster, action)
+                try:
+                    closed = outside_window(self._spec_of(self._member(cluster.context)), self.fleet.clock())
+                    if closed is None:
+                        self._launch(cluster, action)
+                        continue
+                except UpgraderError as exc:
+                    self._stopped_by(cluster, exc, "launching its run")
                     continue
                 cluster.state, cluster.reason = ClusterState.PAUSED, closed
                 cluster.next_commands = [f"upgrader rollout resume {shlex.quote(self.record.spec_path)}"]
@@ -502,9 +541,13 @@ class Driver:
         queue: list[tuple[ClusterRecord, Action]] = []
         following: list[ClusterRecord] = []
         for cluster in self.record.stage_clusters(stage.name):
-            alive = self._alive(cluster)
-            checkpoint = None if alive or cluster.state in _SETTLED else self.fleet.checkpoint(self.record, cluster)
-            action = self._apply_decision(cluster, checkpoint, alive)
+            try:
+                alive = self._alive(cluster)
+                checkpoint = None if alive or cluster.state in _SETTLED else self.fleet.checkpoint(self.record, cluster)
+                action = self._apply_decision(cluster, checkpoint, alive)
+            except UpgraderError as exc:
+                self._stopped_by(cluster, exc, "deciding what to do with it")
+                continue
             if action is Action.FOLLOW:
                 following.append(cluster)
                 self.fleet.say(f"{cluster.context}: following its run (pid {cluster.pid})")
@@ -528,22 +571,44 @@ class Driver:
     def _reap(self, queue: list[tuple[ClusterRecord, Action]], following: list[ClusterRecord]) -> None:
         """Settle each cluster whose process ended; a followed run that was killed mid-way is resumed."""
         for cluster in list(following):
-            if self._alive(cluster):
+            try:
+                if self._alive(cluster):
+                    continue
+                following.remove(cluster)
+                checkpoint = self.fleet.checkpoint(self.record, cluster)
+                if checkpoint is not None and str(checkpoint.state) in ("Failed", "Paused"):
+                    self._settle(cluster, None)
+                    continue
+                action = self._apply_decision(cluster, checkpoint, alive=False)
+            except UpgraderError as exc:
+                if cluster in following:
+                    following.remove(cluster)
+                self._stopped_by(cluster, exc, "following its run")
                 continue
-            following.remove(cluster)
-            checkpoint = self.fleet.checkpoint(self.record, cluster)
-            if checkpoint is not None and str(checkpoint.state) in ("Failed", "Paused"):
-                self._settle(cluster, None)
-                continue
-            action = self._apply_decision(cluster, checkpoint, alive=False)
             if action in (Action.START, Action.RESUME):
                 queue.insert(0, (cluster, action))
             self.save()
         for context, child in list(self.children.items()):
-            code = child()
+            try:
+                code = child()
+            except UpgraderError as exc:  # a Job's status or its run's checkpoint could not be read
+                del self.children[context]
+                self._stopped_by(self.record.clusters[context], exc, "following its Job")
+                continue
             if code is not None:
                 del self.children[context]
                 self._settle(self.record.clusters[context], code)
+
+    def _stopped_by(self, cluster: ClusterRecord, exc: UpgraderError, doing: str) -> None:
+        """An error of ours while the rollout handled ``cluster`` stops that cluster (Paused when it may pass, e.g.
+        the cluster unreachable; else Failed), with the reason and the commands that go on, not the whole driver."""
+        state = ClusterState.PAUSED if isinstance(exc, TransientError) else ClusterState.FAILED
+        reason = f"{doing}: {exc.message}" + (f" ({exc.hint})" if exc.hint else "")
+        cluster.state, cluster.reason, cluster.pid = state, reason, None
+        cluster.next_commands = hints(self.fleet, self.record, cluster)
+        self.save()
+        self.fleet.say(f"{cluster.context}: {state} ({reason})")
+        log.error("rollout-cluster-error", context=cluster.context, state=str(state), reason=reason)
 
     def _alive(self, cluster: ClusterRecord) -> bool:
         """The process an earlier rollout started for ``cluster`` still runs (on this host)."""
@@ -571,7 +636,8 @@ class Driver:
         fleet, record = self.fleet, self.record
         args = [fleet.python, "-m", "upgrader", "--log-format", "json"]
         if action is Action.RESUME and cluster.run_id:
-            args += ["resume", cluster.run_id, "--take-over-lock"]
+            # only a stale lock of its own run (its earlier launch): another run's lock is never ours to take
+            args += ["resume", cluster.run_id, "--take-over-lock", "--own-lock-only"]
         else:  # the run is named up front: the rollout finds it in its cluster whatever happens to either process
             cluster.run_id = cluster.run_id or run_id_for(record, cluster.context)
             args += ["apply", "--to", record.target, "--yes", "--run-id", cluster.run_id]
@@ -582,6 +648,16 @@ class Driver:
             args += ["--spec", cluster.spec]
         path = fleet.files.log_path(record.rollout, cluster.context)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # the launch is recorded before the process starts (Running, no pid yet): a rollout killed in between is
+        # resumed from the run's checkpoint, never by starting a second process blind (see next_action)
+        cluster.state, cluster.pid, cluster.host = ClusterState.RUNNING, None, socket.gethostname()
+        cluster.launched_at = (
+            fleet.clock() if action is Action.START or cluster.launched_at is None else cluster.launched_at
+        )
+        cluster.launches += 1
+        cluster.reason = f"{'resuming ' + (cluster.run_id or '') if action is Action.RESUME else 'applying'}"
+        cluster.next_commands = []
+        self.save()
         with path.open("ab") as out:
             out.write(f"\n# {fleet.clock().isoformat()} {shlex.join(args[1:])}\n".encode())
             out.flush()
@@ -589,13 +665,7 @@ class Driver:
                 args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.children[cluster.context] = child.poll
-        cluster.state, cluster.pid, cluster.host = ClusterState.RUNNING, child.pid, socket.gethostname()
-        cluster.launched_at = (
-            fleet.clock() if action is Action.START or cluster.launched_at is None else cluster.launched_at
-        )
-        cluster.launches += 1
-        cluster.reason = f"{'resuming ' + (cluster.run_id or '') if action is Action.RESUME else 'applying'}"
-        cluster.next_commands = []
+        cluster.pid = child.pid
         self.save()
         fleet.say(f"{cluster.context}: {cluster.reason} (pid {child.pid}, log {path})")
         log.info("rollout-launch", context=cluster.context, action=str(action), pid=child.pid, log=str(path))
@@ -626,13 +696,14 @@ class Driver:
             labels={"upgrader.io/rollout": record.rollout},
             helm_repo_url=place.helm_repo_url,
         )
-        jobs.create_job(manifest)
+        # recorded before the Job is created: a rollout killed in between reads the Job (or its absence) back
         cluster.state, cluster.job, cluster.pid, cluster.host = ClusterState.RUNNING, name, None, None
         cluster.launched_at = cluster.launched_at or fleet.clock()
         cluster.launches += 1
         cluster.reason, cluster.next_commands = f"Job {place.namespace}/{name}", []
-        self.children[cluster.context] = lambda: self._job_exit(cluster)
         self.save()
+        jobs.create_job(manifest)
+        self.children[cluster.context] = lambda: self._job_exit(cluster)
         fleet.say(f"{cluster.context}: {cluster.reason} created (run {cluster.run_id})")
         log.info("rollout-job", context=cluster.context, job=f"{place.namespace}/{name}", run_id=cluster.run_id)
 
@@ -645,16 +716,44 @@ class Driver:
             cluster.next_commands = hints(self.fleet, self.record, cluster)
             self.save()
             return
-        state, reason = run_state_of(code, str(checkpoint.state) if checkpoint else None)
-        if state is not ClusterState.DONE:
+        refused = window_refusal(_last_launch(self.fleet.files.log_path(self.record.rollout, cluster.context)))
+        state, reason = run_state_of(code, str(checkpoint.state) if checkpoint else None, refused)
+        if cluster.job is not None and checkpoint is None and state is ClusterState.DONE:
+            state, reason = self._job_without_run(cluster)
+        by_window = refused is not None and state is ClusterState.PAUSED  # its reason names the next opening
+        if state is not ClusterState.DONE and not by_window:
             detail = checkpoint.events[-1].reason if checkpoint and checkpoint.events else ""
             detail = detail or _error_line(self.fleet.files.log_path(self.record.rollout, cluster.context))
             reason = f"{reason}: {detail}" if detail else reason
         cluster.state, cluster.reason, cluster.pid = state, reason, None
-        cluster.next_commands = [] if state is ClusterState.DONE else hints(self.fleet, self.record, cluster)
+        cluster.next_commands = hints(self.fleet, self.record, cluster)
+        if state is ClusterState.DONE:
+            cluster.next_commands = []
+        elif by_window and checkpoint is None:  # no run was stored: only the rollout goes on with it
+            cluster.next_commands = cluster.next_commands[-1:]
         self.save()
         self.fleet.say(f"{cluster.context}: {state} ({reason})")
         log.info("rollout-cluster", context=cluster.context, state=str(state), reason=reason, run_id=cluster.run_id)
+
+    def _job_without_run(self, cluster: ClusterRecord) -> tuple[ClusterState, str]:
+        """A cluster's Job completed but no checkpoint of its run is in the cluster: Done only when the cluster
+        is at the target already (the Job found nothing to do), else its pod ended without running anything."""
+        ns = (self.record.in_cluster or {}).get("namespace", "")
+        member = self._member(cluster.context)
+        try:
+            at_target = self.fleet.installed_at_target(cluster.context, member.spec_path, self.record.target)
+        except UpgraderError as exc:
+            return ClusterState.FAILED, (
+                f"Job {ns}/{cluster.job} completed without a checkpoint of run {cluster.run_id}, and the "
+                f"installed version could not be read: {exc.message}"
+            )
+        if at_target:
+            return ClusterState.DONE, f"already at {self.record.target}: Job {ns}/{cluster.job} had nothing to run"
+        return ClusterState.FAILED, (
+            f"Job {ns}/{cluster.job} completed but run {cluster.run_id} left no checkpoint in the cluster and it "
+            f"is not at {self.record.target}: its pod ended without running "
+            f"(see kubectl logs -n {ns} job/{cluster.job})"
+        )
 
     # -- after a stage -----------------------------------------------------------------------
 
@@ -679,14 +778,17 @@ class Driver:
             cluster = self.record.clusters[member.context]
             if cluster.state is not ClusterState.DONE:
                 continue
-            checkpoint = self.fleet.checkpoint(self.record, cluster)
-            spec = self._spec_of(member)
-            if checkpoint is None or spec.gates.prometheus_url is None:
-                continue
-            port = (self.fleet.metrics or _prometheus)(spec.gates.prometheus_url)
             try:
+                checkpoint = self.fleet.checkpoint(self.record, cluster)
+                spec = self._spec_of(member)
+                if checkpoint is None or spec.gates.prometheus_url is None:
+                    continue
+                port = (self.fleet.metrics or _prometheus)(spec.gates.prometheus_url)
                 problems = metric_gate_failures(port, last_wave_namespaces(checkpoint.plan), spec)
             except MetricsUnavailableError as exc:
+                stage_record.reason = f"{member.context}: metric gates cannot judge the bake: {exc.message}"
+                return StageState.PAUSED
+            except UpgraderError as exc:  # its run or its spec could not be read: the gates cannot judge it
                 stage_record.reason = f"{member.context}: metric gates cannot judge the bake: {exc.message}"
                 return StageState.PAUSED
             failures += [f"{member.context}: {p}" for p in problems]
@@ -739,6 +841,7 @@ def start(fleet: Fleet, rollout: Rollout, stages: tuple[StagePlan, ...], planned
         target=target_of(rollout),
     )
     record.in_cluster = fleet.in_cluster.as_dict() if fleet.in_cluster else None
+    record.repo, record.helm = fleet.repo, fleet.helm
     return Driver(fleet, rollout, stages, record).run()
 
 
@@ -757,6 +860,7 @@ def resume(fleet: Fleet, rollout: Rollout, stages: tuple[StagePlan, ...]) -> Rol
     record = existing_record(fleet, rollout)
     if record.state == RolloutState.DONE:
         return record
+    check_membership(record, stages)
     return Driver(fleet, rollout, stages, record).run()
 
 

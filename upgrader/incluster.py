@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from upgrader.checkpoints import RUN_ID
-from upgrader.errors import EXIT_BAD_INPUT, EXIT_PREFLIGHT, InputError
+from upgrader.errors import EXIT_BAD_INPUT, EXIT_NEEDS_OPERATOR, EXIT_PREFLIGHT, InputError
 from upgrader.permissions import PolicyRule, Scope, rbac_rules
 
 SPEC_DIR = "/etc/upgrader"
@@ -54,13 +54,18 @@ APP = "upgrader"
 
 Manifest = dict[str, Any]
 
-# Bad input (exit 2) and preflight errors (exit 4) fail the Job at once: another attempt would meet the same.
+# Bad input (exit 2), preflight errors (exit 4) and a run that stopped for an operator (exit 6: Failed, Paused on
+# a gate, rolled back) fail the Job at once: another attempt would meet the same, or act unattended.
 # A pod evicted, preempted or drained (DisruptionTarget) is replaced without counting against backoffLimit.
 POD_FAILURE_POLICY: Manifest = {
     "rules": [
         {
             "action": "FailJob",
-            "onExitCodes": {"containerName": "upgrader", "operator": "In", "values": [EXIT_BAD_INPUT, EXIT_PREFLIGHT]},
+            "onExitCodes": {
+                "containerName": "upgrader",
+                "operator": "In",
+                "values": [EXIT_BAD_INPUT, EXIT_PREFLIGHT, EXIT_NEEDS_OPERATOR],
+            },
         },
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
     ]
@@ -117,9 +122,11 @@ def pod_template(
     image_pull_policy: str = "IfNotPresent",
     resources: dict[str, Any] | None = None,
     helm_repo_url: str = LINKERD_REPO,
+    image_pull_secrets: tuple[str, ...] = (),
 ) -> Manifest:
     """The pod of the Job: one container running ``upgrader`` with ``args`` under ``service_account``, after
-    an init container that adds the chart repository ``helm_repo_url`` as ``linkerd``."""
+    an init container that adds the chart repository ``helm_repo_url`` as ``linkerd``; the image pulled with
+    ``image_pull_secrets`` (Secret names) when its registry needs them."""
     volumes: list[Manifest] = [{"name": "work", "emptyDir": {}}]
     mounts: list[Manifest] = [{"name": "work", "mountPath": WORK_DIR}]
     if spec_config_map and spec_secret:
@@ -171,12 +178,14 @@ def pod_template(
         "securityContext": hardened,
         "resources": limits,
     }
+    pulls = {"imagePullSecrets": [{"name": n} for n in image_pull_secrets]} if image_pull_secrets else {}
     return {
         "metadata": {"labels": _labels(name, labels)},
         "spec": {
             "serviceAccountName": service_account,
             "automountServiceAccountToken": True,
             "restartPolicy": "Never",
+            **pulls,
             "securityContext": {
                 "runAsNonRoot": True,
                 "runAsUser": RUN_AS_USER,
@@ -210,6 +219,7 @@ def job_manifest(
     labels: dict[str, str] | None = None,
     extra_args: tuple[str, ...] = (),
     helm_repo_url: str = LINKERD_REPO,
+    image_pull_secrets: tuple[str, ...] = (),
 ) -> Manifest:
     """A ``batch/v1`` Job in ``namespace`` running ``upgrader apply --to target`` as ``service_account``.
 
@@ -243,6 +253,7 @@ def job_manifest(
             spec_secret=spec_secret,
             labels=labels,
             helm_repo_url=helm_repo_url,
+            image_pull_secrets=image_pull_secrets,
         ),
     }
     if active_deadline_seconds is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from upgrader.errors import InputError
 from upgrader.inputs import SPEC_CAP, read_yaml_file, validation_error
 from upgrader.metrics import MetricsPort, assess
 from upgrader.spec import Spec, parse_duration
-from upgrader.windows import fits
+from upgrader.windows import REFUSED_EVENT, fits
 
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 ROLLOUT_HINT = "see plans/rollouts/ for an example RolloutSpec"
@@ -344,6 +345,8 @@ class RolloutRecord(BaseModel):
     kubeconfig: str | None
     state_store: str  # each cluster's runs: kubernetes:NAMESPACE
     in_cluster: dict[str, str] | None = None  # image, namespace, service_account, helm_repo_url of the Jobs
+    repo: str | None = None  # the helm repository name and binary it started with (resume's defaults)
+    helm: str | None = None
     state: RolloutState = RolloutState.RUNNING
     reason: str = ""
     started_at: dt.datetime
@@ -353,6 +356,35 @@ class RolloutRecord(BaseModel):
 
     def stage_clusters(self, stage: str) -> list[ClusterRecord]:
         return [c for c in self.clusters.values() if c.stage == stage]
+
+
+def membership_changes(record: RolloutRecord, stages: Sequence[StagePlan]) -> list[str]:
+    """How the stages resolved now (the kubeconfig's contexts today) differ from the clusters the rollout started
+    with, stage by stage: empty when they are the same."""
+    changes = []
+    names = [s.name for s in stages]
+    recorded = list(dict.fromkeys(c.stage for c in record.clusters.values()))
+    if [n for n in names if n in recorded] != recorded or set(names) != set(recorded):
+        changes.append(f"stages {', '.join(recorded)} became {', '.join(names)}")
+    for stage in stages:
+        now = {m.context for m in stage.members}
+        then = {c.context for c in record.stage_clusters(stage.name)}
+        if now - then:
+            changes.append(f"stage {stage.name} now also matches {', '.join(sorted(now - then))}")
+        if then - now:
+            changes.append(f"stage {stage.name} no longer matches {', '.join(sorted(then - now))}")
+    return changes
+
+
+def check_membership(record: RolloutRecord, stages: Sequence[StagePlan]) -> None:
+    """A rollout goes on only with the clusters it started with (bad input, exit 2, naming what changed)."""
+    changes = membership_changes(record, stages)
+    if changes:
+        raise InputError(
+            f"rollout {record.rollout}'s clusters changed since it started: {'; '.join(changes)}",
+            hint="resume it with the kubeconfig it started with (--kubeconfig PATH), or move its record away and "
+            "start a new rollout",
+        )
 
 
 def new_record(
@@ -376,12 +408,12 @@ def new_record(
                 stage=stage.name,
                 state=ClusterState.SKIPPED if reason else ClusterState.PENDING,
                 reason=reason,
-                spec=str(m.spec_path) if m.spec_path else None,
+                spec=str(m.spec_path.absolute()) if m.spec_path else None,  # resumable from any folder
             )
     return RolloutRecord(
         rollout=rollout.spec.name,
         target=target,
-        spec_path=str(rollout.path),
+        spec_path=str(rollout.path.absolute()),
         spec_digest=rollout.digest,
         kubeconfig=kubeconfig,
         state_store=state_store,
@@ -423,13 +455,22 @@ class Decision:
     reason: str
 
 
-def next_action(cluster: ClusterRecord, run_state: str | None, process_alive: bool) -> Decision:
+def next_action(  # noqa: PLR0911 - one return per row of the decision table
+    cluster: ClusterRecord, run_state: str | None, process_alive: bool
+) -> Decision:
     """What a (re)started rollout does with ``cluster``: from its record, its run's checkpoint state (None:
     no run of it found) and whether the process the rollout started for it still runs."""
     if cluster.state in (ClusterState.DONE, ClusterState.SKIPPED):
         return Decision(Action.LEAVE, f"{cluster.state.lower()} already")
     if process_alive:
         return Decision(Action.FOLLOW, f"its run is still going (pid {cluster.pid})")
+    if run_state is None and cluster.state == ClusterState.RUNNING and cluster.pid is None and cluster.job is None:
+        # the rollout stopped between recording a launch and its process id: that process may still be starting
+        return Decision(
+            Action.STOP,
+            f"the rollout stopped while launching run {cluster.run_id} and its process is unknown; no checkpoint of "
+            f"it yet: make sure no `upgrader apply --run-id {cluster.run_id}` still runs, then resume the rollout",
+        )
     if run_state is None:
         return Decision(Action.START, "no run of it yet" if not cluster.launches else "its last launch left no run")
     if run_state == "Done":
@@ -452,11 +493,16 @@ def stage_outcome(clusters: Sequence[ClusterRecord]) -> StageState:
     return StageState.RUNNING
 
 
-def run_state_of(exit_code: int | None, checkpoint_state: str | None) -> tuple[ClusterState, str]:
+def run_state_of(
+    exit_code: int | None, checkpoint_state: str | None, window_refused: str | None = None
+) -> tuple[ClusterState, str]:
     """A cluster's state after its process ended: the checkpoint says what its run reached; without a run,
-    exit 0 means nothing was left to do (already at the target)."""
+    exit 0 means nothing was left to do (already at the target). A run its own window check refused to
+    start now (exit 3, ``window_refused``: why, and when its window opens next) is paused, not failed."""
     if checkpoint_state == "Done":
         return ClusterState.DONE, "run Done"
+    if exit_code == 3 and window_refused:  # upgrader's exit code for refused
+        return ClusterState.PAUSED, f"outside its maintenance window ({window_refused})"
     if checkpoint_state == "Paused" or exit_code == 5:  # upgrader's exit code for paused
         return ClusterState.PAUSED, "run paused"
     if checkpoint_state is None and exit_code == 0:
@@ -464,6 +510,21 @@ def run_state_of(exit_code: int | None, checkpoint_state: str | None) -> tuple[C
     if checkpoint_state is None:
         return ClusterState.FAILED, f"upgrader exited {exit_code} before starting a run"
     return ClusterState.FAILED, f"run ended {checkpoint_state}" + (f" (exit {exit_code})" if exit_code else "")
+
+
+def window_refusal(log_lines: Sequence[str]) -> str | None:
+    """Why a run's window check refused to start it, from the JSON log lines of its last launch (the
+    ``windows.REFUSED_EVENT`` event): its reason and the next opening; None when there is none."""
+    for line in reversed(log_lines):
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == REFUSED_EVENT:
+            return f"{event.get('reason', '')}; {event.get('next', '')}".strip("; ")
+    return None
 
 
 def outside_window(spec: Spec, now: dt.datetime) -> str | None:
@@ -493,8 +554,9 @@ def job_exit(job: JobView | None, run_state: str | None) -> int | None:
 
     The run's checkpoint in the cluster decides first: Done, Paused (a window) and RolledBack end it at
     once. A Failed run is left to the Job while Kubernetes still retries its pod (each retry continues the
-    same run); once the Job gives up (or is gone), the cluster failed. A Job that completed without a run
-    found nothing to do."""
+    same run); once the Job gives up (or is gone), the cluster failed. A Job that completed without a run is
+    exit 0 here; the rollout calls it Done only when the cluster is at the target already (KWOK, or a pod that
+    never ran the tool, completes a Job without a run)."""
     if run_state == "Done":
         return 0
     if run_state == "Paused":

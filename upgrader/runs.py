@@ -44,6 +44,7 @@ from upgrader.checkpoints import (
 from upgrader.dataplane import Inventory, inventory
 from upgrader.discovery import (
     DATA_PLANE_SELECTOR,
+    LINKERD_CHARTS,
     Installation,
     carried_revision,
     carried_values,
@@ -90,7 +91,7 @@ from upgrader.planning import (
 )
 from upgrader.ports import DataPlaneView, HelmRevision, Namespace
 from upgrader.preflight import CheckResult
-from upgrader.preflight.checks import Context, run_checks
+from upgrader.preflight.checks import Context, check_permissions, required_access, run_checks
 from upgrader.preflight.observe import gather
 from upgrader.redaction import REDACTED
 from upgrader.spec import Spec, Window, load_spec, parse_duration
@@ -275,8 +276,13 @@ def plan_session(
     kubernetes: str | None = None,
     windows_given: list[Window] | None = None,
     state_store: str | None = None,
+    permissions_first: bool = False,
 ) -> Session:
     """Observe (or take ``--from`` offline), build what can be installed, and plan.
+
+    ``permissions_first`` (apply): right after discovery, the caller's permissions are reviewed
+    (``cluster.permissions``, unless waived) and a refusal stops here, exit 4, before anything else is read
+    or written (see ``refuse_without_permissions``).
 
     ``windows_given`` (``--window``) replace the spec's maintenance windows. With windows, each step's
     estimate comes from the durations earlier runs against this installation recorded in the state
@@ -311,6 +317,8 @@ def plan_session(
             raise
         notes.append(f"discovery failed: {exc.message}")
         inst = None
+    if permissions_first and "cluster.permissions" not in spec.waivers and not spec.dry_run:
+        refuse_without_permissions(kube, inst, state_store)
     observed = Observed(control_plane=None)
     if inst is not None:
         namespaces = _namespaces(kube, notes)
@@ -362,6 +370,27 @@ def plan_session(
         durations=durations,
     )
     return Session(spec, catalog, result, kube, helm_port, observed.control_plane_namespace)
+
+
+def refuse_without_permissions(kube: Any, inst: Installation | None, state_store: str | None) -> None:
+    """Review the permissions a run needs in the namespaces discovery found (preflight's gather asks the same)
+    and stop with ``cluster.permissions``'s message (exit 4) when any is refused; nothing was changed."""
+    namespace = (inst.control_plane_namespace if inst else None) or "linkerd"
+    releases = sorted(
+        {namespace} | {r.namespace for r in (inst.releases if inst else ()) if r.chart_name in LINKERD_CHARTS}
+    )
+    kind, arg = parse_state_store(state_store) if state_store else ("file", "")
+    errors: dict[str, str] = {}
+    try:
+        reviewed = kube.review_access(
+            required_access(namespace, releases=releases, state=arg if kind == "kubernetes" else None)
+        )
+    except UpgraderError as exc:
+        errors["access"], reviewed = exc.message, []
+    check = check_permissions(reviewed, errors)
+    if check.result == "error":
+        log.error("preflight-check", id=check.id, message=check.message, hint=check.hint)
+        raise PreflightStoppedError(f"preflight failed before hop 1: {check.id}: {check.message}", hint=check.hint)
 
 
 def _plan_durations(
@@ -467,6 +496,13 @@ def wait_for_window(
         if fit.ok:
             return
         if not wait or fit.next_opening is None:
+            log.warning(
+                windows.REFUSED_EVENT,
+                run_id=checkpoint.run_id,
+                reason=fit.reason,
+                opens=fit.next_opening.start.isoformat() if fit.next_opening else None,
+                next=fit.next_text(),
+            )
             raise OutsideWindowError(
                 f"{subject} does not start now: {fit.reason}; {fit.next_text()}",
                 hint=f"run it then, or wait for it: {command} --wait-for-window",
@@ -688,6 +724,7 @@ def preflight(
         repo=repo,
         values_to_send=values_sender(session, plan, repo),
         state_namespace=session.state_namespace,
+        stop_on_refused="cluster.permissions" not in session.spec.waivers,  # nothing else matters until granted
     )
     return run_checks(
         Context(

@@ -13,6 +13,7 @@ import typer
 from upgrader import fleet
 from upgrader.cli.common import HelmOpt, KubeconfigOpt, Output, RepoOpt, app, echo, write_file
 from upgrader.errors import EXIT_REFUSED, InputError
+from upgrader.permissions import operator_text
 from upgrader.rollout import ClusterState, RolloutRecord
 
 rollout_app = typer.Typer(
@@ -40,7 +41,12 @@ StateNamespaceOpt = Annotated[
     ),
 ]
 InClusterOpt = Annotated[
-    bool, typer.Option("--in-cluster", help="Run each cluster's run as a Job in that cluster (needs --image).")
+    bool,
+    typer.Option(
+        "--in-cluster",
+        help="Run each cluster's run as a Job in that cluster (needs --image). You need, in the Jobs' namespace: "
+        f"{operator_text()}; and read the runs' checkpoints (get, list secrets in the state namespace).",
+    ),
 ]
 ImageOpt = Annotated[str | None, typer.Option("--image", help="The Jobs' image reference (pin it by digest).")]
 JobNamespaceOpt = Annotated[str, typer.Option("--job-namespace", help="Namespace of the Jobs and their spec.")]
@@ -157,15 +163,17 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
 def resume(
     spec: SpecArg,
     kubeconfig: KubeconfigOpt = None,
-    helm: HelmOpt = "helm",
-    repo: RepoOpt = "linkerd",
+    helm: Annotated[
+        str | None, typer.Option("--helm", envvar="UPGRADER_HELM", help="helm binary (default: the rollout's own).")
+    ] = None,
+    repo: Annotated[str | None, typer.Option(help="Helm repository name (default: the rollout's own).")] = None,
     rollout_state: StateOpt = None,
 ) -> None:
     """Continue a stopped rollout: Done clusters are left alone, a cluster's stopped run is resumed from its
     own checkpoint (a run still going is followed), then the later stages."""
     rollout = fleet.load_spec_file(spec)
-    runner = _fleet(kubeconfig, helm, repo, None, rollout_state)
-    _, stages = fleet.reopened(runner, rollout, kubeconfig)
+    runner = _fleet(kubeconfig, "helm", "linkerd", None, rollout_state)
+    _, stages = fleet.reopened(runner, rollout, kubeconfig, helm=helm, repo=repo)
     _print_end(fleet.resume(runner, rollout, stages))
 
 

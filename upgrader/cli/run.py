@@ -29,10 +29,10 @@ from upgrader.cli.common import (
     log,
     windows_given,
 )
-from upgrader.errors import EXIT_FAILED, EXIT_PAUSED, EXIT_REFUSED, InputError
+from upgrader.errors import EXIT_PAUSED, EXIT_REFUSED, InputError, RunNeedsOperatorError
 from upgrader.rendering import render, render_checks
 from upgrader.spec import Window
-from upgrader.states import TERMINAL, RunState
+from upgrader.states import ACTING, RunState
 
 MinCertDaysOpt = Annotated[
     int | None,
@@ -177,6 +177,7 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         impersonate=impersonate,
         windows_given=windows_given(window),
         state_store=state_store,
+        permissions_first=not dry_run,  # a run without them stops at once (a dry run reports every check)
     )
     if saved is not None and plan_file is not None:
         runs.check_plan_file(saved, session.plan, plan_file)
@@ -244,19 +245,26 @@ def _continue_named(
     windows: list[Window],
     wait_for_window: bool,
 ) -> None:
-    """``apply --run-id`` of a run already in the store: a finished one is reported (exit 0 when Done, 1 when
-    rolled back), an unfinished one continued from its checkpoint like ``resume`` (a Job's pod started again)."""
+    """``apply --run-id`` of a run already in the store: a Done one is reported (exit 0); an interrupted one (in
+    an acting state) or one a maintenance window paused is continued from its checkpoint like ``resume`` (a Job's
+    pod started again). One that stopped for an operator (Failed, Paused on a gate, rolled back) is reported and
+    left alone, exit 6, which the Job's podFailurePolicy treats as final: Kubernetes never retries it unattended."""
     planned_to = str(existing.plan.get("to") or "")
     if to is not None and planned_to and to != planned_to:
         raise InputError(
             f"run {existing.run_id} upgrades to {planned_to}, not {to}",
             hint="give the new target a new --run-id (a CronJob's run id carries its target)",
         )
-    if existing.state in TERMINAL:
+    if existing.state == RunState.DONE:
         echo(f"run {existing.run_id}: {existing.state} (already finished; nothing to do)")
-        if existing.state != RunState.DONE:
-            raise typer.Exit(EXIT_FAILED)
         return
+    stopped = _stopped_for_an_operator(existing)
+    if stopped is not None:
+        raise RunNeedsOperatorError(
+            f"run {existing.run_id} {stopped}; apply --run-id continues only an interrupted or window-paused run",
+            hint=f"look at it: upgrader status {existing.run_id}; then upgrader resume {existing.run_id} "
+            f"or upgrader rollback {existing.run_id} (or a new --run-id)",
+        )
     session = runs.resume_session(
         existing, spec_file=spec_file, kubeconfig=kubeconfig, context=context, helm=helm, impersonate=impersonate
     )
@@ -285,6 +293,20 @@ def _continue_named(
     _print_result(result)
 
 
+def _stopped_for_an_operator(checkpoint: Checkpoint) -> str | None:
+    """Why a named run may not be continued unattended (None: it was interrupted while acting, or a maintenance
+    window paused it and names its next opening)."""
+    last = checkpoint.events[-1].reason if checkpoint.events else ""
+    why = f": {last}" if last else ""
+    if checkpoint.state in ACTING or checkpoint.state == RunState.PLANNED:
+        return None
+    if checkpoint.state == RunState.PAUSED and checkpoint.resume_after is not None:
+        return None
+    if checkpoint.state == RunState.PAUSED:
+        return f"is Paused (not by a maintenance window){why}"
+    return f"ended {checkpoint.state}{why}"
+
+
 @app.command()
 def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     run: Annotated[str | None, typer.Argument(help="Run id (default: the latest unfinished run).")] = None,
@@ -299,6 +321,14 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     window: WindowOpt = None,
     wait_for_window: WaitOpt = False,
     impersonate: AsOpt = None,
+    own_lock_only: Annotated[
+        bool,
+        typer.Option(
+            "--own-lock-only",
+            help="With --take-over-lock: take over only a stale lock of this same run, never another run's "
+            "(what an unattended caller such as `rollout resume` passes).",
+        ),
+    ] = False,
 ) -> None:
     """Continue an interrupted, paused or failed run from its checkpoint, without redoing finished steps."""
     given = windows_given(window)  # bad input before anything is read
@@ -317,6 +347,7 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         "resume",
         options=options,
         take_over=take_over_lock,
+        own_lock_only=own_lock_only,
         hooks=_hooks(),
         command=_again(
             f"upgrader resume {checkpoint.run_id}",
@@ -348,15 +379,22 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     helm: HelmOpt = "helm",
+    impersonate: AsOpt = None,
 ) -> None:
     """Undo the run's last hop (one major back): its control plane to the revisions before that hop, then
     what it restarted. Run it again to go one more hop back; --to-checkpoint returns to any checkpoint."""
-    store = runs.store_for(state_store, kubeconfig, context)
+    store = runs.store_for(state_store, kubeconfig, context, impersonate)
     checkpoint: Checkpoint = runs.load_run(store, run)
     if to_checkpoint is not None:
         checkpoint.find_mark(to_checkpoint)  # an unknown id is bad input: refuse before touching anything
     session = runs.resume_session(
-        checkpoint, spec_file=None, kubeconfig=kubeconfig, context=context, helm=helm, need_values=False
+        checkpoint,
+        spec_file=None,
+        kubeconfig=kubeconfig,
+        context=context,
+        helm=helm,
+        need_values=False,
+        impersonate=impersonate,
     )
     options = runs.RunOptions.stored(checkpoint, repo=repo)
     scope = runs.rollback_scope(

@@ -164,14 +164,15 @@ spec:
 {{- define "upgrader.jobSpec" -}}
 backoffLimit: {{ .root.Values.backoffLimit }}
 podReplacementPolicy: Failed
-# bad input (exit 2) and preflight errors (exit 4) end the Job; evictions do not count as failures
+# bad input (exit 2), preflight errors (exit 4) and a run stopped for an operator (exit 6) end the Job;
+# evictions do not count as failures
 podFailurePolicy:
   rules:
     - action: FailJob
       onExitCodes:
         containerName: upgrader
         operator: In
-        values: [2, 4]
+        values: [2, 4, 6]
     - action: Ignore
       onPodConditions:
         - type: DisruptionTarget
@@ -179,8 +180,8 @@ podFailurePolicy:
 {{- with .root.Values.activeDeadlineSeconds }}
 activeDeadlineSeconds: {{ . }}
 {{- end }}
-{{- with .root.Values.ttlSecondsAfterFinished }}
-ttlSecondsAfterFinished: {{ . }}
+{{- if not (kindIs "invalid" .root.Values.ttlSecondsAfterFinished) }}
+ttlSecondsAfterFinished: {{ .root.Values.ttlSecondsAfterFinished }}
 {{- end }}
 template:
   {{- include "upgrader.pod" . | nindent 2 }}
