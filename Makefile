@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 export GOTOOLCHAIN := local
 
-.PHONY: demo test reliability lint unit e2e binaries cluster-binaries lock lock-python cluster-up cluster-down world-up bench clean venv
+.PHONY: demo test reliability lint unit e2e binaries cluster-binaries chart-rbac lock lock-python cluster-up cluster-down world-up bench clean venv
 
 # Every Python package (with pip, setuptools and wheel) comes from requirements.lock, pinned
 # with hashes; the package itself is installed without resolving anything further.
@@ -34,6 +34,10 @@ lock-python:
 	.lock-venv/bin/pip-compile --quiet --extra dev --generate-hashes --allow-unsafe --strip-extras \
 		--no-emit-find-links -o requirements.lock pyproject.toml requirements-build.in
 	rm -rf .lock-venv
+
+## Regenerate the chart's RBAC rules from upgrader.permissions (tests/test_incluster.py fails when they differ).
+chart-rbac: venv
+	$(BIN)/upgrader rbac > deploy/chart/files/rbac-rules.yaml
 
 ## Regenerate the locks after changing a pin in e2e/harness/binaries.py (COMPONENTS="kubernetes" for one).
 COMPONENTS ?=

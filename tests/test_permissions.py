@@ -94,7 +94,12 @@ def _calls(methods: dict[str, set[Key | None]], sources: list[Path]) -> Iterator
 
 
 METHODS = _client_methods()
-CALLS = list(_calls(METHODS, sorted(ADAPTERS.glob("*.py"))))
+# `rollout apply --in-cluster` creates each cluster's Job (and its spec Secret) from the operator's machine: calls a
+# run never makes, so the run's table (and the RBAC rendered from it for the Job's ServiceAccount) leaves them out;
+# upgrader.permissions.OPERATOR lists them instead, checked against this adapter below.
+LAUNCHER = ("jobs.py",)
+CALLS = list(_calls(METHODS, sorted(p for p in ADAPTERS.glob("*.py") if p.name not in LAUNCHER)))
+LAUNCHER_CALLS = list(_calls(METHODS, [ADAPTERS / name for name in LAUNCHER]))
 OURS = {(p.group, p.resource, p.verb) for p in REQUIRED if "upgrader" in p.by}  # helm's rows cover helm only
 
 
@@ -288,3 +293,112 @@ def test_preflight_gathers_for_a_data_plane_catch_up_hop_without_rendering() -> 
     snap = gather(_Kube(), helm, plan)  # type: ignore[arg-type]
     assert rendered == []
     assert snap.render_error is None
+
+
+class _Refusing(_Kube):
+    """A cluster that refuses ``refused`` (verb, resource) everywhere and records every other call made."""
+
+    def __init__(self, refused: set[tuple[str, str]]) -> None:
+        super().__init__()
+        self.refused = refused
+        self.calls: list[str] = []
+
+    def review_access(self, wanted: list[Access]) -> list[Access]:
+        self.asked = list(wanted)
+        return [dataclasses.replace(a, allowed=(a.verb, a.resource) not in self.refused) for a in wanted]
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        return super().__getattr__(name)
+
+
+def test_a_refused_permission_ends_gathering_before_anything_else_is_observed() -> None:
+    """With a permission refused, gathering stops after the access reviews; only the cluster checks run and
+    cluster.permissions names the verb and resource."""
+    kube = _Refusing({("patch", "deployments")})
+    helm = _Helm()
+    helm.template = lambda *a, **k: pytest.fail("rendered after a refused permission")  # type: ignore[attr-defined,method-assign]
+    plan = Plan(from_=None, to="stable-2.14.10", spec="{}")
+    snap = gather(kube, helm, plan, stop_on_refused=True)  # type: ignore[arg-type]
+    assert snap.stopped_at_permissions
+    assert kube.calls == ["get_config_map"]  # linkerd-config (which namespace), then nothing after the reviews
+    results = check(snap)
+    assert {r.category for r in results.values()} <= {"cluster", "plan"}
+    assert results["cluster.permissions"].result == "error"
+    assert "patch deployments.apps cluster-wide" in results["cluster.permissions"].message
+    assert results["cluster.permissions"].message.endswith(
+        "no other check ran (each reads what these permissions allow)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("refused", "stop", "stops"),
+    [
+        pytest.param(set(), True, False, id="every permission allowed: gathering goes on"),
+        pytest.param({("patch", "deployments")}, False, False, id="cluster.permissions waived: gathering goes on"),
+    ],
+)
+def test_gathering_goes_on_unless_a_permission_it_must_stop_for_is_refused(
+    refused: set[tuple[str, str]], stop: bool, stops: bool
+) -> None:
+    """Gathering observes everything when nothing is refused, or when it was not asked to stop (a waiver)."""
+    kube = _Refusing(refused)
+    snap = gather(kube, _Helm(), Plan(from_=None, to="stable-2.14.10", spec="{}"), stop_on_refused=stop)  # type: ignore[arg-type]
+    assert snap.stopped_at_permissions is stops
+    assert {"list_workloads", "list_namespaces", "list_webhooks"} <= set(kube.calls)
+
+
+@pytest.mark.parametrize(("waivers", "stop"), [([], True), (["cluster.permissions"], False)])
+def test_preflight_stops_at_refused_permissions_unless_the_spec_waives_them(
+    monkeypatch: pytest.MonkeyPatch, waivers: list[str], stop: bool
+) -> None:
+    """apply and preflight gather through runs.preflight: it asks gathering to stop early unless waived."""
+    from upgrader import runs  # noqa: PLC0415
+    from upgrader.spec import Spec  # noqa: PLC0415
+
+    asked: dict[str, Any] = {}
+
+    def gathered(*_args: object, **kw: Any) -> Any:
+        asked.update(kw)
+        raise UpgraderError("stopped by the test")
+
+    monkeypatch.setattr(runs, "gather", gathered)
+    monkeypatch.setattr(runs, "values_sender", lambda *_a: None)
+    session = runs.Session(Spec(waivers=waivers), None, Plan(from_=None, to="stable-2.14.10", spec="{}"))  # type: ignore[arg-type]
+    with pytest.raises(UpgraderError, match="stopped by the test"):
+        runs.preflight(session, min_cert_days=60, repo="linkerd")
+    assert asked["stop_on_refused"] is stop
+
+
+def test_the_operators_job_launching_calls_are_the_operator_table_exactly() -> None:
+    """Each client call of the Job launcher has a row in OPERATOR and each row a call (the run's table, and so the
+    Jobs' ServiceAccount's RBAC, leaves them out); `rollout apply --help` lists them."""
+    from typer.testing import CliRunner  # noqa: PLC0415
+
+    from upgrader.cli import app  # noqa: PLC0415
+    from upgrader.permissions import OPERATOR  # noqa: PLC0415
+
+    rows = {(p.group, p.resource, p.verb) for p in OPERATOR}
+    assert LAUNCHER_CALLS, "the scan found the launcher's calls"
+    assert [f"{c.where} {c.method}" for c in LAUNCHER_CALLS if not c.candidates & rows] == []
+    assert rows == {k for c in LAUNCHER_CALLS for k in c.candidates}
+    shown = " ".join(CliRunner().invoke(app, ["rollout", "apply", "--help"], env={"COLUMNS": "1000"}).output.split())
+    assert all(str(p) in shown for p in OPERATOR), shown
+
+
+def test_apply_stops_right_after_discovery_when_a_permission_is_refused() -> None:
+    """apply reviews the permissions before planning on: a refusal stops it with exit 4 naming the verb and resource
+    (the state store's namespace asked about too); with every permission it goes on."""
+    from upgrader.discovery import Installation  # noqa: PLC0415
+    from upgrader.execution import PreflightStoppedError  # noqa: PLC0415
+    from upgrader.runs import refuse_without_permissions  # noqa: PLC0415
+
+    inst = Installation("v1.36.3", tuple(_Helm().list_releases()), control_plane_namespace="mesh")
+    allowed = _Refusing(set())
+    refuse_without_permissions(allowed, inst, "kubernetes:upgrader-state")
+    assert allowed.asked == access("mesh", releases=["linkerd", "linkerd-viz", "mesh"], state="upgrader-state")
+    with pytest.raises(PreflightStoppedError) as stopped:
+        refuse_without_permissions(_Refusing({("create", "leases")}), None, None)
+    assert stopped.value.exit_code == 4
+    assert "cluster.permissions" in stopped.value.message
+    assert "create leases.coordination.k8s.io in linkerd" in stopped.value.message

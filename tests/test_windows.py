@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 import typer
+from structlog.testing import capture_logs
 
 from tests.fakes import MemoryStore
 from tests.test_execution import CAT, NOW, FakeCluster, _executor
@@ -27,6 +28,7 @@ from upgrader.runs import (
 )
 from upgrader.spec import Spec, window_from_text
 from upgrader.states import RunState
+from upgrader.windows import REFUSED_EVENT
 
 UTC = dt.UTC
 
@@ -414,10 +416,13 @@ def test_a_new_runs_refusal_names_no_run_id_and_repeats_the_users_command() -> N
     session = _session("daily 01:00-05:00 Europe/Berlin")
     cp = _executor(_cluster(a=1), session.plan, MemoryStore(), spec=session.spec).checkpoint
     command = "upgrader apply --to stable-2.13.7 --spec w.yaml --yes"
-    with pytest.raises(OutsideWindowError) as info:
+    with capture_logs() as events, pytest.raises(OutsideWindowError) as info:
         wait_for_window(session, cp, command, wait=False, clock=lambda: NOW, sleep=lambda _s: None, say=print)
     assert info.value.message.startswith("the run does not start now: outside the maintenance window")
     assert "run-1" not in info.value.message
+    [refused] = [e for e in events if e["event"] == REFUSED_EVENT]  # what a rollout reads to pause, not fail
+    assert refused["next"] in info.value.message
+    assert refused["opens"] is not None
     assert info.value.hint == f"run it then, or wait for it: {command} --wait-for-window"
 
 

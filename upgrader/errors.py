@@ -31,6 +31,7 @@ EXIT_BAD_INPUT = 2
 EXIT_REFUSED = 3
 EXIT_PREFLIGHT = 4
 EXIT_PAUSED = 5  # apply or resume ended Paused (a maintenance window, Prometheus not answering): resume later
+EXIT_NEEDS_OPERATOR = 6  # apply --run-id of a run that stopped Failed, Paused on a gate or rolled back: never retried
 
 
 class UpgraderError(Exception):
@@ -49,6 +50,12 @@ class InputError(UpgraderError):
     """The command line, a file or a value given to us is wrong; nothing was changed."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class RunNeedsOperatorError(UpgraderError):
+    """A named run that stopped for an operator (Failed, Paused on a gate, rolled back) is not continued unattended."""
+
+    exit_code = EXIT_NEEDS_OPERATOR
 
 
 class TransientError(UpgraderError):

@@ -647,6 +647,8 @@ class Executor:
         sliced = self.plan.model_copy(update={"hops": self.plan.hops[index:]})
         blocking = [r for r in self.ports.preflight(sliced, index) if r.result == "error" and not r.waived]
         if blocking:
+            for r in blocking:  # what failed and why, in the run's own log (a Job's pod log included)
+                log.error("preflight-check", run_id=self.checkpoint.run_id, id=r.id, message=r.message, hint=r.hint)
             ids = ", ".join(r.id for r in blocking)
             raise self._stop(
                 f"preflight failed before hop {index + 1}: {ids}",

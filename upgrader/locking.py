@@ -80,7 +80,7 @@ class Decision:
     reason: str
 
 
-def decide(
+def decide(  # noqa: PLR0911 - one return per decision
     existing: LeaseView | None,
     me: str,
     now: dt.datetime,
@@ -88,13 +88,16 @@ def decide(
     take_over: bool = False,
     holder_gone: bool = False,
     holder_alive: bool = False,
+    own_run_only: bool = False,
 ) -> Decision:
     """Whether ``me`` may hold the lock now.
 
     ``holder_gone`` says the caller knows the holder's process no longer exists (same host,
     pid not running): such a lock counts as stale at once, but is still only taken over
     when asked. ``holder_alive`` says the holder's process is running on this host: its
-    lock is never taken over, however old its last renewal.
+    lock is never taken over, however old its last renewal. ``own_run_only`` (a Job's pod, which
+    names its run with ``--run-id``) takes over only a lock held for the same run by an earlier
+    attempt: another run's lock is refused however stale, since that run's steps are not ours to finish.
     """
     if existing is None or not existing.holder:
         return Decision("create", "no run holds the lock")
@@ -113,6 +116,13 @@ def decide(
             "with --take-over-lock",
         )
     stale = holder_gone or now > existing.expires_at()
+    if stale and take_over and own_run_only and run_of(existing.holder) != run_of(me):
+        return Decision(
+            "refuse",
+            f"{existing.holder} holds the lock (last renewed {age}s ago) for another run than this one "
+            f"({run_of(me)}); a run started with --run-id takes over only its own run's lock: finish or roll "
+            f"back run {run_of(existing.holder)} first (upgrader resume/rollback {run_of(existing.holder)})",
+        )
     if stale and take_over:
         return Decision("take-over", f"{existing.holder} last renewed the lock {age}s ago (stale); taken over")
     if stale:
@@ -126,6 +136,11 @@ def decide(
         f"another run holds the lock: {existing.holder} (renewed {age}s ago); wait for it to "
         "finish or check it with upgrader status",
     )
+
+
+def run_of(holder: str) -> str:
+    """The run id of a holder ``user@host:pid/run`` (the whole text when it has no ``/``)."""
+    return holder.rsplit("/", 1)[-1]
 
 
 def _host_pid(holder: str) -> tuple[str, int]:

@@ -235,6 +235,35 @@ def _merge(rows: list[Permission]) -> tuple[Permission, ...]:
 REQUIRED: tuple[Permission, ...] = _merge(_DECLARED)
 
 
+@dataclass(frozen=True)
+class OperatorPermission:
+    """One verb on one resource that ``rollout apply --in-cluster`` uses from the operator's machine, in the
+    Jobs' namespace of each cluster (never a run's: not in REQUIRED, not in the Jobs' ServiceAccount's RBAC)."""
+
+    group: str
+    resource: str
+    verb: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.verb} {self.resource}{'.' + self.group if self.group else ''}"
+
+
+# upgrader/adapters/jobs.py's calls (checked against its code by tests/test_permissions.py); following a Job also
+# reads its run's checkpoints, which the STATE rows of REQUIRED cover.
+OPERATOR: tuple[OperatorPermission, ...] = (
+    OperatorPermission("", "secrets", "create", "each run's spec, in a Secret beside its Job"),
+    OperatorPermission("", "secrets", "update", "the spec Secret of a run launched again"),
+    OperatorPermission("batch", "jobs", "create", "each cluster's run as a Job"),
+    OperatorPermission("batch", "jobs/status", "get", "following the Job to its end"),
+)
+
+
+def operator_text() -> str:
+    """OPERATOR as one line (``rollout apply --in-cluster``'s help)."""
+    return ", ".join(str(p) for p in OPERATOR)
+
+
 def access(
     control_plane: str,
     *,

@@ -44,6 +44,7 @@ from upgrader.checkpoints import (
 from upgrader.dataplane import Inventory, inventory
 from upgrader.discovery import (
     DATA_PLANE_SELECTOR,
+    LINKERD_CHARTS,
     Installation,
     carried_revision,
     carried_values,
@@ -90,7 +91,7 @@ from upgrader.planning import (
 )
 from upgrader.ports import DataPlaneView, HelmRevision, Namespace
 from upgrader.preflight import CheckResult
-from upgrader.preflight.checks import Context, run_checks
+from upgrader.preflight.checks import Context, check_permissions, required_access, run_checks
 from upgrader.preflight.observe import gather
 from upgrader.redaction import REDACTED
 from upgrader.spec import Spec, Window, load_spec, parse_duration
@@ -119,6 +120,7 @@ class Session:
     kube: Any = None
     helm: Any = None
     namespace: str = "linkerd"
+    state_namespace: str | None = None  # a kubernetes: state store's namespace (preflight checks access there)
 
 
 @dataclass(frozen=True)
@@ -301,8 +303,13 @@ def plan_session(
     kubernetes: str | None = None,
     windows_given: list[Window] | None = None,
     state_store: str | None = None,
+    permissions_first: bool = False,
 ) -> Session:
     """Observe (or take ``--from`` offline), build what can be installed, and plan.
+
+    ``permissions_first`` (apply): right after discovery, the caller's permissions are reviewed
+    (``cluster.permissions``, unless waived) and a refusal stops here, exit 4, before anything else is read
+    or written (see ``refuse_without_permissions``).
 
     ``windows_given`` (``--window``) replace the spec's maintenance windows. With windows, each step's
     estimate comes from the durations earlier runs against this installation recorded in the state
@@ -338,6 +345,8 @@ def plan_session(
             raise
         notes.append(f"discovery failed: {exc.message}")
         inst = None
+    if permissions_first and "cluster.permissions" not in spec.waivers and not spec.dry_run:
+        refuse_without_permissions(kube, inst, state_store)
     observed = Observed(control_plane=None)
     if inst is not None:
         namespaces = _namespaces(reads, notes)
@@ -389,6 +398,27 @@ def plan_session(
         durations=durations,
     )
     return Session(spec, catalog, result, kube, helm_port, observed.control_plane_namespace)
+
+
+def refuse_without_permissions(kube: Any, inst: Installation | None, state_store: str | None) -> None:
+    """Review the permissions a run needs in the namespaces discovery found (preflight's gather asks the same)
+    and stop with ``cluster.permissions``'s message (exit 4) when any is refused; nothing was changed."""
+    namespace = (inst.control_plane_namespace if inst else None) or "linkerd"
+    releases = sorted(
+        {namespace} | {r.namespace for r in (inst.releases if inst else ()) if r.chart_name in LINKERD_CHARTS}
+    )
+    kind, arg = parse_state_store(state_store) if state_store else ("file", "")
+    errors: dict[str, str] = {}
+    try:
+        reviewed = kube.review_access(
+            required_access(namespace, releases=releases, state=arg if kind == "kubernetes" else None)
+        )
+    except UpgraderError as exc:
+        errors["access"], reviewed = exc.message, []
+    check = check_permissions(reviewed, errors)
+    if check.result == "error":
+        log.error("preflight-check", id=check.id, message=check.message, hint=check.hint)
+        raise PreflightStoppedError(f"preflight failed before hop 1: {check.id}: {check.message}", hint=check.hint)
 
 
 def _plan_durations(
@@ -494,6 +524,13 @@ def wait_for_window(
         if fit.ok:
             return
         if not wait or fit.next_opening is None:
+            log.warning(
+                windows.REFUSED_EVENT,
+                run_id=checkpoint.run_id,
+                reason=fit.reason,
+                opens=fit.next_opening.start.isoformat() if fit.next_opening else None,
+                next=fit.next_text(),
+            )
             raise OutsideWindowError(
                 f"{subject} does not start now: {fit.reason}; {fit.next_text()}",
                 hint=f"run it then, or wait for it: {command} --wait-for-window",
@@ -563,6 +600,7 @@ def resume_session(
     context: str | None,
     helm: str | None,
     need_values: bool = True,
+    impersonate: str | None = None,
 ) -> Session:
     """A run's session again: its stored plan (checked against its hash) and spec."""
     if plan_hash(checkpoint.plan) != checkpoint.plan_hash:
@@ -578,8 +616,8 @@ def resume_session(
             hint=f"pass the same spec again: upgrader resume {checkpoint.run_id} --spec FILE",
         )
     spec = load_spec(spec_file) if spec_file else Spec.model_validate(checkpoint.spec or {})
-    kube = kube_adapter(kubeconfig, context)
-    helm_port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context, spec)
+    kube = kube_adapter(kubeconfig, context, impersonate)
+    helm_port = helm_adapter(helm_binary(helm or "helm"), kubeconfig, context, spec, impersonate=impersonate)
     namespace = checkpoint.options.get("namespace") or next(
         (r.namespace for name, r in checkpoint.releases.items() if name != "linkerd2"), "linkerd"
     )
@@ -612,10 +650,12 @@ def open_store(state_store: str | None, kube: Any | None) -> CheckpointStore:
     return SecretCheckpointStore(kube.api_client, arg)
 
 
-def store_for(state_store: str | None, kubeconfig: Path | None, context: str | None) -> CheckpointStore:
+def store_for(
+    state_store: str | None, kubeconfig: Path | None, context: str | None, impersonate: str | None = None
+) -> CheckpointStore:
     """The state store of a command that has no session: a cluster client only for kubernetes: stores."""
     needs_cluster = parse_state_store(state_store or default_store())[0] == "kubernetes"  # bad input before a client
-    return open_store(state_store, kube_adapter(kubeconfig, context) if needs_cluster else None)
+    return open_store(state_store, kube_adapter(kubeconfig, context, impersonate) if needs_cluster else None)
 
 
 def load_run(store: CheckpointStore, run: str | None, *, unfinished: bool = False) -> Checkpoint:
@@ -711,6 +751,8 @@ def preflight(
         namespace=session.namespace,
         repo=repo,
         values_to_send=values_sender(session, plan, repo),
+        state_namespace=session.state_namespace,
+        stop_on_refused="cluster.permissions" not in session.spec.waivers,  # nothing else matters until granted
     )
     return run_checks(
         Context(
@@ -812,13 +854,18 @@ def _other_pid_alive(pid: int) -> bool:
 
 
 def holder_id(run_id: str) -> str:
-    return f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}/{run_id}"
+    return f"{_user()}@{socket.gethostname()}:{os.getpid()}/{run_id}"
 
 
-def new_checkpoint(session: Session, options: RunOptions, clock: Clock = utc_now) -> Checkpoint:
-    """A new run of the session's plan: its spec (without values or URL credentials) and options stored."""
+def new_checkpoint(
+    session: Session, options: RunOptions, clock: Clock = utc_now, *, run_id: str | None = None
+) -> Checkpoint:
+    """A new run of the session's plan: its spec (without values or URL credentials) and options stored.
+
+    ``run_id`` names the run (``apply --run-id``: a Job's pods share one); a dated random id otherwise.
+    """
     now = clock()
-    run_id = f"run-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    run_id = run_id or f"run-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     checkpoint = Checkpoint.new(run_id, session.plan.as_json(), now)
     stored_spec = session.spec.model_dump(mode="json", by_alias=True)
     stored_spec["values"]["overrides"] = {}
@@ -886,6 +933,7 @@ def execute(
     *,
     options: RunOptions,
     take_over: bool = False,
+    own_lock_only: bool = False,
     include_crds: bool = False,
     to_checkpoint: int | None = None,
     hooks: RunHooks | None = None,
@@ -903,9 +951,12 @@ def execute(
     """
     from upgrader.adapters import retrying  # noqa: PLC0415
     from upgrader.adapters.cluster_ports import ClusterPorts, RetryingMetrics  # noqa: PLC0415
+    from upgrader.adapters.kube_state import SecretCheckpointStore  # noqa: PLC0415
     from upgrader.adapters.prometheus import PrometheusMetrics  # noqa: PLC0415
 
     hooks = hooks or RunHooks()
+    if isinstance(store, SecretCheckpointStore):
+        session.state_namespace = store.namespace
     if action == "resume" and RunState.ROLLING_BACK in (checkpoint.state, checkpoint.stopped_in):
         raise InputError(
             f"run {checkpoint.run_id} stopped while rolling back; it can only go on rolling back",
@@ -920,7 +971,7 @@ def execute(
         wait_for_window(
             session, checkpoint, again, wait=wait_for, clock=clock, sleep=sleep, say=say, durations=durations
         )
-    lock, me, heartbeat = _hold_lock(session, checkpoint, take_over=take_over, clock=clock)
+    lock, me, heartbeat = _hold_lock(session, checkpoint, take_over=take_over, own_lock_only=own_lock_only, clock=clock)
 
     def preflight_for(plan: Plan, index: int) -> list[CheckResult]:
         return preflight(
@@ -1069,7 +1120,7 @@ def _sender(
 
 
 def _hold_lock(
-    session: Session, checkpoint: Checkpoint, *, take_over: bool, clock: Clock
+    session: Session, checkpoint: Checkpoint, *, take_over: bool, clock: Clock, own_lock_only: bool = False
 ) -> tuple[LeaseLock, str, Heartbeat]:
     """Take the installation's lock and start its heartbeat; from here the retry policy waits for an API
     that does not answer (a restarting API server is ridden out) until ``wait_for_the_api(False)``."""
@@ -1079,14 +1130,15 @@ def _hold_lock(
 
     lock = LeaseLock(session.kube.api_client, session.namespace, session.namespace)
     me = holder_id(checkpoint.run_id)
-    lock.acquire(
+    why = lock.acquire(
         me,
         clock(),
         take_over=take_over,
+        own_run_only=own_lock_only,
         holder_gone=lambda holder: holder_gone_here(holder, socket.gethostname(), pid_alive),
         holder_alive=lambda holder: holder_alive_here(holder, socket.gethostname(), _other_pid_alive),
     )
-    log.info("lock", holder=me, lease=f"{session.namespace}/{lock.name}")
+    log.info("lock", holder=me, lease=f"{session.namespace}/{lock.name}", reason=why)
     heartbeat = Heartbeat(lock, clock, interval=lock.duration_seconds / 3, lease_seconds=lock.duration_seconds)
     retrying.wait_for_the_api(True)
     heartbeat.start()

@@ -32,6 +32,9 @@ EVERY_DAY = frozenset(range(7))
 _CLOCK = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])(?::([0-5][0-9]))?", re.ASCII)
 LOOKAHEAD_DAYS = 9  # a weekly window always opens within 8 days
 RECENT = 5  # recorded durations an estimate looks at (the longest of them)
+# the event a run logs when its window check refuses to start it now (exit 3, nothing stored): a rollout
+# reads it from the run's log and pauses (upgrader.rollout.run_state_of) instead of calling the run failed
+REFUSED_EVENT = "window-refused"
 
 
 def parse_days(text: str) -> frozenset[int]:

@@ -5,7 +5,8 @@ private-key material in everything the test made upgrader write or print:
 
 - the output of every ``upgrader`` command run through :func:`run_upgrader`;
 - every file under the test's ``tmp_path`` (checkpoints, plans, reports), except inputs the
-  test wrote on purpose under an ``inputs/`` folder;
+  test wrote on purpose under an ``inputs/`` folder, and except the description texts of the OpenAPI
+  documents helm's Kubernetes client caches under ``.kube/cache/http`` (a pod's ``HOME``);
 - every notification payload an e2e webhook receiver captured (``PAYLOADS``), and any string a
   test declared a credential (``CREDENTIALS``: a webhook URL's password or token) in the
   payloads, the outputs and the test's files;
@@ -19,7 +20,9 @@ some log encoders would carry it).
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -69,14 +72,53 @@ def run_upgrader(
     return out
 
 
+# client-go's (helm's, kubectl's) disk cache of API server responses: $HOME/.kube/cache/http. It holds the
+# OpenAPI documents, whose descriptions say "a PRIVATE KEY block" (CertificateSigningRequest): documentation.
+KUBE_HTTP_CACHE = (".kube", "cache", "http")
+_STATUS_LINE = re.compile(r"HTTP/[0-9.]+ [0-9]{3} ")  # HTTP/1.1 or HTTP/2.0, as client-go dumps the response
+
+
 def file_leaks(folder: Path) -> list[str]:
     found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and "inputs" not in p.relative_to(folder).parts):
         if path.stat().st_size > 20_000_000:
             continue
-        if leaks_in(path.read_bytes().decode(errors="replace")):
+        text = path.read_bytes().decode(errors="replace")
+        if _in_kube_http_cache(path.relative_to(folder).parts):
+            text = _without_openapi_descriptions(text)
+        if leaks_in(text):
             found.append(str(path))
     return found
+
+
+def _in_kube_http_cache(parts: tuple[str, ...]) -> bool:
+    n = len(KUBE_HTTP_CACHE)
+    return any(parts[i : i + n] == KUBE_HTTP_CACHE for i in range(len(parts) - n))
+
+
+def _without_openapi_descriptions(text: str) -> str:
+    """A cached response whose body is an OpenAPI document, with the documents' description texts left out
+    (everything else still scanned); any other text as it is."""
+    status = _STATUS_LINE.search(text, 0, 200)  # the entry's own header (a checksum) comes before the response
+    if status is None:
+        return text
+    start = status.start()
+    head, sep, body = text[start:].partition("\r\n\r\n")
+    try:
+        doc = json.loads(body) if sep else None
+    except ValueError:
+        return text
+    if not (isinstance(doc, dict) and "openapi" in doc and "paths" in doc):
+        return text
+    return text[:start] + head + sep + json.dumps(_undocumented(doc))
+
+
+def _undocumented(node: object) -> object:
+    if isinstance(node, dict):
+        return {k: _undocumented(v) for k, v in node.items() if not (k == "description" and isinstance(v, str))}
+    if isinstance(node, list):
+        return [_undocumented(v) for v in node]
+    return node
 
 
 def secret_leaks(api: client.ApiClient) -> list[str]:

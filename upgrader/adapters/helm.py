@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 _log = logging.getLogger("pyhelm3.command")  # quiet below --log-level debug, as pyhelm3's own runner was
 
+
 def _revisions(rows: list[dict[str, Any]]) -> list[HelmRevision]:
     return [
         HelmRevision(

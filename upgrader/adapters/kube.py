@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -105,6 +106,14 @@ USER_AGENT = f"upgrader/{__version__}"
 CONNECT_RETRIES = urllib3.Retry(total=2, connect=2, read=0, status=0, other=0, redirect=0, backoff_factor=0.2)
 
 
+def in_cluster(kubeconfig: Path | None, context: str | None) -> bool:
+    """In a pod (the API's address in the environment) with no kubeconfig given or found: use the pod's
+    ServiceAccount, as helm does there."""
+    if kubeconfig is not None or context is not None or os.environ.get("KUBECONFIG"):
+        return False
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (Path.home() / ".kube" / "config").exists()
+
+
 class KubeAdapter:
     """Reads the cluster with one client bound to one kubeconfig/context."""
 
@@ -118,11 +127,14 @@ class KubeAdapter:
     ) -> None:
         try:
             configuration = client.Configuration()
-            config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=str(kubeconfig) if kubeconfig else None,
-                context=context,
-                client_configuration=configuration,
-            )
+            if in_cluster(kubeconfig, context):
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            else:
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=str(kubeconfig) if kubeconfig else None,
+                    context=context,
+                    client_configuration=configuration,
+                )
             # urllib3 would retry three times at once (no backoff): keep two quick connect retries (nothing
             # was sent) and leave the rest to our retry policy, which backs off (upgrader.adapters.retrying).
             configuration.retries = CONNECT_RETRIES

@@ -182,6 +182,7 @@ class LeaseLock:
         take_over: bool = False,
         holder_gone: Callable[[str], bool] | None = None,
         holder_alive: Callable[[str], bool] | None = None,
+        own_run_only: bool = False,
     ) -> str:
         """Take the lock for ``me`` and keep its token; LockRefusedError names the holder otherwise.
 
@@ -196,7 +197,9 @@ class LeaseLock:
             holder = existing.holder if existing else ""
             gone = bool(holder and holder_gone and holder_gone(holder))
             alive = bool(holder and holder != me and holder_alive and holder_alive(holder))
-            decision = decide(existing, me, now, take_over=take_over, holder_gone=gone, holder_alive=alive)
+            decision = decide(
+                existing, me, now, take_over=take_over, holder_gone=gone, holder_alive=alive, own_run_only=own_run_only
+            )
             if decision.action == "refuse":
                 raise LockRefusedError(f"lock {self.namespace}/{self.name}: {decision.reason}")
             body = self._body(me, now, now, existing.resource_version if existing else None)

@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import NoReturn
 
-from upgrader.cli import inspection, report, run  # noqa: F401 - importing registers the commands
+from upgrader.cli import inspection, report, rollout, run  # noqa: F401 - importing registers the commands
 from upgrader.cli.common import OUTPUT, app, print_error
 from upgrader.errors import EXIT_FAILED, UpgraderError
 from upgrader.logs import printable

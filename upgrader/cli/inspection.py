@@ -31,6 +31,7 @@ from upgrader.cli.common import (
 )
 from upgrader.discovery import Installation, observe
 from upgrader.errors import EXIT_PREFLIGHT, EXIT_REFUSED, InputError
+from upgrader.incluster import rbac_rules_document
 from upgrader.logs import printable
 from upgrader.rendering import render, render_checks
 from upgrader.runs import cluster_adapters, plan_session
@@ -163,6 +164,12 @@ def preflight(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     )
     if blocking:
         raise typer.Exit(EXIT_PREFLIGHT)
+
+
+@app.command()
+def rbac() -> None:
+    """Print the RBAC rules a run needs, per scope (the chart's files/rbac-rules.yaml; the table preflight checks)."""
+    echo(rbac_rules_document(), nl=False)
 
 
 def _print_installation(inst: Installation) -> None:

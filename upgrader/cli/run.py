@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from upgrader import runs
-from upgrader.checkpoints import Checkpoint
+from upgrader.checkpoints import Checkpoint, CheckpointStore, check_run_id
 from upgrader.cli.common import (
     OUTPUT,
     AckOpt,
@@ -29,14 +29,28 @@ from upgrader.cli.common import (
     log,
     windows_given,
 )
-from upgrader.errors import EXIT_PAUSED, EXIT_REFUSED, InputError
+from upgrader.errors import EXIT_PAUSED, EXIT_REFUSED, InputError, RunNeedsOperatorError
 from upgrader.rendering import render, render_checks
+from upgrader.spec import Window
+from upgrader.states import ACTING, RunState
 
 MinCertDaysOpt = Annotated[
     int | None,
     typer.Option(help="Certificates must stay valid this many days (default 60; resume: the run's own).", min=0),
 ]
 TakeOverOpt = Annotated[bool, typer.Option(help="Take over a stale lock of a vanished run.")]
+AsOpt = Annotated[
+    str | None,
+    typer.Option("--as", help="Act as this user (impersonation), e.g. system:serviceaccount:NAMESPACE:NAME."),
+]
+RunIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--run-id",
+        help="Name the run (a Job's pods share one): a run of that id already in the state store is continued "
+        "if unfinished, reported if finished; --take-over-lock then takes over only that run's lock.",
+    ),
+]
 WaitOpt = Annotated[
     bool,
     typer.Option("--wait-for-window", help="Outside the maintenance window: sleep until it opens (else exit 3)."),
@@ -122,10 +136,33 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     helm: HelmOpt = "helm",
     window: WindowOpt = None,
     wait_for_window: WaitOpt = False,
+    run_id: RunIdOpt = None,
+    impersonate: AsOpt = None,
 ) -> None:
     """Upgrade (or roll back one major): preflight, CRDs, control plane, extensions, data plane, per hop."""
     if (to is None) == (plan_file is None):
         raise InputError("give either --to VERSION or --plan FILE", hint="upgrader apply --to stable-2.14.10")
+    if run_id is not None:
+        check_run_id(run_id)
+        store = runs.store_for(state_store, kubeconfig, context, impersonate)
+        existing = store.fetch(run_id=run_id)
+        if existing is not None:
+            _continue_named(
+                existing,
+                store,
+                to=to,
+                spec_file=spec_file,
+                kubeconfig=kubeconfig,
+                context=context,
+                helm=helm,
+                impersonate=impersonate,
+                options=runs.RunOptions.stored(existing, min_cert_days=min_cert_days, repo=repo),
+                take_over=take_over_lock,
+                state_store=state_store,
+                windows=windows_given(window),
+                wait_for_window=wait_for_window,
+            )
+            return
     saved = runs.load_plan_file(plan_file) if plan_file is not None else None
     session = runs.plan_session(
         to=saved["to"] if saved is not None else to,
@@ -137,8 +174,10 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         kubeconfig=kubeconfig,
         context=context,
         helm=helm,
+        impersonate=impersonate,
         windows_given=windows_given(window),
         state_store=state_store,
+        permissions_first=not dry_run,  # a run without them stops at once (a dry run reports every check)
     )
     if saved is not None and plan_file is not None:
         runs.check_plan_file(saved, session.plan, plan_file)
@@ -156,7 +195,7 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
             raise InputError("refusing to apply without confirmation", hint="review the plan above, then add --yes")
         typer.confirm("Apply this plan?", abort=True)
     store = runs.open_store(state_store, session.kube)
-    checkpoint = runs.new_checkpoint(session, options)
+    checkpoint = runs.new_checkpoint(session, options, run_id=run_id)
     log.info("run", run_id=checkpoint.run_id, hops=len(session.plan.hops), to=session.plan.to)
     result = runs.execute(
         session,
@@ -165,6 +204,7 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         "apply",
         options=options,
         take_over=take_over_lock,
+        own_lock_only=run_id is not None,
         hooks=_hooks(),
         command=_again(
             "upgrader apply",
@@ -180,11 +220,91 @@ def apply(  # noqa: PLR0917 - typer maps each CLI option to a parameter
             ("--kubeconfig", kubeconfig),
             ("--context", context),
             ("--helm", helm if helm != "helm" else None),
+            ("--run-id", run_id),
+            ("--as", impersonate),
         ),
         wait_for=wait_for_window,
         say=_say,
     )
     _print_result(result)
+
+
+def _continue_named(
+    existing: Checkpoint,
+    store: CheckpointStore,
+    *,
+    to: str | None,
+    spec_file: Path | None,
+    kubeconfig: Path | None,
+    context: str | None,
+    helm: str,
+    impersonate: str | None,
+    options: runs.RunOptions,
+    take_over: bool,
+    state_store: str | None,
+    windows: list[Window],
+    wait_for_window: bool,
+) -> None:
+    """``apply --run-id`` of a run already in the store: a Done one is reported (exit 0); an interrupted one (in
+    an acting state) or one a maintenance window paused is continued from its checkpoint like ``resume`` (a Job's
+    pod started again). One that stopped for an operator (Failed, Paused on a gate, rolled back) is reported and
+    left alone, exit 6, which the Job's podFailurePolicy treats as final: Kubernetes never retries it unattended."""
+    planned_to = str(existing.plan.get("to") or "")
+    if to is not None and planned_to and to != planned_to:
+        raise InputError(
+            f"run {existing.run_id} upgrades to {planned_to}, not {to}",
+            hint="give the new target a new --run-id (a CronJob's run id carries its target)",
+        )
+    if existing.state == RunState.DONE:
+        echo(f"run {existing.run_id}: {existing.state} (already finished; nothing to do)")
+        return
+    stopped = _stopped_for_an_operator(existing)
+    if stopped is not None:
+        raise RunNeedsOperatorError(
+            f"run {existing.run_id} {stopped}; apply --run-id continues only an interrupted or window-paused run",
+            hint=f"look at it: upgrader status {existing.run_id}; then upgrader resume {existing.run_id} "
+            f"or upgrader rollback {existing.run_id} (or a new --run-id)",
+        )
+    session = runs.resume_session(
+        existing, spec_file=spec_file, kubeconfig=kubeconfig, context=context, helm=helm, impersonate=impersonate
+    )
+    session.spec = session.spec.with_windows(windows)
+    log.info("resume", run_id=existing.run_id, state=str(existing.state), hop=existing.hop, **options.as_dict())
+    result = runs.execute(
+        session,
+        store,
+        existing,
+        "resume",
+        options=options,
+        take_over=take_over,
+        own_lock_only=True,
+        hooks=_hooks(),
+        command=_again(
+            f"upgrader resume {existing.run_id}",
+            ("--spec", spec_file),
+            ("--state-store", state_store),
+            ("--kubeconfig", kubeconfig),
+            ("--context", context),
+            ("--as", impersonate),
+        ),
+        wait_for=wait_for_window,
+        say=_say,
+    )
+    _print_result(result)
+
+
+def _stopped_for_an_operator(checkpoint: Checkpoint) -> str | None:
+    """Why a named run may not be continued unattended (None: it was interrupted while acting, or a maintenance
+    window paused it and names its next opening)."""
+    last = checkpoint.events[-1].reason if checkpoint.events else ""
+    why = f": {last}" if last else ""
+    if checkpoint.state in ACTING or checkpoint.state == RunState.PLANNED:
+        return None
+    if checkpoint.state == RunState.PAUSED and checkpoint.resume_after is not None:
+        return None
+    if checkpoint.state == RunState.PAUSED:
+        return f"is Paused (not by a maintenance window){why}"
+    return f"ended {checkpoint.state}{why}"
 
 
 @app.command()
@@ -200,12 +320,23 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     helm: HelmOpt = "helm",
     window: WindowOpt = None,
     wait_for_window: WaitOpt = False,
+    impersonate: AsOpt = None,
+    own_lock_only: Annotated[
+        bool,
+        typer.Option(
+            "--own-lock-only",
+            help="With --take-over-lock: take over only a stale lock of this same run, never another run's "
+            "(what an unattended caller such as `rollout resume` passes).",
+        ),
+    ] = False,
 ) -> None:
     """Continue an interrupted, paused or failed run from its checkpoint, without redoing finished steps."""
     given = windows_given(window)  # bad input before anything is read
-    store = runs.store_for(state_store, kubeconfig, context)
+    store = runs.store_for(state_store, kubeconfig, context, impersonate)
     checkpoint: Checkpoint = runs.load_run(store, run, unfinished=True)
-    session = runs.resume_session(checkpoint, spec_file=spec_file, kubeconfig=kubeconfig, context=context, helm=helm)
+    session = runs.resume_session(
+        checkpoint, spec_file=spec_file, kubeconfig=kubeconfig, context=context, helm=helm, impersonate=impersonate
+    )
     session.spec = session.spec.with_windows(given)
     options = runs.RunOptions.stored(checkpoint, min_cert_days=min_cert_days, repo=repo)
     log.info("resume", run_id=checkpoint.run_id, state=str(checkpoint.state), hop=checkpoint.hop, **options.as_dict())
@@ -216,6 +347,7 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         "resume",
         options=options,
         take_over=take_over_lock,
+        own_lock_only=own_lock_only,
         hooks=_hooks(),
         command=_again(
             f"upgrader resume {checkpoint.run_id}",
@@ -224,6 +356,7 @@ def resume(  # noqa: PLR0917 - typer maps each CLI option to a parameter
             ("--state-store", state_store),
             ("--kubeconfig", kubeconfig),
             ("--context", context),
+            ("--as", impersonate),
         ),
         wait_for=wait_for_window,
         say=_say,
@@ -246,15 +379,22 @@ def rollback(  # noqa: PLR0917 - typer maps each CLI option to a parameter
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     helm: HelmOpt = "helm",
+    impersonate: AsOpt = None,
 ) -> None:
     """Undo the run's last hop (one major back): its control plane to the revisions before that hop, then
     what it restarted. Run it again to go one more hop back; --to-checkpoint returns to any checkpoint."""
-    store = runs.store_for(state_store, kubeconfig, context)
+    store = runs.store_for(state_store, kubeconfig, context, impersonate)
     checkpoint: Checkpoint = runs.load_run(store, run)
     if to_checkpoint is not None:
         checkpoint.find_mark(to_checkpoint)  # an unknown id is bad input: refuse before touching anything
     session = runs.resume_session(
-        checkpoint, spec_file=None, kubeconfig=kubeconfig, context=context, helm=helm, need_values=False
+        checkpoint,
+        spec_file=None,
+        kubeconfig=kubeconfig,
+        context=context,
+        helm=helm,
+        need_values=False,
+        impersonate=impersonate,
     )
     options = runs.RunOptions.stored(checkpoint, repo=repo)
     scope = runs.rollback_scope(

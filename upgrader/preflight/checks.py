@@ -68,9 +68,10 @@ EXEMPT_LABEL = "config.linkerd.io/admission-webhooks"
 PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
 
 
-def required_access(namespace: str, *, releases: Iterable[str] = ()) -> list[Access]:
-    """The permissions a run uses (upgrader.permissions.REQUIRED) in the control-plane and ``releases`` namespaces."""
-    return access(namespace, releases=releases)
+def required_access(namespace: str, *, releases: Iterable[str] = (), state: str | None = None) -> list[Access]:
+    """The permissions a run uses (upgrader.permissions.REQUIRED) in the control-plane, ``releases`` and
+    ``state`` (a kubernetes: store's; None: the control plane's) namespaces."""
+    return access(namespace, releases=releases, state=state)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ class Snapshot:
     crds_release_namespace: str | None = None  # where the linkerd-crds release lives (None: no such release)
     release_manifests: dict[str, list[str]] | None = None  # release -> the CRDs its manifest holds (linkerd-crds)
     errors: dict[str, str] = field(default_factory=dict)
+    # gathering stopped after the access reviews because cluster.permissions fails: only the cluster checks run
+    # (what else would be observed is partial, and the run cannot go on until the permissions are granted)
+    stopped_at_permissions: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,30 +161,35 @@ def check_cluster(ctx: Context) -> list[CheckResult]:
         out.append(
             passed(KUBERNETES_WAIVER, "cluster", f"Kubernetes {snap.kubernetes_version} is supported by every hop")
         )
-    missing = _missing(snap.access)
-    if "access" in snap.errors:
-        out.append(
-            failed(
-                "cluster.permissions",
-                "cluster",
-                f"cannot check: {snap.errors['access']}",
-                "allow create on selfsubjectaccessreviews.authorization.k8s.io",
-            )
-        )
-    elif missing:
-        out.append(
-            failed(
-                "cluster.permissions",
-                "cluster",
-                f"the caller lacks {sum(n for _, n in missing)} permission(s) a run needs: "
-                + "; ".join(text for text, _ in missing),
-                "run as a cluster admin, or bind roles granting these verbs (upgrader.permissions lists each with "
-                "its reason; kubectl auth can-i --list shows what you have)",
-            )
-        )
-    else:
-        out.append(passed("cluster.permissions", "cluster", f"all {len(snap.access)} permissions a run needs"))
+    permissions = check_permissions(snap.access, snap.errors)
+    if snap.stopped_at_permissions:
+        note = "; no other check ran (each reads what these permissions allow)"
+        permissions = permissions.model_copy(update={"message": permissions.message + note})
+    out.append(permissions)
     return out
+
+
+def check_permissions(reviewed: list[Access], errors: dict[str, str]) -> CheckResult:
+    """``cluster.permissions``: every permission a run needs was reviewed and allowed (gather stops early on
+    an error here, so it is decided from the access reviews alone)."""
+    missing = _missing(reviewed)
+    if "access" in errors:
+        return failed(
+            "cluster.permissions",
+            "cluster",
+            f"cannot check: {errors['access']}",
+            "allow create on selfsubjectaccessreviews.authorization.k8s.io",
+        )
+    if missing:
+        return failed(
+            "cluster.permissions",
+            "cluster",
+            f"the caller lacks {sum(n for _, n in missing)} permission(s) a run needs: "
+            + "; ".join(text for text, _ in missing),
+            "run as a cluster admin, or bind roles granting these verbs (upgrader.permissions lists each with "
+            "its reason; kubectl auth can-i --list shows what you have)",
+        )
+    return passed("cluster.permissions", "cluster", f"all {len(reviewed)} permissions a run needs")
 
 
 def _missing(reviewed: list[Access]) -> list[tuple[str, int]]:
@@ -890,7 +899,8 @@ CHECKS: tuple[Callable[[Context], list[CheckResult]], ...] = (
 
 def run_checks(ctx: Context) -> list[CheckResult]:
     """Every check, in category order, with the spec's waivers applied."""
-    results = [r for check in CHECKS for r in check(ctx)]
+    checks = (check_cluster,) if ctx.snapshot.stopped_at_permissions else CHECKS
+    results = [r for check in checks for r in check(ctx)]
     if ctx.plan.refused:
         results.insert(
             0, failed("plan.refused", "plan", ctx.plan.refused.reason, f"see upgrader plan ({ctx.plan.refused.code})")

@@ -16,6 +16,7 @@ from upgrader.discovery import DATA_PLANE_SELECTOR, LINKERD_CHARTS, carried_valu
 from upgrader.errors import ChartNotFoundError, NeverDeployedError, UpgraderError
 from upgrader.planning import CONTROL_PLANE, CRDS, Plan, UpgradeRelease, control_plane_step
 from upgrader.ports import (
+    Access,
     Budget,
     CustomResourceDefinition,
     HelmPort,
@@ -25,7 +26,13 @@ from upgrader.ports import (
     ReleaseObject,
     Workload,
 )
-from upgrader.preflight.checks import ISSUER_SECRET, Snapshot, config_values, required_access
+from upgrader.preflight.checks import (
+    ISSUER_SECRET,
+    Snapshot,
+    check_permissions,
+    config_values,
+    required_access,
+)
 
 T = TypeVar("T")
 
@@ -100,8 +107,14 @@ def gather(
     namespace: str = "linkerd",
     repo: str = "linkerd",
     values_to_send: Callable[[dict[str, Any]], dict[str, Any]] | None = None,  # user values -> what apply sends
+    state_namespace: str | None = None,  # a kubernetes: state store's namespace
+    stop_on_refused: bool = False,
 ) -> Snapshot:
-    """Observe everything the checks need; failures become ``errors`` entries."""
+    """Observe everything the checks need; failures become ``errors`` entries.
+
+    The permissions a run needs are reviewed first, once the namespaces are known; with ``stop_on_refused``
+    (``cluster.permissions`` not waived) a refusal ends the gathering there (``stopped_at_permissions``).
+    """
     errors: dict[str, str] = {}
 
     def attempt(name: str, call: Callable[[], T], default: T) -> T:
@@ -123,6 +136,17 @@ def gather(
         namespace = default_namespace
         config = attempt("config", lambda: kube.get_config_map(namespace, "linkerd-config"), None)
     linkerd_ns = sorted({namespace} | {r.namespace for r in releases if r.chart_name in LINKERD_CHARTS})
+    access: list[Access] = attempt(
+        "access", lambda: kube.review_access(required_access(namespace, releases=linkerd_ns, state=state_namespace)), []
+    )
+    if stop_on_refused and check_permissions(access, errors).result == "error":
+        return Snapshot(
+            control_plane_namespace=namespace,
+            kubernetes_version=version,
+            access=access,
+            errors=errors,
+            stopped_at_permissions=True,
+        )
     pods: list[Pod] = attempt("pods", lambda: kube.list_pods(label_selector=DATA_PLANE_SELECTOR), [])
     raw_values = config.get("values", "") if config is not None else None
     workloads: list[Workload] = attempt("workloads", kube.list_workloads, [])
@@ -168,7 +192,7 @@ def gather(
         webhooks=attempt("webhooks", kube.list_webhooks, []),
         budgets=budgets,
         crds=attempt("crds", kube.list_crds, []),
-        access=attempt("access", lambda: kube.review_access(required_access(namespace, releases=linkerd_ns)), []),
+        access=access,
         issuer=attempt("identity", lambda: kube.read_certificate_secret(namespace, ISSUER_SECRET), None),
         # 2.10 kept the anchors only in linkerd-config's values; the trust-roots ConfigMap came in 2.11
         trust_bundle=(roots or {}).get("ca-bundle.crt") or config_values(raw_values).get("identityTrustAnchorsPEM"),
