@@ -50,6 +50,30 @@ def _utc(moment: dt.datetime) -> dt.datetime:
 UtcDatetime = Annotated[dt.datetime, AfterValidator(_utc)]
 
 
+def write_private(target: Path, text: str) -> None:
+    """Replace ``target`` atomically with ``text``, readable by its owner only (0600 in a 0700 folder),
+    synced to disk with its folder: a crash leaves the old file or the new one, never half of one."""
+    folder = target.parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=folder)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 class ReleaseRevisions(BaseModel):
     """A Helm release's revision before and after each step of this run that touched it."""
 
@@ -285,26 +309,7 @@ class FileStore:
             ) from exc
 
     def _write(self, checkpoint: Checkpoint) -> None:
-        text = serialise(checkpoint)
-        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = self._path(checkpoint.run_id)
-        fd, tmp = tempfile.mkstemp(prefix=f".{checkpoint.run_id}.", dir=self.folder)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_private(self._path(checkpoint.run_id), serialise(checkpoint))
 
     def runs(self) -> list[Checkpoint]:
         return self.survey().runs

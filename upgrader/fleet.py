@@ -21,7 +21,6 @@ resumed rollout reads each unfinished cluster's checkpoint in that cluster and d
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -31,7 +30,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +41,7 @@ import yaml
 
 from upgrader import runs
 from upgrader.catalog import default_catalog
-from upgrader.checkpoints import Checkpoint, CheckpointStore
+from upgrader.checkpoints import Checkpoint, CheckpointStore, write_private
 from upgrader.errors import EXIT_FAILED, EXIT_PAUSED, EXIT_REFUSED, InputError, TransientError, UpgraderError
 from upgrader.incluster import APP, LINKERD_REPO, SPEC_KEY, job_manifest
 from upgrader.inputs import DOCUMENT_CAP, read_json_file, read_yaml_file
@@ -309,19 +307,7 @@ class RecordFiles:
         record.updated_at = now
         text = record.model_dump_json(indent=2)
         try:
-            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(prefix=f".{record.rollout}.", dir=self.folder)
-            try:
-                os.fchmod(fd, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(text)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path(record.rollout))
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            write_private(self.path(record.rollout), text)
         except OSError as exc:
             raise UpgraderError(
                 f"cannot write the rollout record {self.path(record.rollout)}: {exc.strerror or exc}",
