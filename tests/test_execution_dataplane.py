@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+from collections.abc import Mapping
 from dataclasses import replace
 
 import pytest
@@ -11,10 +13,12 @@ from structlog.testing import capture_logs
 from tests.fakes import MemoryStore
 from tests.test_execution import CAT, NOW, FakeCluster, _executor
 from upgrader.checkpoints import Checkpoint
+from upgrader.errors import UpgraderError
 from upgrader.execution import RESTARTED_AT, RESTARTED_BY, RunStoppedError
+from upgrader.locking import Heartbeat, LockLostError, lost_error
 from upgrader.metrics import Sample
 from upgrader.planning import Observed, Plan, build_offering, make_plan
-from upgrader.ports import Budget
+from upgrader.ports import Budget, Workload
 from upgrader.spec import Spec
 from upgrader.states import RunState
 
@@ -305,3 +309,96 @@ def test_workloads_started_together_are_recorded_in_one_checkpoint_write_before_
 
     one_by_one, together = saves_for(1), saves_for(5)
     assert one_by_one - together == 4, (one_by_one, together)
+
+
+class _Lease:
+    """LockPort in memory: ours until another run takes it; can fail like an unreachable API."""
+
+    def __init__(self) -> None:
+        self.taken, self.unreachable = False, False
+
+    def renew(self, now: dt.datetime) -> None:
+        if self.taken:
+            raise lost_error("linkerd/upgrader-lock-linkerd", "me@host:1/run-1", "bob@laptop:2/run-b")
+        if self.unreachable:
+            raise UpgraderError("cannot renew the lock: the Kubernetes API did not answer")
+
+    def check(self) -> None:
+        if self.taken:
+            raise lost_error("linkerd/upgrader-lock-linkerd", "me@host:1/run-1", "bob@laptop:2/run-b")
+
+
+@pytest.mark.parametrize(
+    ("when", "patched"),
+    [("after the batch's save", 0), ("after the second patch", 2)],
+    ids=["the heartbeat finds the lock lost after the batch's save: no patch", "lost after two patches: two"],
+)
+def test_a_lock_the_heartbeat_finds_lost_mid_batch_stops_the_next_patch(when: str, patched: int) -> None:
+    """One fenced save for five restarts, then a local check before each patch: a loss the heartbeat's background
+    renewal found stops the batch at the next patch, with the lost-lock error naming the new holder."""
+    spec = _spec(maxConcurrentPerNamespace=5)
+    lease = _Lease()
+
+    def lose() -> None:  # what the heartbeat's thread does when its renewal finds the Lease taken
+        lease.taken = True
+        cluster.now += dt.timedelta(seconds=heartbeat.due_in())
+        heartbeat.tick()
+
+    class Store(MemoryStore):
+        def store(self, *, checkpoint: Checkpoint) -> None:
+            super().store(checkpoint=checkpoint)
+            if when == "after the batch's save" and checkpoint.restarted and not lease.taken:
+                lose()
+
+    class Cluster(FakeCluster):
+        def restart(self, workload: Workload, annotations: Mapping[str, str | None]) -> None:
+            super().restart(workload, annotations)
+            if when == "after the second patch" and len(_restarts(self)) == 2:
+                lose()
+
+    cluster, store = Cluster(), Store()
+    cluster.workload_list, cluster.pod_versions = [], {}
+    for i in range(5):
+        cluster.add("Deployment", "a", f"app-{i}")
+    heartbeat = Heartbeat(lease, lambda: cluster.now, interval=20, lease_seconds=60)
+    executor = _executor(cluster, _plan(spec, ["a"]), store, spec=spec)
+    executor.lock = heartbeat
+    with pytest.raises(LockLostError, match="lock lost to bob@laptop:2/run-b"):
+        executor.run()
+    assert len(_restarts(cluster)) == patched
+    saved = store.fetch(run_id="run-1")
+    assert saved is not None
+    assert len(saved.restarted) == 5, "the batch was recorded in its one save, before any patch"
+
+
+@pytest.mark.parametrize(
+    ("unreachable", "patched"),
+    [(True, 0), (False, 5)],
+    ids=["the lease ran out and cannot be renewed: no patch", "the lease ran out but nobody took it: renewed, all"],
+)
+def test_a_lease_not_renewed_for_longer_than_its_duration_is_checked_before_the_next_patch(
+    unreachable: bool, patched: int
+) -> None:
+    """No renewal for longer than the lease: the next patch first fences (renewing); an API that does not answer
+    stops the batch with the expired-lock error, a renewal that goes through lets it go on."""
+    spec = _spec(maxConcurrentPerNamespace=5)
+    lease, stalled = _Lease(), []
+
+    class Store(MemoryStore):
+        def store(self, *, checkpoint: Checkpoint) -> None:
+            super().store(checkpoint=checkpoint)
+            if checkpoint.restarted and not stalled:  # the batch's save: then the heartbeat stalls past the lease
+                stalled.append(True)
+                lease.unreachable = unreachable
+                cluster.now += dt.timedelta(seconds=61)
+
+    cluster, store = _cluster(a=5), Store()
+    heartbeat = Heartbeat(lease, lambda: cluster.now, interval=20, lease_seconds=60)
+    executor = _executor(cluster, _plan(spec, ["a"]), store, spec=spec)
+    executor.lock = heartbeat
+    if unreachable:
+        with pytest.raises(LockLostError, match="could not renew it for 61s"):
+            executor.run()
+    else:
+        assert executor.run().state == RunState.DONE
+    assert len(_restarts(cluster)) == patched

@@ -241,6 +241,24 @@ def test_fence_checks_the_lease_and_remembers_a_loss_it_finds() -> None:
     assert lock.renewed == []
 
 
+def test_still_held_answers_from_what_the_heartbeat_knows_without_calling_the_lock() -> None:
+    """still_held() makes no renewal and no check: True until a renewal finds a loss or the lease runs out."""
+    clock, lock = Clock(), FakeLock()
+    heartbeat = Heartbeat(lock, clock, interval=20, lease_seconds=60)
+    clock.sleep(60)
+    assert heartbeat.still_held(), "exactly one lease since the last renewal: still ours"
+    clock.sleep(1)
+    assert not heartbeat.still_held(), "not renewed for longer than the lease"
+    assert (lock.renewed, lock.checks) == ([], 0)
+    heartbeat.tick()
+    assert heartbeat.still_held()
+    lock.taken_by = BOB
+    assert heartbeat.still_held(), "a takeover no renewal has seen yet is not known"
+    clock.sleep(20)
+    heartbeat.tick()
+    assert not heartbeat.still_held()
+
+
 def test_a_bake_stops_as_soon_as_a_renewal_finds_the_lock_lost() -> None:
     """The bake does not sleep on after losing the lock: LockLostError at the first renewal that fails."""
     clock, lock = Clock(), FakeLock()

@@ -231,6 +231,8 @@ class Fence(Protocol):
 
     def fence(self) -> None: ...  # raises when the lock was lost
 
+    def still_held(self) -> bool: ...  # what the heartbeat already knows (no API call): not lost, lease not run out
+
     def tick(self) -> None: ...  # renew when due (cheap otherwise)
 
     def due_in(self) -> float: ...  # seconds until the next renewal is due
@@ -239,6 +241,9 @@ class Fence(Protocol):
 class _NoFence:
     def fence(self) -> None:
         return None
+
+    def still_held(self) -> bool:
+        return True
 
     def tick(self) -> None:
         return None
@@ -1439,6 +1444,11 @@ class Executor:
         # One fenced checkpoint for the whole batch, written before any of its patches: a run stopped half-way
         # has recorded a few workloads it did not patch yet, as when it stops between a save and its patch; those
         # still carry their old restarted-by, so a resume restarts them and a rollback's revert changes nothing.
+        # Each patch is preceded by a local check (no API call): once the heartbeat has found the lock lost, or
+        # has not renewed it for longer than the lease (the earliest another run can take it over), the next
+        # patch is not made. What is left: a Lease another run wrote since our last renewal or check (a
+        # takeover judged by a clock ahead of ours, a deleted Lease) is seen only at the next renewal (every
+        # third of the lease), so patches of the batch made before it still go out.
         if r.record_hop is not None:
             self.checkpoint.restarted += [
                 Restarted(
@@ -1455,6 +1465,8 @@ class Executor:
         else:
             self.lock.fence()
         for w in starts:
+            if not self.lock.still_held():
+                self.lock.fence()  # raises the loss the heartbeat found; renews (or raises) once the lease ran out
             self.ports.restart(w, r.want[w.key])
             log.info("restart", what=r.label, workload=f"{w.kind} {w.namespace}/{w.name}", running=len(r.running) + 1)
             r.pending.remove(w)

@@ -18,9 +18,11 @@ again: not renewed, not re-created, not released.
 ``Heartbeat`` keeps the Lease fresh while the run works. ``tick`` renews when a renewal is
 due (every ``interval``, a third of the lease) and is a cheap no-op otherwise; ``fence``
 raises ``LockLostError`` unless the lock is still ours (the executor calls it before every
-action); ``start``/``stop`` run ``tick`` on a background thread so a long blocking call
-(``helm upgrade --wait``) does not let the Lease expire. ``sleep_with_heartbeat`` sleeps in
-slices that end when a renewal falls due, for bakes and waits run on the caller's thread.
+action); ``still_held`` answers from what the heartbeat already knows, with no API call (the
+executor asks it before each patch of a batch whose checkpoint save was fenced); ``start``/``stop``
+run ``tick`` on a background thread so a long blocking call (``helm upgrade --wait``) does not let
+the Lease expire. ``sleep_with_heartbeat`` sleeps in slices that end when a renewal falls due, for
+bakes and waits run on the caller's thread.
 """
 
 from __future__ import annotations
@@ -265,6 +267,14 @@ class Heartbeat:
             self.renewed_at = now
             self._due = now + dt.timedelta(seconds=self.interval)
             log.debug("lock-renewed", at=now.isoformat())
+
+    def still_held(self) -> bool:
+        """Whether the lock is ours as far as this process knows, asking no one: not lost, renewed within the lease.
+
+        A cheap local check for a burst of actions after one fence() (the patches of a batch of restarts);
+        when it says False, call fence() to raise the loss (or to renew, if the API is back and nobody took it).
+        """
+        return self._lost is None and (self.clock() - self.renewed_at).total_seconds() <= self.lease_seconds
 
     def fence(self) -> None:
         """Raise LockLostError unless this run still holds the lock: call before every action."""
