@@ -12,7 +12,7 @@ import pytest
 
 from upgrader import __version__
 from upgrader.catalog import default_catalog
-from upgrader.checkpoints import Checkpoint, Event, FileStore
+from upgrader.checkpoints import Checkpoint, Event, FileStore, Restarted
 from upgrader.planning import Observed, build_offering, make_plan
 from upgrader.spec import Spec
 from upgrader.states import RunState
@@ -210,6 +210,27 @@ def test_status_names_the_waves_passed_per_hop(tmp_path: pathlib.Path) -> None:
     assert "hop 1 (stable-2.12.6 -> stable-2.13.7): waves passed: canary, rest (2 of 2)" in out.stdout
     assert "hop 2 (stable-2.13.7 -> stable-2.14.10): waves passed: canary (1 of 2)" in out.stdout
     assert "0/0" not in out.stdout
+
+
+def test_status_counts_each_restart_once_and_says_a_stopped_batch_may_be_unpatched(tmp_path: pathlib.Path) -> None:
+    """Two workloads recorded twice (a stop mid-batch, then a resume) and one in the next hop: 3 restarts, not 5."""
+    cat = default_catalog()
+    observed = Observed(cat.parse("stable-2.12.6"), {"shop": {"stable-2.12.6": 2}})
+    spec = Spec.model_validate({"waivers": ["kubernetes-version"]})
+    plan = make_plan(observed, cat.parse("stable-2.14.10"), build_offering(cat, None)[0], cat, spec)
+    cp = Checkpoint.new("run-1", plan.as_json(), dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    for _ in range(2):
+        cp.restarted += [Restarted(kind="Deployment", namespace="shop", name=n, hop=0) for n in ("web", "api")]
+    cp.restarted.append(Restarted(kind="Deployment", namespace="shop", name="web", hop=1))
+    cp.state, cp.stopped_in = RunState.FAILED, RunState.RESTARTING_DATA_PLANE
+    FileStore(tmp_path).store(checkpoint=cp)
+    out = _run("status", "run-1", "--state-store", f"file:{tmp_path}")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "workloads restarted: 3 (a batch is recorded before its patches: resume restarts any" in text
+    FileStore(tmp_path).store(checkpoint=cp.model_copy(update={"state": RunState.DONE, "stopped_in": None}))
+    out = _run("status", "run-1", "--state-store", f"file:{tmp_path}")
+    assert "workloads restarted: 3;" in out.stdout
 
 
 def test_status_of_a_run_paused_by_a_window_says_why_and_until_when(tmp_path: pathlib.Path) -> None:

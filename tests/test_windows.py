@@ -462,6 +462,20 @@ def test_apply_and_the_executor_estimate_the_next_step_with_one_function() -> No
     assert executor.step_estimate(0, hop, hop.steps[number]) == 200
 
 
+def test_a_workload_recorded_twice_by_a_resume_counts_once_as_done_in_the_wave_estimate() -> None:
+    """2 of 4 workloads restarted, each recorded twice (a stop mid-batch, then a resume): still one round left."""
+    spec = _windowed("daily 12:00-13:00 UTC margin=0s", maxConcurrentPerNamespace=2)
+    plan = _plan(spec, ["a"])
+    hop = plan.hops[0].model_copy(update={"waves": [plan.hops[0].waves[0].model_copy(update={"workloads": {"a": 4}})]})
+    plan = plan.model_copy(update={"hops": [hop]})
+    cp = Checkpoint.new("run-1", plan.as_json(), NOW)
+    number = next(n for n, s in enumerate(hop.steps) if s.name.startswith("wave"))
+    cp.step, cp.durations = number, {"restart": [200.0]}
+    for _ in range(2):
+        cp.restarted += [Restarted(kind="Deployment", namespace="a", name=f"app-{i}", hop=0) for i in range(2)]
+    assert next_step_estimate(Session(spec, CAT, plan), cp, {}) == (200, f"the next step ({hop.steps[number].name})")
+
+
 def test_recorded_durations_are_kept_per_cluster_and_namespace() -> None:
     """Staging and production share a file store: each reads only its own runs' durations."""
     store = MemoryStore()

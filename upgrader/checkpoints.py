@@ -174,6 +174,16 @@ class Checkpoint(BaseModel):
         self.marks.append(mark)
         return mark
 
+    def restarts(self, *, hop: int | None = None, upto: int | None = None) -> set[tuple[str, str, str, int]]:
+        """The distinct restarts recorded, as (kind, namespace, name, hop): of one ``hop``, or of the first
+        ``upto`` entries (a mark's count).
+
+        An entry is written before its patch, once per batch: a resume after a stop mid-batch records the
+        workloads it restarts again, so ``restarted`` can hold one workload twice for a hop; counted once here.
+        """
+        entries = self.restarted if upto is None else self.restarted[:upto]
+        return {(r.kind, r.namespace, r.name, r.hop) for r in entries if hop is None or r.hop == hop}
+
     def find_mark(self, mark_id: int) -> Mark:
         for mark in self.marks:
             if mark.id == mark_id:

@@ -473,10 +473,9 @@ def next_step_estimate(session: Session, checkpoint: Checkpoint, durations: dict
         if f"{checkpoint.hop}/{step.wave}" in checkpoint.waves_done:
             pending = {}
         elif wave.workloads:
-            done: dict[str, int] = {}
-            for r in checkpoint.restarted:
-                if r.hop == checkpoint.hop:
-                    done[r.namespace] = done.get(r.namespace, 0) + 1
+            done: dict[str, int] = {}  # one per distinct workload: a resume may have recorded one twice
+            for _kind, namespace, _name, _hop in checkpoint.restarts(hop=checkpoint.hop):
+                done[namespace] = done.get(namespace, 0) + 1
             pending = {ns: max(0, wave.workloads.get(ns, 0) - done.get(ns, 0)) for ns in wave.namespaces}
     return step_estimate(step, wave, session.spec, recorded, pending), f"the next step ({step.name})"
 

@@ -30,6 +30,7 @@ from upgrader.runs import (
     release_line,
     store_for,
 )
+from upgrader.states import RunState
 
 
 @app.command()
@@ -63,7 +64,7 @@ def status(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         echo(f"  helm: releases not checked live ({unreachable})")
     for line in [
         *paused_lines(cp),
-        f"workloads restarted: {len(cp.restarted)}; {values_header(cp.values_diffs, len(cp.values_diff))}",
+        f"workloads restarted: {restarted_count(cp)}; {values_header(cp.values_diffs, len(cp.values_diff))}",
         *values_lines(cp.values_diffs),
         *waves_passed(hops, cp.waves_done),
     ]:
@@ -80,13 +81,22 @@ def status(  # noqa: PLR0917 - typer maps each CLI option to a parameter
         revisions = ", ".join(f"{n} r{r}" for n, r in mark.revisions.items()) or "no release touched yet"
         echo(
             f"    {mark.id:>3}  {mark.at:%Y-%m-%d %H:%M:%S}  hop {mark.hop + 1} {mark.state}: {revisions}; "
-            f"{mark.restarted} restarted"
+            f"{len(cp.restarts(upto=mark.restarted))} restarted"
         )
     if cp.state == "RolledBack" and cp.next_command:
         echo(f"next: {cp.next_command}")
     if cp.state not in ("Done", "RolledBack"):
         echo(f"  lock: {lock_status(cp, kubeconfig, context)}")
         echo(f"next: {cp.next_command or f'upgrader resume {cp.run_id}'}  (or upgrader rollback {cp.run_id})")
+
+
+def restarted_count(cp: Checkpoint) -> str:
+    """Distinct workload restarts (per hop); a run stopped while restarting may not have patched its last batch."""
+    count = str(len(cp.restarts()))
+    stopped = RunState.RESTARTING_DATA_PLANE in (cp.state, cp.stopped_in)
+    if cp.state not in (RunState.DONE, RunState.ROLLED_BACK) and stopped and cp.restarted:
+        count += " (a batch is recorded before its patches: resume restarts any the stop left unpatched)"
+    return count
 
 
 def values_header(diffs: dict[str, list[dict[str, Any]]], last: int) -> str:
