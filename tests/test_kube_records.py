@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from kubernetes import client as k
+from kubernetes.client.exceptions import ApiException
+from structlog.testing import capture_logs
 
-from upgrader.adapters.kube import Raw, budget_record, namespace_record, pod_record, webhook_record, workload_record
+from upgrader.adapters.kube import (
+    Raw,
+    budget_record,
+    namespace_record,
+    pod_record,
+    raw_records,
+    webhook_record,
+    workload_record,
+)
 from upgrader.ports import (
     Budget,
     Container,
@@ -372,3 +383,54 @@ def test_a_field_the_api_left_out_reads_as_none_and_string_maps_stay_dicts() -> 
     assert raw.metadata.labels == {"app": "web"}
     assert raw.metadata.owner_references[0].kind == "ReplicaSet"
     assert raw.metadata.deletion_timestamp is None
+
+
+class _Paged:
+    """A LIST function as the client exposes it, answering JSON pages of two names; ``expire`` continue tokens
+    answer 410 Gone (the API compacted past them), as many times as asked."""
+
+    def __init__(self, names: list[str], expire: int = 0, status: int = 410) -> None:
+        self.names, self.expire, self.status = names, expire, status
+        self.requests: list[str | None] = []
+
+    def __call__(self, *, limit: int, _continue: str | None, _preload_content: bool, **_kw: Any) -> Any:
+        assert not _preload_content, "pages are read as JSON, never built into models"
+        self.requests.append(_continue)
+        if _continue is not None and self.expire:
+            self.expire -= 1
+            raise ApiException(status=self.status, reason="Expired")
+        start = int(_continue or 0)
+        end = start + 2
+        meta = {"continue": str(end)} if end < len(self.names) else {}
+        items = [{"metadata": {"name": n}} for n in self.names[start:end]]
+        return SimpleNamespace(data=json.dumps({"metadata": meta, "items": items}).encode())
+
+
+def _name(raw: Raw) -> str:
+    return str(raw.metadata.name)
+
+
+def test_a_list_whose_continue_token_expired_is_read_again_from_the_first_page_once() -> None:
+    """410 Gone on the second page: the list starts over (the first page read twice, nothing doubled)."""
+    call = _Paged(["a", "b", "c", "d", "e"], expire=1)
+    with capture_logs() as logs:
+        assert raw_records(call, _name) == ["a", "b", "c", "d", "e"]
+    assert call.requests == [None, "2", None, "2", "4"]
+    assert [e["event"] for e in logs] == ["list-restart"]
+
+
+def test_a_continue_token_that_expires_again_fails_the_list() -> None:
+    """A second 410 is not retried again: the error goes to the caller's error mapping."""
+    call = _Paged(["a", "b", "c"], expire=2)
+    with pytest.raises(ApiException) as info:
+        raw_records(call, _name)
+    assert info.value.status == 410
+    assert call.requests == [None, "2", None, "2"]
+
+
+def test_other_failures_of_a_page_are_not_answered_by_a_fresh_list() -> None:
+    """Only an expired token restarts the list: a 500 on the second page fails it as before."""
+    call = _Paged(["a", "b", "c"], expire=1, status=500)
+    with pytest.raises(ApiException):
+        raw_records(call, _name)
+    assert call.requests == [None, "2"]

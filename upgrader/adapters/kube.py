@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import structlog
 import urllib3
 import yaml
 from kubernetes import client, config
@@ -40,6 +41,7 @@ from upgrader.ports import (
     Workload,
 )
 
+log = structlog.get_logger("upgrader.adapters")
 _PUBLIC_CERT_KEYS = ("crt.pem", "tls.crt", "ca.crt")  # never key.pem / tls.key
 _REVIEWERS = 8  # SelfSubjectAccessReviews in flight at once
 _T = TypeVar("_T")
@@ -91,8 +93,30 @@ def raw_pages(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[t
 
 
 def raw_records(call: Callable[..., Any], convert: Callable[[Raw], _T], *args: Any, **kwargs: Any) -> list[_T]:
-    """Every object of a paginated LIST as a record, page by page: only one page of JSON is held at a time."""
-    return [convert(item) for items, _ in raw_pages(call, *args, **kwargs) for item in items]
+    """Every object of a paginated LIST as a record, page by page: only one page of JSON is held at a time.
+
+    A continue token expires once the API server compacts past it (every five minutes by default): on a
+    slow list of a big cluster the next page answers 410 Gone. That list is started again from the first
+    page, once, dropping what it had read (the pages would not be one consistent snapshot); a second 410
+    fails as usual.
+    """
+    pages = 0
+
+    def read() -> list[_T]:
+        nonlocal pages
+        pages, records = 0, []
+        for items, _ in raw_pages(call, *args, **kwargs):
+            pages += 1
+            records += [convert(item) for item in items]
+        return records
+
+    try:
+        return read()
+    except client.ApiException as exc:
+        if exc.status != 410 or pages == 0:  # every request after the first page carries the continue token
+            raise
+        log.warning("list-restart", reason="continue token expired (410 Gone)", pages_dropped=pages)
+    return read()
 
 
 def _containers(items: list[Any] | None) -> tuple[Container, ...]:
