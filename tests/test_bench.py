@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.bench import greedy_makespan, ideal_makespan, parse_size, scale_docs
+from e2e.bench import bench_events, greedy_makespan, ideal_makespan, parse_size, scale_docs, workload_key
 from e2e.harness import audit
 from e2e.harness.stages import DELETE_DELAY, READY_DELAY, READY_JITTER, PodTiming, stages, timed
 
@@ -130,3 +130,30 @@ def test_the_greedy_reference_runs_the_tools_policy_with_no_overhead() -> None:
     assert greedy_makespan(tail, 2, 1) == pytest.approx(6.0)  # b waits for a's last rollout
     assert ideal_makespan(tail, 2, 1) <= greedy_makespan(tail, 2, 1)
     assert greedy_makespan({}, 5, 4) == 0.0
+
+
+def _logged(event: str, workload: str) -> dict[str, str]:
+    return {"event": event, "workload": workload, "timestamp": "2026-12-01T03:00:00Z"}
+
+
+def test_only_bench_deployments_count_and_other_restarts_are_counted_apart() -> None:
+    """A meshed workload outside the bench restarted by the same apply is not in the bench's events."""
+    log = [
+        _logged("restart", "Deployment shop/web"),
+        _logged("restart", "Deployment bench-0000/app-0"),
+        _logged("workload-passed", "Deployment shop/web"),
+        _logged("workload-passed", "Deployment bench-0000/app-0"),
+        {"event": "hop-done"},
+    ]
+    restarts, passed, others = bench_events(log)
+    assert [workload_key(e) for e in restarts] == ["bench-0000/app-0"]
+    assert [workload_key(e) for e in passed] == ["bench-0000/app-0"]
+    assert others == 1
+
+
+def test_a_log_without_bench_restarts_is_a_clear_error_not_an_index_error() -> None:
+    """No bench restart (or none passed) names what was found and what to check."""
+    with pytest.raises(RuntimeError, match=r"0 restart\(s\) and 0 workload-passed .*1 other restart"):
+        bench_events([_logged("restart", "Deployment shop/web"), _logged("workload-passed", "Deployment shop/web")])
+    with pytest.raises(RuntimeError, match=r"1 restart\(s\) and 0 workload-passed"):
+        bench_events([_logged("restart", "Deployment bench-0001/app-0")])
