@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +20,7 @@ from upgrader.adapters.kube import (
     pod_record,
     raw_records,
     webhook_record,
+    without_gc,
     workload_record,
 )
 from upgrader.ports import (
@@ -434,3 +436,33 @@ def test_other_failures_of_a_page_are_not_answered_by_a_fresh_list() -> None:
     with pytest.raises(ApiException):
         raw_records(call, _name)
     assert call.requests == [None, "2"]
+
+
+def test_a_list_is_read_and_converted_with_the_cyclic_collector_paused_and_resumed_after() -> None:
+    """Parsing and converting pages makes no cycles: the collector, which would walk the records read so far
+    again and again at 10,000 pods, is off while they are made, and on again once the list is read."""
+    seen: list[bool] = []
+
+    def convert(raw: Raw) -> str:
+        seen.append(gc.isenabled())
+        return _name(raw)
+
+    assert gc.isenabled()
+    assert raw_records(_Paged(["a", "b", "c"]), convert) == ["a", "b", "c"]
+    assert seen == [False, False, False]
+    assert gc.isenabled()
+
+
+def test_the_collector_is_resumed_when_a_list_fails_and_left_off_when_it_was_off() -> None:
+    """A failing page still resumes the collector; a caller that turned it off keeps it off."""
+    assert gc.isenabled()
+    with pytest.raises(ApiException):
+        raw_records(_Paged(["a", "b", "c"], expire=1, status=500), _name)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with without_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

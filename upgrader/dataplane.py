@@ -140,7 +140,8 @@ def inventory(
         if pod.namespace not in chosen or pod.phase in ("Terminating", "Succeeded", "Failed"):
             continue
         owner = owner_of(pod)
-        if not meshed(pod):
+        version = proxy_version(pod)  # read once: meshed() would read it again
+        if version is None and DATA_PLANE_SELECTOR not in pod.labels:  # not meshed (see meshed())
             injecting = spaces.get(pod.namespace, Namespace(pod.namespace)).annotations.get(INJECT) == "enabled"
             if injecting and pod.annotations.get(INJECT) != "disabled":
                 unmeshed[pod.namespace] += 1
@@ -150,7 +151,7 @@ def inventory(
             what = "Job pod: it picks up the new proxy on its next run" if owner[0] == "Job" else "no restartable owner"
             bare[(owner[0], pod.namespace, owner[1])] = what
         else:
-            proxies[(owner[0], pod.namespace, owner[1])][proxy_version(pod) or "unknown"] += 1
+            proxies[(owner[0], pod.namespace, owner[1])][version or "unknown"] += 1
     reported += [Reported(k, ns, n, why) for (k, ns, n), why in sorted(bare.items())]
     reported += [
         Reported("Namespace", ns, ns, f"injection enabled but {count} pod(s) unmeshed; restarting would mesh them")

@@ -644,7 +644,11 @@ def make_plan(
         base["kubernetes"] = seen.get("kubernetes")
         return Plan(**base, refused=Refusal(code=refused.code, reason=refused.reason))
     base["kubernetes"] = _kubernetes_summary(observed, hops, catalog, notes)
-    pins = find_pins(observed, spec, [h.to for h in hops], [ns for h in hops for w in h.waves for ns in w.namespaces])
+    scope = sorted({ns for h in hops for w in h.waves for ns in w.namespaces})
+    # one inventory for the pins and the workload counts: a pass over every pod of the data plane
+    view = observed.data_plane_view
+    inv = _inventory(view, scope, spec) if view is not None and scope else None
+    pins = find_pins(observed, spec, [h.to for h in hops], scope, inventory=inv)
     if pins and spec.pins == "refuse":
         reason = f"versions are pinned: {describe(pins)}. {remedies(pins)}"
         return Plan(**base, pins=pins, refused=Refusal(code="pinned-versions", reason=reason))
@@ -661,7 +665,7 @@ def make_plan(
     unknown = sorted({h.major for h in hops if catalog.major(int(h.major.split(".")[1])) is None})
     if unknown:
         notes.append(f"no catalog entry for {', '.join(unknown)}: Kubernetes range and notes unchecked")
-    counts = _workload_counts(observed, spec, sorted({ns for h in hops for w in h.waves for ns in w.namespaces}))
+    counts = _workload_counts(observed, spec, scope, inventory=inv)
     hops = [_with_estimates(_with_workloads(h, counts), spec, durations or {}) for h in hops]
     rules = spec.window_rules()
     if rules and hops:
@@ -735,13 +739,16 @@ def _inventory(view: DataPlaneView, namespaces: Sequence[str], spec: Spec) -> In
     )
 
 
-def _workload_counts(observed: Observed, spec: Spec, namespaces: Sequence[str]) -> dict[str, int]:
+def _workload_counts(
+    observed: Observed, spec: Spec, namespaces: Sequence[str], *, inventory: Inventory | None = None
+) -> dict[str, int]:
     """Meshed workloads a restart would touch, per namespace (restarts are per workload, not per pod);
-    offline (no data plane observed), the meshed pods per namespace, an upper bound."""
+    offline (no data plane observed), the meshed pods per namespace, an upper bound. ``inventory``: that of
+    ``namespaces``, already taken (else taken here)."""
     view = observed.data_plane_view
     if view is None:
         return {ns: sum(observed.data_plane.get(ns, {}).values()) for ns in namespaces if ns in observed.data_plane}
-    targets = _inventory(view, namespaces, spec).targets
+    targets = (inventory or _inventory(view, namespaces, spec)).targets
     counts = dict.fromkeys(namespaces, 0)
     for w in targets:
         counts[w.namespace] = counts.get(w.namespace, 0) + 1
@@ -824,10 +831,17 @@ def _with_gateway_api(
     return out, decided.warnings
 
 
-def find_pins(observed: Observed, spec: Spec, targets: list[str], namespaces: list[str]) -> list[Pin]:
+def find_pins(
+    observed: Observed,
+    spec: Spec,
+    targets: list[str],
+    namespaces: Sequence[str],
+    *,
+    inventory: Inventory | None = None,
+) -> list[Pin]:
     """Image versions pinned in the control plane's values (with the spec's overrides), then workloads in
     ``namespaces`` whose proxy a restart would not move to every target (the values' own proxy pin is
-    listed once, not per workload)."""
+    listed once, not per workload). ``inventory``: that of ``namespaces``, already taken (else taken here)."""
     if not targets:
         return []
     release = observed.control_plane_release
@@ -840,7 +854,7 @@ def find_pins(observed: Observed, spec: Spec, targets: list[str], namespaces: li
     )
     view = observed.data_plane_view
     if view is not None and namespaces:
-        inv = _inventory(view, namespaces, spec)
+        inv = inventory or _inventory(view, namespaces, spec)
         pins += workload_pins(inv.targets, view.namespaces, view.pods, targets=targets)
     return pins
 

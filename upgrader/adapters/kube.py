@@ -7,7 +7,9 @@ Every call runs under ``mapped`` (outside failures become typed errors in one pl
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
+import gc
 import json
 import os
 import time
@@ -79,12 +81,30 @@ class Raw:
         return _wrap(key, self._data.get(key))
 
 
+@contextlib.contextmanager
+def without_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector paused for the block (resumed after, unless it was off already).
+
+    Parsing a LIST page makes about a hundred thousand objects, none in a reference cycle (parsed JSON, then
+    records), and every few hundred of them start a collection that walks the objects alive, the records read
+    so far included: at 10,000 pods the collections cost more than the parsing. Reference counting still
+    frees everything acyclic; a collection runs as usual once the block is over."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def raw_pages(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Iterator[tuple[list[Raw], dict[str, Any]]]:
     """One LIST in pages of ``PAGE_SIZE``, as parsed JSON: each page's items and its list metadata."""
     token: str | None = None
     while True:
         response = call(*args, limit=PAGE_SIZE, _continue=token, _preload_content=False, **kwargs)
-        page = json.loads(response.data)
+        with without_gc():
+            page = json.loads(response.data)
         meta = page.get("metadata") or {}
         yield [Raw(item) for item in page.get("items") or ()], meta
         token = meta.get("continue")
@@ -105,9 +125,12 @@ def raw_records(call: Callable[..., Any], convert: Callable[[Raw], _T], *args: A
     def read() -> list[_T]:
         nonlocal pages
         pages, records = 0, []
-        for items, _ in raw_pages(call, *args, **kwargs):
-            pages += 1
-            records += [convert(item) for item in items]
+        # paused over the whole list: each page is freed by reference counting once converted, so the one
+        # collection after it only meets the records (see without_gc)
+        with without_gc():
+            for items, _ in raw_pages(call, *args, **kwargs):
+                pages += 1
+                records += [convert(item) for item in items]
         return records
 
     try:
