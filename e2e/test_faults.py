@@ -33,6 +33,7 @@ from e2e.harness.backends import ClusterHandle
 from e2e.harness.cluster import LocalCluster
 from e2e.harness.faultproxy import KINDS, FaultProxy
 from e2e.harness.leaks import OUTPUTS, run_upgrader
+from upgrader.adapters.kube import USER_AGENT  # upgrader/<version>: only the tool's requests are faulted
 from upgrader.states import HOP_SEQUENCE, ROUTES, RunState, route_of
 
 SPEC = "name: e2e\nwaivers: [kubernetes-version, disruption.pdb-allows-restart]\n"
@@ -437,7 +438,7 @@ def test_passing_api_failures_injected_at_five_percent_during_a_whole_upgrade_en
     world = clean_world
     with recorded("passing API failures (429, 500, 503, reset) at 5%") as notes:
         spec, before = _prepare(world, tmp_path, "stable-2.13.7")
-        faulty = FaultProxy(local.root / "pki", local.ports["apiserver"], rate=0.05, only=("OpenAPI-Generator/",))
+        faulty = FaultProxy(local.root / "pki", local.ports["apiserver"], rate=0.05, only=(USER_AGENT,))
         with faulty as proxy:
             kubeconfig = proxy.kubeconfig(world.kubeconfig)
             out = run_upgrader(
