@@ -22,8 +22,9 @@ def test_the_benchmark_runs_both_scenarios_and_writes_coherent_figures(
 ) -> None:
     """plan over 2x2x2 pods, then restart 2x3 Deployments whose pods take 0.4-0.8 s (KWOK stages), upgrader then
     kubectl: JSON with every figure, requests attributed by user agent, and a plot."""
-    if cluster.local is None:
-        pytest.skip(f"the benchmark reads the local cluster's audit log; the {cluster.backend} backend has none")
+    assert cluster.local is not None, (
+        f"the benchmark reads the local cluster's audit log: it needs the local backend, not {cluster.backend}"
+    )
     world, audit_dir = clean_world, cluster.local.audit_dir
     world.install(bench.FROM)
     planned = bench.plan(world, audit_dir, 2, 2, 2, tmp_path / "plan")
